@@ -1,0 +1,143 @@
+"""`kiln.optimize`: capture, run the pass pipeline with validation, and return a callable,
+saveable OptimizedModel with its report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from kiln.backends import compile_model
+from kiln.backends import onnxruntime as ort_backend
+from kiln.backends import reference as reference_backend
+from kiln.backends.base import BenchmarkResult, Executable
+from kiln.errors import InputError, PassError
+from kiln.ir.capture import capture, split_example_inputs
+from kiln.ir.inputs import Feeds, make_feeds, random_inputs
+from kiln.ir.serialization import save_model
+from kiln.passes.base import IRDump, NumericValidation, Pass, PassContext, PassManager, StructuralCheck, Tolerance
+from kiln.passes.pipeline import passes_for_level
+from kiln.report.model import OptimizationReport
+from kiln.target import Target
+
+logger = logging.getLogger(__name__)
+
+
+class OptimizedModel:
+    """An optimized model: call it, save it as ONNX, read its report."""
+
+    def __init__(self, model: ir.Model, report: OptimizationReport, target: Target):
+        self.model = model
+        self.report = report
+        self.target = target
+        self._executable: Executable | None = None
+
+    @property
+    def executable(self) -> Executable:
+        """The compiled backend executable (compiled on first use)."""
+        if self._executable is None:
+            self._executable = compile_model(self.model, self.target)
+        return self._executable
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.executable(*args, **kwargs)
+
+    def save(self, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+        """Write the optimized ONNX model (weights in `<name>.data` when large or asked)."""
+        return save_model(self.model, path, external_data=external_data)
+
+    def benchmark(self, *args: Any, warmup: int = 5, repeats: int = 30, **kwargs: Any) -> BenchmarkResult:
+        return self.executable.benchmark(*args, warmup=warmup, repeats=repeats, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"OptimizedModel({self.report.model_name!r}, nodes {self.report.nodes_before} -> "
+                f"{self.report.nodes_after}, backend={self.target.backend})")
+
+
+def _model_name(obj: Any) -> str:
+    if isinstance(obj, (str, os.PathLike)):
+        return Path(obj).name
+    if isinstance(obj, ir.Model):
+        return obj.graph.name or "model"
+    return type(obj).__name__
+
+
+def _sample_feeds(model: ir.Model, example_inputs: Any, sample_inputs: Feeds | None) -> tuple[Feeds, str]:
+    inputs = [v for v in model.graph.inputs if not v.is_initializer()]
+    if sample_inputs is not None:
+        return make_feeds(inputs, (), sample_inputs), "the given sample inputs"
+    if example_inputs is not None:
+        args, kwargs = split_example_inputs(example_inputs)
+        try:
+            return make_feeds(inputs, args, kwargs), "the example inputs"
+        except InputError as exc:
+            logger.info("Example inputs do not map onto the ONNX inputs (%s); using random inputs.", exc)
+    return random_inputs(inputs), "random inputs"
+
+
+def optimize(
+    model: Any,
+    example_inputs: Any = None,
+    *,
+    level: int = 1,
+    backend: str = "onnxruntime",
+    validate: bool = True,
+    target: Target | None = None,
+    passes: Sequence[Pass] | None = None,
+    tolerance: Tolerance | None = None,
+    sample_inputs: Feeds | None = None,
+    dynamic_shapes: Any = None,
+    options: dict[str, Any] | None = None,
+    dump_ir: str | os.PathLike | None = None,
+) -> OptimizedModel:
+    """Optimize a PyTorch or ONNX model.
+
+    Args:
+        model: nn.Module, fx.GraphModule, ExportedProgram, ONNX path, ModelProto or onnx_ir.Model.
+        example_inputs: inputs to trace a PyTorch model with (also used for validation).
+        level: optimization level (see ``kiln.passes.pipeline``); ignored when `passes` is given.
+        backend: the runtime the model is compiled for ("onnxruntime").
+        validate: compare every changed model against the original on sample inputs and roll
+            back passes that exceed their tolerance.
+        target: threads, runtime optimization level and providers (default: ``Target(backend)``).
+        passes: run these passes instead of the level's pipeline.
+        tolerance: allowed deviation for exact passes (default atol=1e-4, rtol=1e-4).
+        sample_inputs: named numpy inputs for validation (default: example inputs, else random).
+        dynamic_shapes: passed to torch.export for PyTorch models.
+        options: pass options (e.g. ``fold_output_size_limit``).
+        dump_ir: folder to write the model after every pass, for debugging.
+    """
+    target = target or Target(backend=backend)  # type: ignore[arg-type]
+    if target.backend != backend and backend != "onnxruntime":
+        raise PassError(f"backend={backend!r} conflicts with target.backend={target.backend!r}.")
+    started = time.perf_counter()
+    ir_model = capture(model, example_inputs, dynamic_shapes)
+    capture_seconds = time.perf_counter() - started
+    pipeline = list(passes) if passes is not None else passes_for_level(level)
+    instruments = [StructuralCheck()]
+    report = OptimizationReport(model_name=_model_name(model), level=level if passes is None else -1)
+    feeds: Feeds | None = None
+    if validate:
+        feeds, source = _sample_feeds(ir_model, example_inputs, sample_inputs)
+        report.sample_inputs = source
+        validation_target = Target(
+            backend="onnxruntime", intra_op_threads=target.intra_op_threads, inter_op_threads=1,
+            graph_optimization_level="disable", providers=target.providers,
+        )
+        instruments.append(NumericValidation(
+            lambda m, f: ort_backend.run_model(m, f, validation_target), feeds,
+            tolerance or Tolerance(), fallback_runner=reference_backend.run_model,
+        ))
+    if dump_ir is not None:
+        instruments.append(IRDump(dump_ir))
+    ctx = PassContext(target=target, sample_inputs=feeds, options=dict(options or {}))
+    optimized, report = PassManager(pipeline, instruments).run(ir_model, ctx, report)
+    logger.info("Captured in %.2f s; passes ran in %.2f s (validation %.2f s)", capture_seconds,
+                report.seconds - report.validation_seconds, report.validation_seconds)
+    return OptimizedModel(optimized, report, target)
+

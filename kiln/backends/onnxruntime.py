@@ -1,0 +1,129 @@
+"""ONNX Runtime backend (the default): compile an onnx-ir model into an InferenceSession."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from kiln.backends.base import BenchmarkResult, time_calls
+from kiln.errors import BackendError, UnsupportedOperatorError
+from kiln.ir.inputs import Feeds, is_torch_tensor, make_feeds, random_inputs
+from kiln.ir.serialization import needs_external_data, save_model, to_proto
+from kiln.target import Target
+
+logger = logging.getLogger(__name__)
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "layout": getattr(ort.GraphOptimizationLevel, "ORT_ENABLE_LAYOUT", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\)")
+_NO_OP = re.compile(r"(?:No Op registered for|No opset import for domain|Unrecognized attribute)\W*(\w+)")
+
+
+def session_options(target: Target) -> ort.SessionOptions:
+    """ORT session options from a Target (threads, optimization level, sequential execution)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = target.intra_op_threads
+    options.inter_op_num_threads = target.inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        options.graph_optimization_level = _LEVELS[target.graph_optimization_level]
+    except KeyError:
+        raise BackendError(
+            f"Unknown graph_optimization_level {target.graph_optimization_level!r}; use one of {sorted(_LEVELS)}."
+        ) from None
+    options.log_severity_level = 3
+    return options
+
+
+def _translate_error(exc: Exception) -> Exception:
+    text = str(exc)
+    match = _NO_KERNEL.search(text)
+    if match:
+        return UnsupportedOperatorError(
+            f"ONNX Runtime {ort.__version__} has no CPU kernel for {match.group(1)} (opset "
+            f"{match.group(2)}). Use an op ONNX Runtime supports, a different opset, or another backend.",
+            op_types=[match.group(1)],
+        )
+    match = _NO_OP.search(text)
+    if match and "No Op registered" in text:
+        return UnsupportedOperatorError(
+            f"ONNX Runtime does not know the operator {match.group(1)}: {text.strip()[:300]}",
+            op_types=[match.group(1)],
+        )
+    return BackendError(f"ONNX Runtime could not load the model: {text.strip()[:500]}")
+
+
+class OrtExecutable:
+    """An ONNX Runtime session that takes and returns numpy arrays or torch tensors."""
+
+    def __init__(self, model: ir.Model, target: Target | None = None):
+        self.target = target or Target()
+        self._model_inputs = list(model.graph.inputs)
+        # Initializers listed as graph inputs are optional inputs; callers need not feed them.
+        self._required_inputs = [v for v in self._model_inputs if not v.is_initializer()]
+        self.input_names = [v.name for v in self._required_inputs]
+        self.output_names = [v.name for v in model.graph.outputs]
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        options = session_options(self.target)
+        try:
+            if needs_external_data(model):
+                self._tempdir = tempfile.TemporaryDirectory(prefix="kiln-ort-")
+                path = save_model(model, Path(self._tempdir.name) / "model.onnx", external_data=True)
+                self.session = ort.InferenceSession(str(path), options, providers=list(self.target.providers))
+            else:
+                data = to_proto(model).SerializeToString()
+                self.session = ort.InferenceSession(data, options, providers=list(self.target.providers))
+        except Exception as exc:
+            raise _translate_error(exc) from exc
+
+    def run(self, feeds: Feeds) -> list[np.ndarray]:
+        """Run on named numpy feeds; outputs in graph-output order."""
+        try:
+            return self.session.run(self.output_names, feeds)
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime failed to run the model: {str(exc).strip()[:500]}") from exc
+
+    def feeds(self, *args: Any, **kwargs: Any) -> Feeds:
+        """Match call arguments to model inputs (numpy or torch, positional or by name)."""
+        return make_feeds(self._required_inputs, args, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run like the original model: one output is returned as is, several as a tuple; torch
+        tensors in give torch tensors out."""
+        as_torch = any(is_torch_tensor(a) for a in list(args) + list(kwargs.values()))
+        outputs = self.run(self.feeds(*args, **kwargs))
+        if as_torch:
+            import torch
+
+            outputs = [torch.from_numpy(np.ascontiguousarray(o)) if isinstance(o, np.ndarray) else o for o in outputs]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def benchmark(self, *args: Any, warmup: int = 5, repeats: int = 30, min_seconds: float = 0.0,
+                  **kwargs: Any) -> BenchmarkResult:
+        """Latency on the given inputs (random inputs of the declared shapes when none given)."""
+        feeds = self.feeds(*args, **kwargs) if (args or kwargs) else random_inputs(self._required_inputs)
+        return time_calls(lambda: self.session.run(self.output_names, feeds), warmup=warmup,
+                          repeats=repeats, min_seconds=min_seconds)
+
+
+def compile(model: ir.Model, target: Target | None = None) -> OrtExecutable:  # noqa: A001 - backend API name
+    """Compile `model` for ONNX Runtime."""
+    return OrtExecutable(model, target)
+
+
+def run_model(model: ir.Model, feeds: Feeds, target: Target | None = None) -> list[np.ndarray]:
+    """Compile and run once (used for validation)."""
+    return compile(model, target).run(feeds)

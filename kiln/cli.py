@@ -1,0 +1,98 @@
+"""The `kiln` command: optimize and inspect models."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kiln.errors import KilnError
+
+console = Console()
+if not console.is_terminal:
+    # Logs and pipes have no width; keep report rows on one line instead of truncating them.
+    console = Console(width=160)
+err_console = Console(stderr=True)
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from kiln.api import optimize
+
+    optimized = optimize(args.model, level=args.level, validate=not args.no_validate, dump_ir=args.dump_ir)
+    path = optimized.save(args.output)
+    console.print(optimized.report)
+    if args.report:
+        Path(args.report).write_text(optimized.report.to_json())
+        console.print(f"Report written to {args.report}")
+    console.print(f"Optimized model written to {path}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from kiln.ir.analysis import ModelSummary
+    from kiln.ir.capture import load
+
+    summary = ModelSummary.of(load(args.model))
+    console.print(f"[bold]{args.model}[/bold]  IR v{summary.ir_version}  opsets "
+                  + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in sorted(summary.opsets.items()))
+                  + (f"  producer {summary.producer}" if summary.producer else ""))
+    io_table = Table(title="inputs and outputs")
+    for column in ("kind", "name", "dtype", "shape"):
+        io_table.add_column(column)
+    for kind, values in (("input", summary.inputs), ("output", summary.outputs)):
+        for v in values:
+            io_table.add_row(kind, v.name, v.dtype, v.shape_text())
+    console.print(io_table)
+    ops = Table(title=f"{summary.node_count} nodes, {_bytes(summary.parameter_bytes)} of parameters")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, count in summary.op_histogram.items():
+        ops.add_row(op, str(count))
+    console.print(ops)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln", description="kiln: a graph compiler for trained models.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    opt = sub.add_parser("optimize", help="optimize an ONNX model and print the report")
+    opt.add_argument("model", help="input .onnx file")
+    opt.add_argument("-o", "--output", required=True, help="output .onnx file")
+    opt.add_argument("--level", type=int, default=1, help="optimization level (default 1)")
+    opt.add_argument("--report", help="also write the report as JSON to this file")
+    opt.add_argument("--no-validate", action="store_true", help="skip numeric validation")
+    opt.add_argument("--dump-ir", help="write the model after every pass into this folder")
+    opt.set_defaults(func=cmd_optimize)
+    ins = sub.add_parser("inspect", help="show inputs, outputs, op histogram and parameter bytes")
+    ins.add_argument("model", help=".onnx file")
+    ins.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except KilnError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Exceptions kiln raises for bad input or unsupported models.
+
+Every message says what was wrong and what to do next; callers can catch `KilnError`.
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """Base class of every error kiln raises on purpose."""
+
+
+class InvalidModelError(KilnError, ValueError):
+    """The model file or proto is malformed, truncated, cyclic, or otherwise not valid ONNX."""
+
+
+class UnsafeModelError(InvalidModelError):
+    """The model asks for something kiln refuses to do with untrusted input (e.g. read files
+    outside the model's folder through external-data paths)."""
+
+
+class CaptureError(KilnError):
+    """A PyTorch model could not be exported to ONNX.
+
+    Attributes:
+        construct: the op or Python construct that failed, when it could be identified.
+        suggestion: what the user can change to make the export work.
+    """
+
+    def __init__(self, message: str, *, construct: str | None = None, suggestion: str | None = None):
+        self.construct = construct
+        self.suggestion = suggestion
+        parts = [message]
+        if construct:
+            parts.append(f"Failing construct: {construct}.")
+        if suggestion:
+            parts.append(f"Suggested fix: {suggestion}")
+        super().__init__(" ".join(parts))
+
+
+class UnsupportedOperatorError(KilnError):
+    """The model uses an operator that no available runtime or reference implements."""
+
+    def __init__(self, message: str, *, op_types: list[str] | None = None):
+        self.op_types = op_types or []
+        super().__init__(message)
+
+
+class InputError(KilnError, ValueError):
+    """Inputs given to a model do not match its declared inputs (names, count, dtype, rank)."""
+
+
+class BackendError(KilnError):
+    """A backend could not compile or run a model."""
+
+
+class PassError(KilnError):
+    """A pass was misconfigured or a pipeline could not be built."""
+
+
+class ValidationError(KilnError):
+    """The optimized model could not be validated against the original."""

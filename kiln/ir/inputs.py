@@ -1,0 +1,132 @@
+"""Model inputs: normalize user inputs (numpy or torch, positional or by name) into feeds,
+and make random sample inputs of the declared shapes and dtypes when the user gave none."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from kiln.errors import InputError
+
+Feeds = dict[str, np.ndarray]
+
+# Symbolic dims get this size in random inputs (same symbol, same size).
+DEFAULT_SYMBOLIC_DIM = 2
+
+
+def is_torch_tensor(obj: Any) -> bool:
+    """True for a torch.Tensor, without importing torch when it is not loaded."""
+    return type(obj).__module__.startswith("torch") and hasattr(obj, "detach") and hasattr(obj, "numpy")
+
+
+def to_numpy(obj: Any) -> np.ndarray:
+    """A numpy array from a numpy array, torch tensor, or Python scalar/list."""
+    if isinstance(obj, np.ndarray):
+        return obj
+    if is_torch_tensor(obj):
+        tensor = obj.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":
+            import ml_dtypes
+
+            return tensor.view(dtype=__import__("torch").int16).numpy().view(ml_dtypes.bfloat16)
+        return tensor.contiguous().numpy()
+    return np.asarray(obj)
+
+
+def _flatten(obj: Any) -> list[Any]:
+    """Flatten nested tuples/lists of tensors the way torch.onnx flattens forward arguments."""
+    if isinstance(obj, (tuple, list)):
+        out: list[Any] = []
+        for item in obj:
+            out.extend(_flatten(item))
+        return out
+    if obj is None:
+        return []
+    return [obj]
+
+
+def make_feeds(model_inputs: list[ir.Value], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Feeds:
+    """Match positional and keyword inputs to the model's graph inputs by position and name."""
+    names = [v.name for v in model_inputs]
+    feeds: Feeds = {}
+    positional = _flatten(list(args))
+    if len(positional) > len(names):
+        raise InputError(f"The model takes {len(names)} input(s) {names}, but {len(positional)} were given.")
+    for name, value in zip(names, positional):
+        feeds[name] = to_numpy(value)
+    for key, value in kwargs.items():
+        if value is None:
+            continue
+        if key not in names:
+            raise InputError(f"The model has no input named {key!r}; its inputs are {names}.")
+        if key in feeds:
+            raise InputError(f"Input {key!r} was given both by position and by name.")
+        feeds[key] = to_numpy(value)
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise InputError(f"Missing model input(s) {missing}; the model takes {names}.")
+    for value in model_inputs:
+        check_feed(value, feeds[value.name])
+    return feeds
+
+
+def check_feed(value: ir.Value, array: np.ndarray) -> None:
+    """Raise InputError when `array` cannot be fed to `value` (dtype or rank mismatch)."""
+    if value.dtype is not None and value.dtype != ir.DataType.UNDEFINED:
+        try:
+            expected = value.dtype.numpy()
+        except TypeError:
+            expected = None
+        if expected is not None and array.dtype != expected:
+            raise InputError(
+                f"Input {value.name!r} expects dtype {np.dtype(expected).name} but got {array.dtype.name}; "
+                f"convert it with .astype(np.{np.dtype(expected).name})."
+            )
+    if value.shape is not None and len(value.shape) != array.ndim:
+        raise InputError(
+            f"Input {value.name!r} expects rank {len(value.shape)} (shape {list(value.shape)}) "
+            f"but got shape {list(array.shape)}."
+        )
+
+
+def random_inputs(model_inputs: list[ir.Value], seed: int = 0) -> Feeds:
+    """Random inputs of the declared shapes and dtypes; symbolic dims get one consistent size.
+
+    Integers are drawn from [0, 2) so they are valid indices, token ids and type ids for any
+    table; booleans are random; floats are standard normal.
+    """
+    rng = np.random.default_rng(seed)
+    feeds: Feeds = {}
+    for value in model_inputs:
+        if value.dtype is None or value.shape is None:
+            raise InputError(
+                f"Input {value.name!r} has no declared dtype or shape, so kiln cannot make sample "
+                "inputs for it: pass example inputs."
+            )
+        shape = []
+        for dim in value.shape:
+            if isinstance(dim, int):
+                shape.append(dim)
+            else:
+                shape.append(DEFAULT_SYMBOLIC_DIM)
+        try:
+            dtype = np.dtype(value.dtype.numpy())
+        except TypeError as exc:
+            raise InputError(f"Input {value.name!r} has dtype {value.dtype.name}, which kiln cannot sample.") from exc
+        if dtype == np.bool_:
+            array = rng.integers(0, 2, size=shape).astype(np.bool_)
+        elif np.issubdtype(dtype, np.integer):
+            array = rng.integers(0, 2, size=shape).astype(dtype)
+        elif dtype.kind == "f" or dtype.kind == "V":
+            array = rng.standard_normal(size=shape).astype(dtype)
+        elif dtype.kind == "c":
+            array = (rng.standard_normal(size=shape) + 1j * rng.standard_normal(size=shape)).astype(dtype)
+        elif dtype.kind in ("U", "O", "S"):
+            array = np.array(rng.choice(["a", "b"], size=shape), dtype=object)
+        else:
+            raise InputError(f"Input {value.name!r} has dtype {dtype}, which kiln cannot sample.")
+        feeds[value.name] = array
+    return feeds

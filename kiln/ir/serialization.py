@@ -1,0 +1,61 @@
+"""Saving onnx-ir models: one file when small, weights in an external-data file when large.
+
+onnx-ir streams tensors to the data file (memory-mapped sources are not copied into a proto),
+so a model over 2 GB is saved without holding two copies of its weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from kiln.ir.analysis import parameter_bytes
+
+logger = logging.getLogger(__name__)
+
+# Above this many parameter bytes the weights go to an external-data file (protobuf's
+# hard limit is 2 GiB for the whole model; stay well below it).
+EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
+# Tensors smaller than this stay inside the .onnx file even when external data is used.
+EXTERNAL_TENSOR_MIN_BYTES = 1024
+
+
+def needs_external_data(model: ir.Model) -> bool:
+    """True when the model is too large to serialize into a single protobuf."""
+    return parameter_bytes(model) >= EXTERNAL_DATA_THRESHOLD_BYTES
+
+
+def has_external_tensors(model: ir.Model) -> bool:
+    """True when some initializer still points at an external-data file."""
+    return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+
+
+def in_memory(model: ir.Model) -> ir.Model:
+    """`model`, or a clone whose external tensors are read into memory (the input is untouched)."""
+    if not has_external_tensors(model):
+        return model
+    return ir.external_data.load_to_model(model.clone())
+
+
+def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+    """Save `model` to `path`. `external_data=None` decides by size; True forces a
+    `<name>.data` file next to the model; False forces a single file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    use_external = needs_external_data(model) if external_data is None else external_data
+    if use_external:
+        data_name = path.name + ".data"
+        ir.save(model, path, external_data=data_name, size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES)
+        logger.info("Saved %s with weights in %s", path, data_name)
+    else:
+        ir.save(in_memory(model), path)
+    return path
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """Serialize to a ModelProto (only for models under the protobuf size limit)."""
+    return ir.serde.serialize_model(in_memory(model))

@@ -1,0 +1,363 @@
+"""Pass infrastructure: the Pass contract, the context passes read, and the PassManager that
+times, checks, validates and (when a pass breaks the model) rolls back each pass.
+
+Modelled on onnx-ir's PassBase and torch.fx's PassResult (a pass returns the model and whether
+it changed) and on TVM's instruments (hooks run before and after every pass).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from kiln.errors import PassError
+from kiln.ir.analysis import count_nodes, parameter_bytes
+from kiln.ir.inputs import Feeds
+from kiln.passes.tracking import Explainer, GraphSnapshot
+from kiln.report.model import ErrorStats, OptimizationReport, PassReport, Rewrite
+from kiln.target import Target
+
+logger = logging.getLogger(__name__)
+
+# Runs a model on feeds and returns its outputs in graph-output order.
+ModelRunner = Callable[[ir.Model, Feeds], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Outputs agree when |new - ref| <= atol + rtol * |ref| elementwise (NaN matches NaN)."""
+
+    atol: float = 1e-4
+    rtol: float = 1e-4
+
+    def __str__(self) -> str:
+        return f"atol={self.atol:g} rtol={self.rtol:g}"
+
+
+@dataclass
+class PassResult:
+    """What a pass returns: the (possibly new) model, whether it changed, and optionally the
+    rewrites it made. When `rewrites` is None the PassManager infers them from a graph diff."""
+
+    model: ir.Model
+    modified: bool
+    rewrites: list[Rewrite] | None = None
+    message: str = ""
+
+
+@dataclass
+class PassContext:
+    """What a pass may read: the target, the cost model, sample inputs and options.
+
+    `cost_model` is filled by the cost_model package when one is configured; passes that need a
+    trade-off decision must ask it (and fall back to a documented heuristic when it is None).
+    """
+
+    target: Target = field(default_factory=Target)
+    cost_model: Any = None
+    sample_inputs: Feeds | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Pass(abc.ABC):
+    """A graph-to-graph rewrite.
+
+    Subclasses set `name`, `exact` (outputs preserved to float tolerance) or give an
+    `error_budget` (approximate passes), and implement `call`. A pass may modify the model in
+    place; the PassManager keeps a snapshot to roll back to.
+    """
+
+    name: str = ""
+    exact: bool = True
+    # Approximate passes: the tolerance they are allowed against the original model.
+    error_budget: Tolerance | None = None
+    # Rule name and reason used when the PassManager infers rewrites from a graph diff.
+    rule: str = ""
+
+    def explain(self, removed: list[ir.Node], successors: list[ir.Value]) -> str:
+        """Why a group of removed nodes could go (used in inferred rewrites)."""
+        return ""
+
+    @abc.abstractmethod
+    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        """Rewrite `model` and say whether it changed."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class Instrument:
+    """Hooks around every pass (after TVM's PassInstrument). `after_pass` may veto the pass by
+    returning a reason; the PassManager then rolls the pass back."""
+
+    def run_before(self, model: ir.Model, ctx: PassContext) -> None:
+        """Called once before the first pass, with the input model."""
+
+    def before_pass(self, model: ir.Model, pass_: Pass, ctx: PassContext) -> None:
+        """Called before each pass."""
+
+    def after_pass(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> str | None:
+        """Called after each pass that changed the model. Return a reason to roll it back."""
+        return None
+
+
+def check_structure(model: ir.Model) -> str | None:
+    """A cheap structural check: every node input is defined before use, in topological
+    order, and every graph output is defined. Returns a problem description or None."""
+
+    def check_graph(graph: ir.Graph, outer: set[int]) -> str | None:
+        defined = set(outer)
+        defined.update(id(v) for v in graph.inputs)
+        defined.update(id(v) for v in graph.initializers.values())
+        for node in graph:
+            for value in node.inputs:
+                if value is not None and id(value) not in defined:
+                    return (
+                        f"node {node.name!r} ({node.op_type}) reads {value.name!r} before it is "
+                        "defined"
+                    )
+            for attr in node.attributes.values():
+                subgraphs = []
+                if attr.type == ir.AttributeType.GRAPH:
+                    subgraphs = [attr.value]
+                elif attr.type == ir.AttributeType.GRAPHS:
+                    subgraphs = list(attr.value)
+                for sub in subgraphs:
+                    problem = check_graph(sub, defined)
+                    if problem:
+                        return problem
+            defined.update(id(v) for v in node.outputs)
+        for value in graph.outputs:
+            if id(value) not in defined:
+                return f"graph output {value.name!r} is not defined"
+        return None
+
+    return check_graph(model.graph, set())
+
+
+class StructuralCheck(Instrument):
+    """Rolls back a pass that leaves a value used before it is defined."""
+
+    def after_pass(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> str | None:
+        problem = check_structure(model)
+        return f"structural check failed: {problem}" if problem else None
+
+
+def compare_outputs(names: Sequence[str], reference: Sequence[np.ndarray], actual: Sequence[np.ndarray],
+                    tolerance: Tolerance) -> tuple[ErrorStats, str | None]:
+    """Max abs / rel error of `actual` against `reference` and the first violation, if any."""
+    stats = ErrorStats()
+    violation: str | None = None
+    if len(reference) != len(actual):
+        return stats, f"the model has {len(actual)} outputs instead of {len(reference)}"
+    for name, ref, got in zip(names, reference, actual):
+        ref = np.asarray(ref)
+        got = np.asarray(got)
+        if ref.shape != got.shape:
+            return stats, f"output {name!r} has shape {list(got.shape)} instead of {list(ref.shape)}"
+        if ref.dtype != got.dtype:
+            return stats, f"output {name!r} has dtype {got.dtype} instead of {ref.dtype}"
+        if ref.dtype.kind not in "fciub" or ref.size == 0:
+            if ref.dtype.kind in "OUS" and not np.array_equal(ref, got):
+                return stats, f"output {name!r} differs"
+            continue
+        ref64 = ref.astype(np.complex128 if ref.dtype.kind == "c" else np.float64)
+        got64 = got.astype(ref64.dtype)
+        both_nan = np.isnan(ref64) & np.isnan(got64)
+        same_inf = np.isinf(ref64) & (ref64 == got64)
+        diff = np.where(both_nan | same_inf, 0.0, np.abs(got64 - ref64))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        max_abs = float(diff.max())
+        finite_ref = np.where(np.isfinite(ref64), np.abs(ref64), 0.0)
+        rel = diff / np.maximum(finite_ref, np.finfo(np.float32).tiny)
+        max_rel = float(np.where(diff == 0, 0.0, rel).max())
+        if max_abs > stats.max_abs:
+            stats = ErrorStats(max_abs=max_abs, max_rel=max(stats.max_rel, max_rel), worst_output=name)
+        else:
+            stats.max_rel = max(stats.max_rel, max_rel)
+        bound = tolerance.atol + tolerance.rtol * finite_ref
+        if violation is None and bool(np.any(diff > bound)):
+            violation = f"output {name!r} differs by up to {max_abs:.3g} (allowed {tolerance})"
+    return stats, violation
+
+
+class NumericValidation(Instrument):
+    """Runs every changed model on the sample inputs and compares against the original model's
+    outputs; vetoes a pass whose cumulative error exceeds its tolerance."""
+
+    def __init__(self, runner: ModelRunner, feeds: Feeds, tolerance: Tolerance = Tolerance(),
+                 fallback_runner: ModelRunner | None = None):
+        self.runner = runner
+        self.fallback_runner = fallback_runner
+        self.feeds = feeds
+        self.tolerance = tolerance
+        self.reference: list[np.ndarray] | None = None
+        self.output_names: list[str] = []
+        self.unavailable_reason = ""
+        self.seconds = 0.0
+
+    def run_before(self, model: ir.Model, ctx: PassContext) -> None:
+        started = time.perf_counter()
+        self.output_names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
+        try:
+            self.reference = self.runner(model, self.feeds)
+        except Exception as exc:  # the original model cannot run on the primary runner
+            if self.fallback_runner is None:
+                self.unavailable_reason = f"the original model does not run: {exc}"
+            else:
+                logger.info("Primary runner failed on the original model (%s); using the fallback.", exc)
+                try:
+                    self.runner = self.fallback_runner
+                    self.reference = self.runner(model, self.feeds)
+                except Exception as exc2:
+                    self.unavailable_reason = f"the original model does not run: {exc2}"
+        if self.reference is None:
+            logger.warning("Numeric validation is off: %s", self.unavailable_reason)
+        self.seconds += time.perf_counter() - started
+
+    @property
+    def available(self) -> bool:
+        return self.reference is not None
+
+    def check(self, model: ir.Model, tolerance: Tolerance) -> tuple[ErrorStats | None, str | None]:
+        """Compare `model` against the original; (stats, violation or None)."""
+        if self.reference is None:
+            return None, None
+        started = time.perf_counter()
+        try:
+            outputs = self.runner(model, self.feeds)
+        except Exception as exc:
+            return None, f"the rewritten model does not run: {str(exc).strip()[:300]}"
+        finally:
+            self.seconds += time.perf_counter() - started
+        return compare_outputs(self.output_names, self.reference, outputs, tolerance)
+
+    def after_pass(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> str | None:
+        tolerance = self.tolerance if pass_.exact or pass_.error_budget is None else pass_.error_budget
+        report.tolerance = str(tolerance)
+        started = time.perf_counter()
+        stats, violation = self.check(model, tolerance)
+        report.validation_seconds = time.perf_counter() - started
+        report.error = stats
+        return violation
+
+
+class IRDump(Instrument):
+    """Writes the model after every pass to `folder/NN_<pass>.onnx` (for debugging)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.index = 0
+
+    def run_before(self, model: ir.Model, ctx: PassContext) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._dump(model, "input")
+
+    def after_pass(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> str | None:
+        self._dump(model, pass_.name)
+        return None
+
+    def _dump(self, model: ir.Model, label: str) -> None:
+        from kiln.ir.serialization import save_model
+
+        path = self.folder / f"{self.index:02d}_{label}.onnx"
+        save_model(model, path)
+        self.index += 1
+        logger.debug("Dumped IR to %s", path)
+
+
+class PassManager:
+    """Runs passes in order; times each one, infers its rewrites, lets instruments check it,
+    and rolls it back (restoring the model from before it) when an instrument vetoes it."""
+
+    def __init__(self, passes: Sequence[Pass], instruments: Sequence[Instrument] = (), *,
+                 rollback: bool = True):
+        for p in passes:
+            if not isinstance(p, Pass):
+                raise PassError(f"{p!r} is not a kiln Pass; wrap it in a class deriving kiln.passes.Pass.")
+            if not p.name:
+                raise PassError(f"{type(p).__name__} has no name; set the class attribute `name`.")
+        self.passes = list(passes)
+        self.instruments = list(instruments)
+        self.rollback = rollback
+
+    def run(self, model: ir.Model, ctx: PassContext | None = None,
+            report: OptimizationReport | None = None) -> tuple[ir.Model, OptimizationReport]:
+        """Run every pass on `model` (modified in place unless a pass is rolled back)."""
+        ctx = ctx or PassContext()
+        report = report or OptimizationReport()
+        started = time.perf_counter()
+        report.nodes_before = count_nodes(model)
+        report.parameter_bytes_before = parameter_bytes(model)
+        for instrument in self.instruments:
+            instrument.run_before(model, ctx)
+        for pass_ in self.passes:
+            model = self._run_one(model, pass_, ctx, report)
+        report.nodes_after = count_nodes(model)
+        report.parameter_bytes_after = parameter_bytes(model)
+        report.seconds = time.perf_counter() - started
+        validation = next((i for i in self.instruments if isinstance(i, NumericValidation)), None)
+        if validation is not None:
+            report.validation_seconds = validation.seconds
+            report.validated = validation.available
+            last_errors = [p.error for p in report.passes if p.error is not None and p.status == "applied"]
+            report.final_error = last_errors[-1] if last_errors else (ErrorStats() if validation.available else None)
+        return model, report
+
+    def _run_one(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: OptimizationReport) -> ir.Model:
+        entry = PassReport(name=pass_.name, exact=pass_.exact)
+        entry.nodes_before = count_nodes(model)
+        entry.parameter_bytes_before = parameter_bytes(model)
+        report.passes.append(entry)
+        backup = model.clone() if self.rollback else None
+        snapshot = GraphSnapshot(model)
+        for instrument in self.instruments:
+            instrument.before_pass(model, pass_, ctx)
+        started = time.perf_counter()
+        try:
+            result = pass_.call(model, ctx)
+        except Exception as exc:
+            entry.seconds = time.perf_counter() - started
+            if backup is None:
+                raise
+            logger.warning("Pass %s raised %s: %s; rolled back.", pass_.name, type(exc).__name__, exc)
+            entry.status = "failed"
+            entry.message = f"raised {type(exc).__name__}: {str(exc)[:300]}; rolled back"
+            entry.nodes_after = entry.nodes_before
+            entry.parameter_bytes_after = entry.parameter_bytes_before
+            return backup
+        entry.seconds = time.perf_counter() - started
+        new_model = result.model
+        entry.message = result.message
+        if not result.modified:
+            entry.status = "unchanged"
+            entry.nodes_after = entry.nodes_before
+            entry.parameter_bytes_after = entry.parameter_bytes_before
+            return new_model
+        explain: Explainer = pass_.explain
+        entry.rewrites = result.rewrites if result.rewrites is not None else snapshot.diff(
+            new_model, rule=pass_.rule or pass_.name, explain=explain
+        )
+        entry.nodes_after = count_nodes(new_model)
+        entry.parameter_bytes_after = parameter_bytes(new_model)
+        entry.status = "applied"
+        for instrument in self.instruments:
+            veto = instrument.after_pass(new_model, pass_, ctx, entry)
+            if veto and backup is not None:
+                logger.warning("Rolled back pass %s: %s", pass_.name, veto)
+                entry.status = "rolled_back"
+                entry.message = f"rolled back: {veto}"
+                return backup
+            if veto:
+                raise PassError(f"Pass {pass_.name} failed a check and rollback is off: {veto}")
+        logger.info("Pass %s: %d -> %d nodes, %d rewrites, %.3f s", pass_.name, entry.nodes_before,
+                    entry.nodes_after, len(entry.rewrites), entry.seconds)
+        return new_model

@@ -1,0 +1,99 @@
+"""Exact clean-up passes: dead nodes, Identity and no-op ops, common subexpressions.
+
+Each wraps the onnx-ir pass or onnxscript rules that already implement it; kiln adds the
+report (rewrites inferred from a graph diff, with provenance) and validation.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript import rewriter
+from onnxscript.rewriter.rules import common as common_rules
+
+from kiln.passes.adapters import run_ir_passes
+from kiln.passes.base import Pass, PassContext, PassResult
+from kiln.passes.tracking import describe_value
+
+
+class EliminateDeadNodes(Pass):
+    """Remove nodes, initializers, functions and opset imports nothing reaches an output through."""
+
+    name = "dead_node_elimination"
+    rule = "remove_unused_node"
+
+    def explain(self, removed: list[ir.Node], successors: list[ir.Value]) -> str:
+        return "no output reaches a graph output"
+
+    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        return run_ir_passes(model, [
+            common_passes.RemoveUnusedNodesPass(),
+            common_passes.RemoveUnusedFunctionsPass(),
+            common_passes.RemoveUnusedOpsetsPass(),
+        ])
+
+
+# onnxscript rules whose match is an op that returns its input unchanged.
+_NO_OP_RULES = (
+    common_rules.mul_by_1_rule,
+    common_rules.add_0_rule,
+    common_rules.sub_0_rule,
+    common_rules.div_by_1_rule,
+    common_rules.dropout_zero_rule,
+    common_rules.dropout_inference_rule,
+    common_rules.no_op_cast_rule,
+    common_rules.no_op_expand_rule,
+    common_rules.no_op_transpose_rule,
+)
+
+_NO_OP_REASONS = {
+    "Identity": "Identity forwards its input",
+    "Mul": "multiplies by one",
+    "Div": "divides by one",
+    "Add": "adds zero",
+    "Sub": "subtracts zero",
+    "Dropout": "Dropout is the identity at inference",
+    "Cast": "casts to the dtype it already has",
+    "Expand": "expands to the shape it already has",
+    "Transpose": "permutation is the identity",
+}
+
+
+class EliminateIdentityAndNoOps(Pass):
+    """Remove Identity nodes and ops that return their input unchanged (x*1, x+0, x-0, x/1,
+    inference Dropout, Cast to the same type, Expand to the same shape, identity Transpose)."""
+
+    name = "identity_elimination"
+    rule = "remove_no_op"
+
+    def explain(self, removed: list[ir.Node], successors: list[ir.Value]) -> str:
+        # Constants feeding a removed no-op (the 1 in x*1) go with it; they need no reason.
+        ops = [n for n in removed if n.op_type != "Constant"] or removed
+        reasons = sorted({_NO_OP_REASONS.get(n.op_type, f"{n.op_type} is a no-op here") for n in ops})
+        return "; ".join(reasons)
+
+    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        return run_ir_passes(model, [
+            rewriter.RewritePass(rewriter.RewriteRuleSet(list(_NO_OP_RULES))),
+            common_passes.IdentityEliminationPass(),
+            common_passes.RemoveUnusedNodesPass(),
+        ])
+
+
+class EliminateCommonSubexpressions(Pass):
+    """Merge nodes that compute the same op on the same inputs with the same attributes."""
+
+    name = "common_subexpression_elimination"
+    rule = "merge_duplicate_node"
+
+    def explain(self, removed: list[ir.Node], successors: list[ir.Value]) -> str:
+        if successors:
+            return "computes the same as " + ", ".join(describe_value(v) for v in successors[:2])
+        return "duplicate computation"
+
+    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        size_limit = int(ctx.options.get("cse_constant_size_limit", 10))
+        return run_ir_passes(model, [
+            common_passes.CommonSubexpressionEliminationPass(size_limit=size_limit),
+            common_passes.RemoveUnusedNodesPass(),
+        ])

@@ -1,0 +1,30 @@
+"""Optimization levels: which passes run, in the DESIGN order
+(folding -> cache insertion -> quantization -> fusion -> memory mapping).
+
+Level 0 runs nothing (capture and validation only). Level 1 runs the exact clean-up and
+folding passes.
+"""
+
+from __future__ import annotations
+
+from kiln.errors import PassError
+from kiln.passes.base import Pass
+from kiln.passes.cleanup import EliminateCommonSubexpressions, EliminateDeadNodes, EliminateIdentityAndNoOps
+from kiln.passes.folding import FoldConstants
+
+MAX_LEVEL = 1
+
+
+def passes_for_level(level: int) -> list[Pass]:
+    """The pass list for an optimization level."""
+    if level == 0:
+        return []
+    if level == 1:
+        return [
+            EliminateDeadNodes(),
+            EliminateIdentityAndNoOps(),
+            FoldConstants(),
+            EliminateCommonSubexpressions(),
+            EliminateDeadNodes(),
+        ]
+    raise PassError(f"Unknown optimization level {level}; kiln supports levels 0..{MAX_LEVEL}.")

@@ -1,0 +1,78 @@
+"""Render an OptimizationReport as a rich table, as plain text, or as JSON."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from kiln.report.model import OptimizationReport, PassReport
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def _error_text(report: PassReport) -> str:
+    if report.error is None:
+        return "-"
+    return f"{report.error.max_abs:.2e}"
+
+
+def _rules_text(report: PassReport, limit: int = 4) -> str:
+    counts = sorted(report.rule_counts().items(), key=lambda kv: -kv[1])
+    text = ", ".join(f"{rule} x{n}" for rule, n in counts[:limit])
+    if len(counts) > limit:
+        text += f", +{len(counts) - limit} more"
+    if report.message:
+        text = f"{text}; {report.message}" if text else report.message
+    return text
+
+
+def report_table(report: OptimizationReport) -> Any:
+    """A rich Table: one row per pass, then a total row."""
+    from rich.table import Table
+
+    title = f"kiln report: {report.model_name or 'model'} (level {report.level})"
+    table = Table(title=title, show_lines=False)
+    for column, justify in (
+        ("pass", "left"), ("status", "left"), ("nodes", "right"), ("params", "right"),
+        ("max abs err", "right"), ("time s", "right"), ("rewrites", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for p in report.passes:
+        style = {"rolled_back": "red", "failed": "red", "applied": "green"}.get(p.status, "")
+        table.add_row(
+            p.name,
+            p.status,
+            f"{p.nodes_before} -> {p.nodes_after}",
+            f"{_bytes(p.parameter_bytes_before)} -> {_bytes(p.parameter_bytes_after)}",
+            _error_text(p),
+            f"{p.seconds:.2f}",
+            _rules_text(p),
+            style=style,
+        )
+    final = report.final_error
+    table.add_section()
+    table.add_row(
+        "total",
+        "validated" if report.validated else "not validated",
+        f"{report.nodes_before} -> {report.nodes_after}",
+        f"{_bytes(report.parameter_bytes_before)} -> {_bytes(report.parameter_bytes_after)}",
+        f"{final.max_abs:.2e}" if final else "-",
+        f"{report.seconds:.2f}",
+        f"validation {report.validation_seconds:.2f} s on {report.sample_inputs}" if report.validated else "",
+    )
+    return table
+
+
+def render_text(report: OptimizationReport, width: int = 160) -> str:
+    """The rich table rendered to plain text (no colour codes)."""
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, color_system=None, force_terminal=False).print(report_table(report))
+    return buffer.getvalue()

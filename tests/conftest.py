@@ -1,0 +1,43 @@
+"""Shared fixtures: small ONNX models built with onnx.helper."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+IR_VERSION = 10
+OPSET = 20
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset: int = OPSET, name: str = "g") -> onnx.ModelProto:
+    graph = helper.make_graph(list(nodes), name, list(inputs), list(outputs), initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = IR_VERSION
+    return model
+
+
+def tensor_info(name: str, shape, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+@pytest.fixture
+def mlp_model() -> onnx.ModelProto:
+    """y = Relu(x @ W + b) computed twice (a CSE target), with an Identity and a no-op Mul by 1."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
+    one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["mm1"], name="matmul_a"),
+        helper.make_node("MatMul", ["x", "W"], ["mm2"], name="matmul_b"),
+        helper.make_node("Add", ["mm1", "b"], ["h1"], name="add_a"),
+        helper.make_node("Add", ["mm2", "b"], ["h2"], name="add_b"),
+        helper.make_node("Identity", ["h1"], ["h1_id"], name="identity"),
+        helper.make_node("Mul", ["h2", "one"], ["h2_1"], name="mul_by_one"),
+        helper.make_node("Add", ["h1_id", "h2_1"], ["s"], name="sum"),
+        helper.make_node("Relu", ["s"], ["y"], name="relu"),
+    ]
+    return make_model(nodes, [tensor_info("x", [2, 4])], [tensor_info("y", [2, 3])], [w, b, one])
+

@@ -1,0 +1,82 @@
+"""ONNX Runtime backend: numpy and torch in/out, named inputs, clear input errors, benchmark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from kiln.backends.onnxruntime import compile as ort_compile
+from kiln.backends.onnxruntime import session_options
+from kiln.errors import BackendError, InputError
+
+
+@pytest.fixture
+def executable(mlp_model):
+    return ort_compile(kiln.capture(mlp_model), kiln.Target(intra_op_threads=1))
+
+
+def _expected(mlp_model, x):
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(mlp_model).run(None, {"x": x})[0]
+
+
+def test_numpy_in_numpy_out(executable, mlp_model):
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    out = executable(x)
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_allclose(out, _expected(mlp_model, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(executable(x=x), out)
+
+
+def test_torch_in_torch_out(executable, mlp_model):
+    x = torch.randn(2, 4)
+    out = executable(x)
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_allclose(out.numpy(), _expected(mlp_model, x.numpy()), rtol=1e-5, atol=1e-6)
+
+
+def test_input_errors_are_clear(executable):
+    with pytest.raises(InputError, match="expects dtype float32 but got float64"):
+        executable(np.ones((2, 4)))
+    with pytest.raises(InputError, match="expects rank 2"):
+        executable(np.ones(4, np.float32))
+    with pytest.raises(InputError, match="Missing model input"):
+        executable()
+    with pytest.raises(InputError, match="no input named 'y'"):
+        executable(y=np.ones((2, 4), np.float32))
+
+
+def test_benchmark_reports_sane_figures(executable):
+    result = executable.benchmark(warmup=2, repeats=7)
+    assert result.repeats == 7 and result.warmup == 2
+    assert 0 < result.min_ms <= result.median_ms <= result.p90_ms
+    assert "median" in str(result)
+
+
+def test_session_options_follow_the_target():
+    options = session_options(kiln.Target(intra_op_threads=2, inter_op_threads=1, graph_optimization_level="basic"))
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    assert options.graph_optimization_level.name == "ORT_ENABLE_BASIC"
+    with pytest.raises(BackendError, match="Unknown graph_optimization_level"):
+        session_options(kiln.Target(graph_optimization_level="max"))  # type: ignore[arg-type]
+
+
+def test_unavailable_backend_is_refused(mlp_model):
+    optimized = kiln.optimize(mlp_model, level=0, target=kiln.Target(backend="tvm"))
+    with pytest.raises(BackendError, match="not available"):
+        optimized(np.ones((2, 4), np.float32))
+
+
+def test_optimized_model_saves_external_data_when_large(mlp_model, tmp_path, monkeypatch):
+    from kiln.ir import serialization
+
+    monkeypatch.setattr(serialization, "EXTERNAL_DATA_THRESHOLD_BYTES", 16)
+    monkeypatch.setattr(serialization, "EXTERNAL_TENSOR_MIN_BYTES", 16)
+    optimized = kiln.optimize(mlp_model, level=1)
+    path = optimized.save(tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").stat().st_size >= 4 * 3 * 4
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(kiln.optimize(path, level=0)(x), optimized(x), rtol=1e-6)

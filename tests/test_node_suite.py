@@ -1,0 +1,298 @@
+"""The ONNX node test suite through kiln: no case that ONNX Runtime passes may break in kiln.
+
+For every case of ``onnx.backend.test.loader.load_node_model_tests()``:
+
+* baseline: the original model in ONNX Runtime (default graph optimization level, one intra-op
+  thread) must reproduce the expected outputs of every data set; cases that do not are not
+  kiln's business (ORT lacks the op/type, or disagrees with the reference) and are only counted;
+* round trip: ``kiln.capture`` -> ``kiln.ir.serialization.save_model`` -> ORT must pass too;
+* optimized: ``kiln.optimize(level=1, sample_inputs=<first data set>)`` -> ``save`` -> ORT must
+  pass too.
+
+Any mismatch, or any exception raised by kiln, on a case that passes as given is a regression.
+The counts are printed at the end of the test (visible in ``pytest -q``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnxruntime as ort
+
+import kiln
+from kiln.ir.serialization import save_model
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_cases() -> list[Any]:
+    """The node test cases; the generators emit numpy RuntimeWarnings (overflow, divide by zero)."""
+    from onnx.backend.test.loader import load_node_model_tests
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return list(load_node_model_tests())
+
+
+def input_names(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs that are not initializers, in order (the order of a data set's inputs)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
+
+
+def normalize(value: Any) -> Any:
+    """A data-set entry as ORT takes/gives it: TensorProto -> ndarray, numpy scalar -> 0-d array,
+    sequences -> lists, None (an empty optional) stays None."""
+    if value is None:
+        return None
+    if isinstance(value, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(value)
+    if isinstance(value, (list, tuple)):
+        return [normalize(v) for v in value]
+    return np.asarray(value)
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def is_ml_dtype(dtype: np.dtype) -> bool:
+    """bfloat16, float8*, float4, int4, int2...: the ml_dtypes types numpy lacks."""
+    return dtype.type.__module__.split(".")[0] == "ml_dtypes"
+
+
+def assert_close(expected: Any, actual: Any, rtol: float, atol: float, where: str = "output") -> None:
+    """np.testing.assert_allclose semantics (NaN == NaN), recursing into sequences; strings and
+    booleans compare exactly; ml_dtypes types (bfloat16, float8, int4...) compare as float32."""
+    if expected is None:
+        if actual is not None:
+            raise AssertionError(f"{where}: expected an empty optional, got {type(actual).__name__}")
+        return
+    if isinstance(expected, list):
+        if not isinstance(actual, (list, tuple)):
+            raise AssertionError(f"{where}: expected a sequence, got {type(actual).__name__}")
+        if len(actual) != len(expected):
+            raise AssertionError(f"{where}: sequence of {len(actual)} instead of {len(expected)}")
+        for k, (e, a) in enumerate(zip(expected, actual)):
+            assert_close(e, a, rtol, atol, f"{where}[{k}]")
+        return
+    if actual is None or isinstance(actual, (list, tuple)):
+        raise AssertionError(f"{where}: expected a tensor, got {type(actual).__name__}")
+    actual = np.asarray(actual)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{where}: shape {actual.shape} instead of {expected.shape}")
+    if expected.dtype == object or expected.dtype.kind in "USO":
+        np.testing.assert_array_equal(actual, expected, err_msg=where)
+        return
+    if is_ml_dtype(expected.dtype) and actual.dtype.kind == "u" and actual.dtype.itemsize == expected.dtype.itemsize:
+        actual = actual.view(expected.dtype)  # ORT hands some 8/16-bit float types back as raw uint
+    if actual.dtype != expected.dtype:
+        raise AssertionError(f"{where}: dtype {actual.dtype} instead of {expected.dtype}")
+    if expected.dtype == np.bool_:
+        np.testing.assert_array_equal(actual, expected, err_msg=where)
+        return
+    if is_ml_dtype(expected.dtype):
+        if actual.dtype != expected.dtype:
+            raise AssertionError(f"{where}: dtype {actual.dtype} instead of {expected.dtype}")
+        if expected.dtype.name == "bfloat16":
+            rtol = max(rtol, 2**-6)  # two bfloat16 ulps, as onnx's own backend runner allows
+        expected = expected.astype(np.float32)
+        actual = actual.astype(np.float32)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True, err_msg=where)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def session_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()  # default graph optimization level
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 4  # load failures are reported as exceptions
+    return options
+
+
+def to_ort(value: Any) -> Any:
+    """A feed ORT accepts. ORT's numpy bridge rejects ml_dtypes arrays (bfloat16, float8*, int4,
+    float4...), so those are copied, packed as ONNX stores them, into an OrtValue of their type."""
+    if isinstance(value, list):
+        return [to_ort(v) for v in value]
+    if not (isinstance(value, np.ndarray) and is_ml_dtype(value.dtype)):
+        return value
+    proto = onnx.numpy_helper.from_array(value)
+    raw = proto.raw_data
+    ort_value = ort.OrtValue.ortvalue_from_shape_and_type(list(value.shape), proto.data_type)
+    if len(raw) != ort_value.tensor_size_in_bytes():
+        raise ValueError(f"cannot feed {value.dtype} {value.shape}: {len(raw)} bytes for "
+                         f"{ort_value.tensor_size_in_bytes()}")
+    if raw:
+        ctypes.memmove(ort_value.data_ptr(), raw, len(raw))
+    return ort_value
+
+
+def ortvalue_to_numpy(value: ort.OrtValue) -> Any:
+    """An output OrtValue as numpy, reading the raw bytes of types ORT cannot hand to numpy."""
+    try:
+        return value.numpy()
+    except Exception:
+        if not value.is_tensor():
+            raise
+    proto = onnx.TensorProto()
+    proto.data_type = value.element_type()
+    proto.dims.extend(value.shape())
+    proto.raw_data = ctypes.string_at(value.data_ptr(), value.tensor_size_in_bytes())
+    return onnx.numpy_helper.to_array(proto)
+
+
+def fetch(session: ort.InferenceSession, feeds: dict[str, Any]) -> list[Any]:
+    """Every output, in graph-output order."""
+    try:
+        return session.run(None, feeds)
+    except Exception as exc:
+        if "No corresponding Numpy type" not in str(exc):
+            raise
+    values = {k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+    return [ortvalue_to_numpy(v) for v in session.run_with_ort_values(None, values)]
+
+
+def run_and_compare(model: bytes | str, case: Any, names: list[str]) -> None:
+    """Load `model` (serialized bytes or a path) in ORT and check every data set of `case`."""
+    session = ort.InferenceSession(model, session_options(), providers=["CPUExecutionProvider"])
+    for index, (inputs, outputs) in enumerate(case.data_sets):
+        feeds = {name: to_ort(normalize(x)) for name, x in zip(names, inputs)}
+        feeds = {k: v for k, v in feeds.items() if v is not None}  # an empty optional input is omitted
+        got = fetch(session, feeds)
+        expected = [normalize(o) for o in outputs]
+        if len(got) != len(expected):
+            raise AssertionError(f"{len(got)} outputs instead of {len(expected)}")
+        for k, (e, a) in enumerate(zip(expected, got)):
+            assert_close(e, a, case.rtol, case.atol, f"data set {index} output {k}")
+
+
+def short(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:limit]}"
+
+
+@dataclass
+class CaseResult:
+    name: str
+    ort_pass: bool = False
+    ort_error: str = ""
+    roundtrip_error: str | None = None  # None: passed (or not run)
+    optimized_error: str | None = None
+    pass_problems: list[str] = field(default_factory=list)  # kiln passes that raised / were rolled back
+    seconds: float = 0.0
+
+
+def evaluate_case(case: Any, workdir: Path) -> CaseResult:
+    """Baseline, round trip and optimized checks of one case (kiln runs only if ORT passes)."""
+    started = time.perf_counter()
+    result = CaseResult(case.name)
+    names = input_names(case.model)
+    try:
+        run_and_compare(case.model.SerializeToString(), case, names)
+        result.ort_pass = True
+    except Exception as exc:  # ORT cannot load/run it, or disagrees with the reference
+        result.ort_error = short(exc, 200)
+    if not result.ort_pass:
+        result.seconds = time.perf_counter() - started
+        return result
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        path = workdir / f"{case.name}.roundtrip.onnx"
+        try:
+            save_model(kiln.capture(case.model), path)
+            run_and_compare(str(path), case, names)
+            result.roundtrip_error = None
+        except Exception as exc:
+            result.roundtrip_error = short(exc)
+
+        path = workdir / f"{case.name}.optimized.onnx"
+        try:
+            inputs = case.data_sets[0][0]
+            sample = {name: normalize(x) for name, x in zip(names, inputs)}
+            optimized = kiln.optimize(case.model, level=1, sample_inputs=sample)
+            for entry in optimized.report.passes:
+                if entry.status in ("failed", "rolled_back"):
+                    result.pass_problems.append(f"{entry.name} {entry.status}: {entry.message[:200]}")
+            optimized.save(path)
+            run_and_compare(str(path), case, names)
+        except Exception as exc:
+            result.optimized_error = short(exc)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def run_suite(cases: list[Any], workdir: Path) -> list[CaseResult]:
+    results = []
+    for case in cases:
+        try:
+            results.append(evaluate_case(case, workdir))
+        except Exception as exc:  # a bug in this harness: count it against kiln, loudly
+            r = CaseResult(case.name, ort_pass=True)
+            r.roundtrip_error = f"harness error {short(exc)}\n{traceback.format_exc()}"
+            results.append(r)
+    return results
+
+
+def summarize(results: list[CaseResult], seconds: float) -> tuple[str, list[str]]:
+    ort_pass = [r for r in results if r.ort_pass]
+    roundtrip_pass = sum(1 for r in ort_pass if r.roundtrip_error is None)
+    optimized_pass = sum(1 for r in ort_pass if r.optimized_error is None)
+    regressions = []
+    for r in ort_pass:
+        if r.roundtrip_error is not None:
+            regressions.append(f"{r.name} [roundtrip] {r.roundtrip_error}")
+        if r.optimized_error is not None:
+            regressions.append(f"{r.name} [optimized] {r.optimized_error}")
+    rollbacks = Counter(p.split(":")[0] for r in ort_pass for p in r.pass_problems)
+    line = (f"node suite: total={len(results)} ort_pass={len(ort_pass)} roundtrip_pass={roundtrip_pass} "
+            f"optimized_pass={optimized_pass} regressions={len(regressions)} "
+            f"passes_rolled_back={sum(rollbacks.values())} ({seconds:.1f} s)")
+    return line, regressions
+
+
+# ----------------------------------------------------------------------------- the test
+
+
+def test_onnx_node_suite_has_no_kiln_regressions(tmp_path):
+    started = time.perf_counter()
+    cases = load_cases()
+    assert len(cases) > 1000, f"the ONNX node suite has only {len(cases)} cases"
+    results = run_suite(cases, tmp_path)
+    line, regressions = summarize(results, time.perf_counter() - started)
+    # Printed straight to the terminal so it shows under `pytest -q` whatever the capture mode.
+    sys.__stdout__.write("\n" + line + "\n")
+    sys.__stdout__.flush()
+    assert results and sum(r.ort_pass for r in results) > 1000, line
+    assert not regressions, f"{line}\n{len(regressions)} regression(s):\n" + "\n".join(regressions)
+
+
+if __name__ == "__main__":  # python tests/test_node_suite.py [name-substring ...]: a quick report
+    selected = load_cases()
+    if len(sys.argv) > 1:
+        selected = [c for c in selected if any(s in c.name for s in sys.argv[1:])]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        res = run_suite(selected, Path(d))
+    summary, regs = summarize(res, time.perf_counter() - t0)
+    print(summary)
+    print("\n".join(regs))
+    for r in res:
+        for p in r.pass_problems:
+            print(f"  {r.name}: {p}")
+    slowest = sorted(res, key=lambda r: -r.seconds)[:10]
+    print("slowest:", ", ".join(f"{r.name} {r.seconds:.2f}s" for r in slowest))
