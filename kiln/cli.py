@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.errors import KilnError
+from kiln.report.render import format_bytes
 
 console = Console()
 if not console.is_terminal:
@@ -19,19 +20,17 @@ if not console.is_terminal:
 err_console = Console(stderr=True)
 
 
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def cmd_optimize(args: argparse.Namespace) -> int:
     from kiln.api import optimize
 
-    optimized = optimize(args.model, level=args.level, validate=not args.no_validate, dump_ir=args.dump_ir)
+    sample_inputs = None
+    if args.sample_inputs:
+        import numpy as np
+
+        with np.load(args.sample_inputs, allow_pickle=False) as data:
+            sample_inputs = {name: data[name] for name in data.files}
+    optimized = optimize(args.model, level=args.level, validate=not args.no_validate, dump_ir=args.dump_ir,
+                         sample_inputs=sample_inputs)
     path = optimized.save(args.output)
     console.print(optimized.report)
     if args.report:
@@ -56,7 +55,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for v in values:
             io_table.add_row(kind, v.name, v.dtype, v.shape_text())
     console.print(io_table)
-    ops = Table(title=f"{summary.node_count} nodes, {_bytes(summary.parameter_bytes)} of parameters")
+    ops = Table(title=f"{summary.node_count} nodes, {format_bytes(summary.parameter_bytes)} of parameters")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, count in summary.op_histogram.items():
@@ -75,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--level", type=int, default=1, help="optimization level (default 1)")
     opt.add_argument("--report", help="also write the report as JSON to this file")
     opt.add_argument("--no-validate", action="store_true", help="skip numeric validation")
+    opt.add_argument("--sample-inputs", metavar="NPZ",
+                     help="validate on these inputs (.npz keyed by input name) instead of random ones")
     opt.add_argument("--dump-ir", help="write the model after every pass into this folder")
     opt.set_defaults(func=cmd_optimize)
     ins = sub.add_parser("inspect", help="show inputs, outputs, op histogram and parameter bytes")

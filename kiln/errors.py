@@ -30,7 +30,7 @@ class CaptureError(KilnError):
     def __init__(self, message: str, *, construct: str | None = None, suggestion: str | None = None):
         self.construct = construct
         self.suggestion = suggestion
-        parts = [message]
+        parts = [message if message.rstrip().endswith((".", "!", "?")) else message.rstrip() + "."]
         if construct:
             parts.append(f"Failing construct: {construct}.")
         if suggestion:

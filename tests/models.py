@@ -203,7 +203,7 @@ def bert_base(seed: int = SEED, batch: int = 1, seq: int = 128) -> tuple[nn.Modu
     from transformers import BertConfig, BertModel
 
     gen = _seeded(seed)
-    config = BertConfig(attn_implementation="eager")
+    config = BertConfig(attn_implementation="eager", use_cache=False)
     model = BertModel(config, add_pooling_layer=False)
     return LastHiddenState(model).eval(), _token_inputs(gen, config.vocab_size, batch, seq, token_types=True)
 

@@ -80,3 +80,26 @@ def test_optimized_model_saves_external_data_when_large(mlp_model, tmp_path, mon
     assert (tmp_path / "big.onnx.data").stat().st_size >= 4 * 3 * 4
     x = np.ones((2, 4), np.float32)
     np.testing.assert_allclose(kiln.optimize(path, level=0)(x), optimized(x), rtol=1e-6)
+
+
+def test_validation_runner_feeds_large_weights_without_copying():
+    import onnx_ir as ir
+    from conftest import make_model, tensor_info
+    from onnx import helper, numpy_helper
+
+    from kiln.backends.onnxruntime import run_model, weights_as_inputs
+
+    w = np.random.default_rng(0).standard_normal((128, 256)).astype(np.float32)  # 128 KiB
+    small = np.ones(256, np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])]
+    proto = make_model(nodes, [tensor_info("x", [1, 128])], [tensor_info("y", [1, 256])],
+                       [numpy_helper.from_array(w, "W"), numpy_helper.from_array(small, "b")])
+    model = kiln.capture(proto)
+    model.graph.initializers["W"].const_value = ir.tensor(w, name="W")  # numpy-backed, as from torch
+    light, weights = weights_as_inputs(model)
+    assert list(weights) == ["W"] and [v.name for v in light.graph.inputs] == ["x", "W"]
+    assert np.shares_memory(weights["W"], w)
+    assert "W" in model.graph.initializers, "the original model is left as it was"
+    assert isinstance(light.graph.initializers["b"].const_value, ir.TensorProtocol)
+    x = np.ones((1, 128), np.float32)
+    np.testing.assert_allclose(run_model(model, {"x": x})[0], x @ w + small, rtol=1e-5, atol=1e-5)

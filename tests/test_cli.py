@@ -49,3 +49,14 @@ def test_console_script_is_installed(tmp_path, mlp_model):
     result = subprocess.run([str(script), "inspect", str(src)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "MatMul" in result.stdout
+
+
+def test_optimize_validates_on_given_sample_inputs(tmp_path, mlp_model):
+    src = tmp_path / "in.onnx"
+    onnx.save(mlp_model, src)
+    npz = tmp_path / "inputs.npz"
+    np.savez(npz, x=np.full((2, 4), 0.5, np.float32))
+    report = tmp_path / "r.json"
+    assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx"), "--sample-inputs", str(npz),
+                 "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["sample_inputs"] == "the given sample inputs"

@@ -193,7 +193,7 @@ _KNOWN_FAILURES: Sequence[tuple[re.Pattern[str], str, str]] = (
     (
         re.compile(r"DynamicCache|past_key_values|Cache\b", re.I),
         "a key/value cache object",
-        "export with use_cache=False (kiln's cache-insertion pass adds the KV cache itself).",
+        "export with use_cache=False (and return plain tensors, not cache objects, from forward).",
     ),
     (
         re.compile(r"Constraints violated|dynamic_shapes|specialized", re.I),

@@ -8,11 +8,13 @@ from typing import Any
 from kiln.report.model import OptimizationReport, PassReport
 
 
-def _bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
+def format_bytes(n: int) -> str:
+    """Binary units, labelled as such: 435238084 -> '415.1 MiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
     return f"{n} B"
 
 
@@ -49,7 +51,7 @@ def report_table(report: OptimizationReport) -> Any:
             p.name,
             p.status,
             f"{p.nodes_before} -> {p.nodes_after}",
-            f"{_bytes(p.parameter_bytes_before)} -> {_bytes(p.parameter_bytes_after)}",
+            f"{format_bytes(p.parameter_bytes_before)} -> {format_bytes(p.parameter_bytes_after)}",
             _error_text(p),
             f"{p.seconds:.2f}",
             _rules_text(p),
@@ -61,7 +63,7 @@ def report_table(report: OptimizationReport) -> Any:
         "total",
         "validated" if report.validated else "not validated",
         f"{report.nodes_before} -> {report.nodes_after}",
-        f"{_bytes(report.parameter_bytes_before)} -> {_bytes(report.parameter_bytes_after)}",
+        f"{format_bytes(report.parameter_bytes_before)} -> {format_bytes(report.parameter_bytes_after)}",
         f"{final.max_abs:.2e}" if final else "-",
         f"{report.seconds:.2f}",
         f"validation {report.validation_seconds:.2f} s on {report.sample_inputs}" if report.validated else "",
