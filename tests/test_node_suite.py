@@ -15,7 +15,6 @@ The counts are printed at the end of the test (visible in ``pytest -q``).
 
 from __future__ import annotations
 
-import ctypes
 import sys
 import tempfile
 import time
@@ -32,7 +31,18 @@ import onnx.numpy_helper
 import onnxruntime as ort
 
 import kiln
+from kiln.backends.onnxruntime import ort_value_to_numpy, to_ort_value
 from kiln.ir.serialization import save_model
+from kiln.passes.base import is_ml_dtype
+
+
+def to_ort_feed(value: Any) -> Any:
+    """Numpy arrays as they are; types ORT's numpy bridge lacks (bfloat16, float8...) as OrtValues."""
+    if isinstance(value, list):
+        return [to_ort_feed(v) for v in value]
+    if isinstance(value, np.ndarray) and is_ml_dtype(value.dtype):
+        return to_ort_value(value)
+    return value
 
 # ----------------------------------------------------------------------------- loading
 
@@ -65,11 +75,6 @@ def normalize(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- comparison
-
-
-def is_ml_dtype(dtype: np.dtype) -> bool:
-    """bfloat16, float8*, float4, int4, int2...: the ml_dtypes types numpy lacks."""
-    return dtype.type.__module__.split(".")[0] == "ml_dtypes"
 
 
 def assert_close(expected: Any, actual: Any, rtol: float, atol: float, where: str = "output") -> None:
@@ -121,38 +126,6 @@ def session_options() -> ort.SessionOptions:
     return options
 
 
-def to_ort(value: Any) -> Any:
-    """A feed ORT accepts. ORT's numpy bridge rejects ml_dtypes arrays (bfloat16, float8*, int4,
-    float4...), so those are copied, packed as ONNX stores them, into an OrtValue of their type."""
-    if isinstance(value, list):
-        return [to_ort(v) for v in value]
-    if not (isinstance(value, np.ndarray) and is_ml_dtype(value.dtype)):
-        return value
-    proto = onnx.numpy_helper.from_array(value)
-    raw = proto.raw_data
-    ort_value = ort.OrtValue.ortvalue_from_shape_and_type(list(value.shape), proto.data_type)
-    if len(raw) != ort_value.tensor_size_in_bytes():
-        raise ValueError(f"cannot feed {value.dtype} {value.shape}: {len(raw)} bytes for "
-                         f"{ort_value.tensor_size_in_bytes()}")
-    if raw:
-        ctypes.memmove(ort_value.data_ptr(), raw, len(raw))
-    return ort_value
-
-
-def ortvalue_to_numpy(value: ort.OrtValue) -> Any:
-    """An output OrtValue as numpy, reading the raw bytes of types ORT cannot hand to numpy."""
-    try:
-        return value.numpy()
-    except Exception:
-        if not value.is_tensor():
-            raise
-    proto = onnx.TensorProto()
-    proto.data_type = value.element_type()
-    proto.dims.extend(value.shape())
-    proto.raw_data = ctypes.string_at(value.data_ptr(), value.tensor_size_in_bytes())
-    return onnx.numpy_helper.to_array(proto)
-
-
 def fetch(session: ort.InferenceSession, feeds: dict[str, Any]) -> list[Any]:
     """Every output, in graph-output order."""
     try:
@@ -161,14 +134,14 @@ def fetch(session: ort.InferenceSession, feeds: dict[str, Any]) -> list[Any]:
         if "No corresponding Numpy type" not in str(exc):
             raise
     values = {k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
-    return [ortvalue_to_numpy(v) for v in session.run_with_ort_values(None, values)]
+    return [ort_value_to_numpy(v) for v in session.run_with_ort_values(None, values)]
 
 
 def run_and_compare(model: bytes | str, case: Any, names: list[str]) -> None:
     """Load `model` (serialized bytes or a path) in ORT and check every data set of `case`."""
     session = ort.InferenceSession(model, session_options(), providers=["CPUExecutionProvider"])
     for index, (inputs, outputs) in enumerate(case.data_sets):
-        feeds = {name: to_ort(normalize(x)) for name, x in zip(names, inputs)}
+        feeds = {name: to_ort_feed(normalize(x)) for name, x in zip(names, inputs)}
         feeds = {k: v for k, v in feeds.items() if v is not None}  # an empty optional input is omitted
         got = fetch(session, feeds)
         expected = [normalize(o) for o in outputs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import re
 import tempfile
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -66,6 +68,43 @@ def _translate_error(exc: Exception) -> Exception:
     return BackendError(f"ONNX Runtime could not load the model: {text.strip()[:500]}")
 
 
+def _needs_ort_value(value: object) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype.type.__module__.split(".")[0] == "ml_dtypes"
+
+
+def to_ort_value(array: Any) -> Any:
+    """An OrtValue for a numpy array; ml_dtypes arrays (bfloat16, float8, int4...) are packed
+    as ONNX stores them, since ORT's numpy bridge does not know their types."""
+    if isinstance(array, list):
+        return [to_ort_value(a) for a in array]
+    if not _needs_ort_value(array):
+        return array if isinstance(array, ort.OrtValue) or array is None else ort.OrtValue.ortvalue_from_numpy(array)
+    proto = onnx.numpy_helper.from_array(array)
+    value = ort.OrtValue.ortvalue_from_shape_and_type(list(array.shape), proto.data_type)
+    raw = proto.raw_data
+    if len(raw) != value.tensor_size_in_bytes():
+        raise BackendError(f"Cannot feed a {array.dtype} array of shape {list(array.shape)} to ONNX Runtime.")
+    if raw:
+        ctypes.memmove(value.data_ptr(), raw, len(raw))
+    return value
+
+
+def ort_value_to_numpy(value: Any) -> Any:
+    """An output OrtValue as numpy, reading raw bytes for types ORT cannot hand to numpy."""
+    if not isinstance(value, ort.OrtValue):
+        return value
+    try:
+        return value.numpy()
+    except Exception:
+        if not value.is_tensor():
+            raise
+    proto = onnx.TensorProto()
+    proto.data_type = value.element_type()
+    proto.dims.extend(value.shape())
+    proto.raw_data = ctypes.string_at(value.data_ptr(), value.tensor_size_in_bytes())
+    return onnx.numpy_helper.to_array(proto)
+
+
 class OrtExecutable:
     """An ONNX Runtime session that takes and returns numpy arrays or torch tensors."""
 
@@ -92,9 +131,21 @@ class OrtExecutable:
     def run(self, feeds: Feeds) -> list[np.ndarray]:
         """Run on named numpy feeds; outputs in graph-output order."""
         try:
-            return self.session.run(self.output_names, feeds)
+            if any(_needs_ort_value(v) for v in feeds.values()):
+                return self._run_with_ort_values(feeds)
+            try:
+                return self.session.run(self.output_names, feeds)
+            except Exception as exc:
+                if "No corresponding Numpy type" not in str(exc):
+                    raise
+                return self._run_with_ort_values(feeds)  # outputs of a type numpy lacks
         except Exception as exc:
             raise BackendError(f"ONNX Runtime failed to run the model: {str(exc).strip()[:500]}") from exc
+
+    def _run_with_ort_values(self, feeds: Feeds) -> list[np.ndarray]:
+        """Run through OrtValues: ORT's numpy bridge rejects bfloat16, float8 and int4 arrays."""
+        values = {name: to_ort_value(v) for name, v in feeds.items()}
+        return [ort_value_to_numpy(v) for v in self.session.run_with_ort_values(self.output_names, values)]
 
     def feeds(self, *args: Any, **kwargs: Any) -> Feeds:
         """Match call arguments to model inputs (numpy or torch, positional or by name)."""

@@ -11,7 +11,8 @@ import onnx_ir as ir
 
 from kiln.errors import InputError
 
-Feeds = dict[str, np.ndarray]
+# Sequence inputs take lists of arrays and optional inputs may be None.
+Feeds = dict[str, Any]
 
 # Symbolic dims get this size in random inputs (same symbol, same size).
 DEFAULT_SYMBOLIC_DIM = 2
@@ -48,28 +49,52 @@ def _flatten(obj: Any) -> list[Any]:
     return [obj]
 
 
+def is_tensor_input(value: ir.Value) -> bool:
+    """False for sequence and optional inputs, which take lists and None rather than arrays."""
+    return not isinstance(value.type, (ir.SequenceType, ir.OptionalType))
+
+
+def _convert(value: ir.Value, given: Any) -> Any:
+    """Tensor inputs become numpy arrays; sequences stay lists (of arrays); None stays None."""
+    if is_tensor_input(value):
+        return to_numpy(given)
+    if given is None:
+        return None
+    if isinstance(given, (list, tuple)):
+        return [None if item is None else to_numpy(item) for item in given]
+    return to_numpy(given)  # an optional holding a tensor
+
+
 def make_feeds(model_inputs: list[ir.Value], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Feeds:
-    """Match positional and keyword inputs to the model's graph inputs by position and name."""
+    """Match positional and keyword inputs to the model's graph inputs by position and name.
+
+    Positional tensors are matched after flattening nested tuples, as torch.onnx flattens
+    forward arguments; sequence and optional inputs take a list or None as one argument.
+    """
     names = [v.name for v in model_inputs]
+    by_name = {v.name: v for v in model_inputs}
     feeds: Feeds = {}
-    positional = _flatten(list(args))
+    positional = list(args) if not all(is_tensor_input(v) for v in model_inputs) else _flatten(list(args))
     if len(positional) > len(names):
         raise InputError(f"The model takes {len(names)} input(s) {names}, but {len(positional)} were given.")
-    for name, value in zip(names, positional):
-        feeds[name] = to_numpy(value)
-    for key, value in kwargs.items():
-        if value is None:
-            continue
+    for name, given in zip(names, positional):
+        feeds[name] = _convert(by_name[name], given)
+    for key, given in kwargs.items():
         if key not in names:
+            if given is None:
+                continue
             raise InputError(f"The model has no input named {key!r}; its inputs are {names}.")
+        if given is None and is_tensor_input(by_name[key]):
+            continue
         if key in feeds:
             raise InputError(f"Input {key!r} was given both by position and by name.")
-        feeds[key] = to_numpy(value)
+        feeds[key] = _convert(by_name[key], given)
     missing = [n for n in names if n not in feeds]
     if missing:
         raise InputError(f"Missing model input(s) {missing}; the model takes {names}.")
     for value in model_inputs:
-        check_feed(value, feeds[value.name])
+        if is_tensor_input(value):
+            check_feed(value, feeds[value.name])
     return feeds
 
 
@@ -101,6 +126,11 @@ def random_inputs(model_inputs: list[ir.Value], seed: int = 0) -> Feeds:
     rng = np.random.default_rng(seed)
     feeds: Feeds = {}
     for value in model_inputs:
+        if not is_tensor_input(value):
+            raise InputError(
+                f"Input {value.name!r} is a {type(value.type).__name__}; kiln makes random inputs for "
+                "tensors only: pass sample inputs (a list for a sequence, None for an empty optional)."
+            )
         if value.dtype is None or value.shape is None:
             raise InputError(
                 f"Input {value.name!r} has no declared dtype or shape, so kiln cannot make sample "

@@ -151,23 +151,71 @@ class StructuralCheck(Instrument):
         return f"structural check failed: {problem}" if problem else None
 
 
-def compare_outputs(names: Sequence[str], reference: Sequence[np.ndarray], actual: Sequence[np.ndarray],
+def is_ml_dtype(dtype: np.dtype) -> bool:
+    """bfloat16, float8*, float4, int4...: types numpy lacks, provided by ml_dtypes."""
+    return dtype.type.__module__.split(".")[0] == "ml_dtypes"
+
+
+# A float tolerance cannot be tighter than the output dtype resolves: about one ulp at 1.0.
+_DTYPE_TOLERANCE_FLOOR = {"float16": 1e-3, "bfloat16": 1e-2}
+_LOW_PRECISION_FLOOR = 0.125  # float8 and float4 types
+
+
+def tolerance_for(dtype: np.dtype, tolerance: Tolerance) -> Tolerance:
+    """`tolerance`, loosened to the precision of `dtype` where the dtype is coarser."""
+    floor = _DTYPE_TOLERANCE_FLOOR.get(dtype.name)
+    if floor is None and is_ml_dtype(dtype) and dtype.name.startswith("float") and dtype.itemsize == 1:
+        floor = _LOW_PRECISION_FLOOR
+    if floor is None:
+        return tolerance
+    return Tolerance(atol=max(tolerance.atol, floor), rtol=max(tolerance.rtol, floor))
+
+
+def _flatten_outputs(name: str, ref: Any, got: Any, out: list[tuple[str, np.ndarray, np.ndarray]]) -> str | None:
+    """Pair up tensors inside sequence and optional outputs; a structural mismatch is returned."""
+    if ref is None or got is None:
+        return None if ref is None and got is None else f"output {name!r}: one model returned an empty optional"
+    if isinstance(ref, (list, tuple)) or isinstance(got, (list, tuple)):
+        if not isinstance(ref, (list, tuple)) or not isinstance(got, (list, tuple)):
+            return f"output {name!r} is a sequence in one model and a tensor in the other"
+        if len(ref) != len(got):
+            return f"output {name!r} is a sequence of {len(got)} instead of {len(ref)}"
+        for index, (r, g) in enumerate(zip(ref, got)):
+            problem = _flatten_outputs(f"{name}[{index}]", r, g, out)
+            if problem:
+                return problem
+        return None
+    out.append((name, np.asarray(ref), np.asarray(got)))
+    return None
+
+
+def compare_outputs(names: Sequence[str], reference: Sequence[Any], actual: Sequence[Any],
                     tolerance: Tolerance) -> tuple[ErrorStats, str | None]:
-    """Max abs / rel error of `actual` against `reference` and the first violation, if any."""
+    """Max abs / rel error of `actual` against `reference` and the first violation, if any.
+    Sequences and optionals are compared element by element; float16, bfloat16 and float8
+    outputs get at least their dtype's precision as tolerance."""
     stats = ErrorStats()
     violation: str | None = None
     if len(reference) != len(actual):
         return stats, f"the model has {len(actual)} outputs instead of {len(reference)}"
+    pairs: list[tuple[str, np.ndarray, np.ndarray]] = []
     for name, ref, got in zip(names, reference, actual):
-        ref = np.asarray(ref)
-        got = np.asarray(got)
+        problem = _flatten_outputs(name, ref, got, pairs)
+        if problem:
+            return stats, problem
+    for name, ref, got in pairs:
         if ref.shape != got.shape:
             return stats, f"output {name!r} has shape {list(got.shape)} instead of {list(ref.shape)}"
         if ref.dtype != got.dtype:
             return stats, f"output {name!r} has dtype {got.dtype} instead of {ref.dtype}"
-        if ref.dtype.kind not in "fciub" or ref.size == 0:
-            if ref.dtype.kind in "OUS" and not np.array_equal(ref, got):
+        allowed = tolerance_for(ref.dtype, tolerance)
+        if is_ml_dtype(ref.dtype):
+            ref, got = ref.astype(np.float32), got.astype(np.float32)
+        if ref.dtype.kind not in "fciub":
+            if not np.array_equal(ref, got):
                 return stats, f"output {name!r} differs"
+            continue
+        if ref.size == 0:
             continue
         ref64 = ref.astype(np.complex128 if ref.dtype.kind == "c" else np.float64)
         got64 = got.astype(ref64.dtype)
@@ -183,9 +231,9 @@ def compare_outputs(names: Sequence[str], reference: Sequence[np.ndarray], actua
             stats = ErrorStats(max_abs=max_abs, max_rel=max(stats.max_rel, max_rel), worst_output=name)
         else:
             stats.max_rel = max(stats.max_rel, max_rel)
-        bound = tolerance.atol + tolerance.rtol * finite_ref
+        bound = allowed.atol + allowed.rtol * finite_ref
         if violation is None and bool(np.any(diff > bound)):
-            violation = f"output {name!r} differs by up to {max_abs:.3g} (allowed {tolerance})"
+            violation = f"output {name!r} differs by up to {max_abs:.3g} (allowed {allowed})"
     return stats, violation
 
 
@@ -350,7 +398,10 @@ class PassManager:
         entry.parameter_bytes_after = parameter_bytes(new_model)
         entry.status = "applied"
         for instrument in self.instruments:
-            veto = instrument.after_pass(new_model, pass_, ctx, entry)
+            try:
+                veto = instrument.after_pass(new_model, pass_, ctx, entry)
+            except Exception as exc:  # a check that cannot run on the new model rejects it
+                veto = f"{type(instrument).__name__} raised {type(exc).__name__}: {str(exc)[:300]}"
             if veto and backup is not None:
                 logger.warning("Rolled back pass %s: %s", pass_.name, veto)
                 entry.status = "rolled_back"

@@ -59,6 +59,28 @@ _NO_OP_REASONS = {
 }
 
 
+class _GuardedIdentityElimination(common_passes.IdentityEliminationPass):
+    """onnx-ir's Identity elimination, minus two unsafe cases it takes (onnx-ir 1.1.0):
+    an Identity that makes a second graph output from a value that is already one
+    (outputs [a, Identity(a)] became [b, b], silently losing `a`), and one that returns a value
+    from an enclosing graph as a subgraph output (ORT rejects the result; Scan bodies computed
+    wrong values). Both Identities must stay."""
+
+    def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
+        if node.op_type == "Identity" and node.domain == "" and node.inputs and node.outputs:
+            source, output = node.inputs[0], node.outputs[0]
+            graph = node.graph
+            if source is not None and output.is_graph_output() and graph is not None:
+                producer = source.producer()
+                already_output = any(source is v for v in graph.outputs)
+                from_outer_scope = (producer.graph is not graph) if producer is not None else (
+                    source.graph is not graph
+                )
+                if already_output or from_outer_scope:
+                    return False
+        return super()._try_eliminate_identity_node(node)
+
+
 class EliminateIdentityAndNoOps(Pass):
     """Remove Identity nodes and ops that return their input unchanged (x*1, x+0, x-0, x/1,
     inference Dropout, Cast to the same type, Expand to the same shape, identity Transpose)."""
@@ -75,7 +97,7 @@ class EliminateIdentityAndNoOps(Pass):
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
         return run_ir_passes(model, [
             rewriter.RewritePass(rewriter.RewriteRuleSet(list(_NO_OP_RULES))),
-            common_passes.IdentityEliminationPass(),
+            _GuardedIdentityElimination(),
             common_passes.RemoveUnusedNodesPass(),
         ])
 

@@ -36,6 +36,7 @@ class FoldConstants(Pass):
         return f"inputs known at compile time ({', '.join(ops)}){what}"
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        cast_likes = _cast_like_to_cast(model)
         fold = _constant_folding.FoldConstantsPass(
             shape_inference=bool(ctx.options.get("fold_shape_inference", True)),
             input_size_limit=int(ctx.options.get("fold_input_size_limit", DEFAULT_INPUT_SIZE_LIMIT)),
@@ -47,6 +48,34 @@ class FoldConstants(Pass):
                 common_passes.RemoveUnusedNodesPass(),
                 common_passes.LiftConstantsToInitializersPass(lift_all_constants=False),
             ])
+        result.modified = result.modified or cast_likes > 0
         # Nodes the evaluator could not compute are left as they are; say so in the report.
         result.message = warnings.summary("left unfolded where evaluation failed")
         return result
+
+
+def _cast_like_to_cast(model: ir.Model) -> int:
+    """Turn CastLike with a known target dtype and a `saturate` or `round_mode` attribute into
+    Cast carrying those attributes. onnxscript 0.7.2 folds CastLike into Cast itself but drops
+    them (float8 casts then saturate where the model asked for NaN). Returns how many."""
+    rewritten = 0
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        if node.op_type != "CastLike" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        like = node.inputs[1]
+        if like is None or like.dtype is None or not ({"saturate", "round_mode"} & set(node.attributes)):
+            continue
+        graph = node.graph
+        attributes = [ir.AttrInt64("to", like.dtype.value)] + [
+            a for name, a in node.attributes.items() if name in ("saturate", "round_mode")
+        ]
+        cast = ir.Node("", "Cast", [node.inputs[0]], attributes, name=node.name, metadata_props=dict(node.metadata_props))
+        old_output, new_output = node.outputs[0], cast.outputs[0]
+        new_output.dtype, new_output.shape = like.dtype, old_output.shape
+        graph.insert_before(node, cast)
+        ir.convenience.replace_all_uses_with(old_output, new_output, replace_graph_outputs=True)
+        name = old_output.name
+        graph.remove(node, safe=True)
+        new_output.name = name
+        rewritten += 1
+    return rewritten
