@@ -16,7 +16,7 @@ from kiln.backends import compile_model
 from kiln.backends import onnxruntime as ort_backend
 from kiln.backends import reference as reference_backend
 from kiln.backends.base import BenchmarkResult, Executable
-from kiln.errors import InputError, PassError
+from kiln.errors import BackendError, InputError
 from kiln.ir.capture import capture, split_example_inputs
 from kiln.ir.inputs import Feeds, make_feeds, random_inputs
 from kiln.ir.serialization import save_model
@@ -112,15 +112,16 @@ def optimize(
         options: pass options (e.g. ``fold_output_size_limit``).
         dump_ir: folder to write the model after every pass, for debugging.
     """
-    target = target or Target(backend=backend)  # type: ignore[arg-type]
-    if target.backend != backend and backend != "onnxruntime":
-        raise PassError(f"backend={backend!r} conflicts with target.backend={target.backend!r}.")
+    if target is None:
+        target = Target(backend=backend)  # type: ignore[arg-type]
+    elif backend != "onnxruntime" and backend != target.backend:
+        raise BackendError(f"backend={backend!r} conflicts with target.backend={target.backend!r}; give one of them.")
     started = time.perf_counter()
     ir_model = capture(model, example_inputs, dynamic_shapes)
     capture_seconds = time.perf_counter() - started
     pipeline = list(passes) if passes is not None else passes_for_level(level)
     instruments = [StructuralCheck()]
-    report = OptimizationReport(model_name=_model_name(model), level=level if passes is None else -1)
+    report = OptimizationReport(model_name=_model_name(model), level=level if passes is None else None)
     feeds: Feeds | None = None
     if validate:
         feeds, source = _sample_feeds(ir_model, example_inputs, sample_inputs)

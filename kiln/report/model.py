@@ -73,7 +73,7 @@ class OptimizationReport:
     """The whole run: model before/after and one PassReport per pass, in order."""
 
     model_name: str = ""
-    level: int = 0
+    level: int | None = 0  # None when a custom pass list ran
     passes: list[PassReport] = field(default_factory=list)
     nodes_before: int = 0
     nodes_after: int = 0

@@ -38,7 +38,8 @@ def report_table(report: OptimizationReport) -> Any:
     """A rich Table: one row per pass, then a total row."""
     from rich.table import Table
 
-    title = f"kiln report: {report.model_name or 'model'} (level {report.level})"
+    pipeline = "custom passes" if report.level is None else f"level {report.level}"
+    title = f"kiln report: {report.model_name or 'model'} ({pipeline})"
     table = Table(title=title, show_lines=False)
     for column, justify in (
         ("pass", "left"), ("status", "left"), ("nodes", "right"), ("params", "right"),
