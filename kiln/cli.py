@@ -64,6 +64,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(bench_args: list[str]) -> int:
+    """Run the side-by-side benchmarks, which live in the repository (not in the wheel)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise KilnError(
+            "kiln bench needs a kiln source checkout (benchmarks/ is not installed with the package): "
+            "clone the repository, run `make test` once, then `kiln bench` or `python -m benchmarks run`."
+        )
+    return subprocess.call([sys.executable, "-m", "benchmarks", "run", *bench_args], cwd=root)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiln", description="kiln: a graph compiler for trained models.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
@@ -78,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="validate on these inputs (.npz keyed by input name) instead of random ones")
     opt.add_argument("--dump-ir", help="write the model after every pass into this folder")
     opt.set_defaults(func=cmd_optimize)
+    # `kiln bench ARGS` hands ARGS to `python -m benchmarks run` untouched (see main).
+    sub.add_parser("bench", help="run the side-by-side benchmarks: kiln bench [--quick] [--models ...] ...")
     ins = sub.add_parser("inspect", help="show inputs, outputs, op histogram and parameter bytes")
     ins.add_argument("model", help=".onnx file")
     ins.set_defaults(func=cmd_inspect)
@@ -85,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        try:
+            return cmd_bench(argv[1:])
+        except KilnError as exc:
+            err_console.print(f"[bold red]error:[/bold red] {exc}")
+            return 2
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

@@ -146,6 +146,17 @@ def vit(seed: int = SEED, batch: int = SMALL_BATCH) -> tuple[nn.Module, tuple[to
     return PixelsTo(model, "last_hidden_state").eval(), (pixels,)
 
 
+def randomize_batchnorm_statistics(model: nn.Module, gen: torch.Generator) -> None:
+    """Fresh batch norms have mean 0 / var 1; give them real statistics so folding them matters."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.1, generator=gen)
+                module.running_var.uniform_(0.5, 1.5, generator=gen)
+                module.weight.uniform_(0.5, 1.5, generator=gen)
+                module.bias.normal_(0.0, 0.1, generator=gen)
+
+
 def resnet(seed: int = SEED, batch: int = SMALL_BATCH) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """A small ResNetForImageClassification (basic blocks, 2 stages, batch norm with
     non-trivial running statistics) on 32x32 images, returning logits."""
@@ -157,14 +168,7 @@ def resnet(seed: int = SEED, batch: int = SMALL_BATCH) -> tuple[nn.Module, tuple
         num_labels=10,
     )
     model = ResNetForImageClassification(config)
-    # Fresh batch norms have mean 0 / var 1; give them real statistics so folding them matters.
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.1, generator=gen)
-                module.running_var.uniform_(0.5, 1.5, generator=gen)
-                module.weight.uniform_(0.5, 1.5, generator=gen)
-                module.bias.normal_(0.0, 0.1, generator=gen)
+    randomize_batchnorm_statistics(model, gen)
     pixels = torch.randn(batch, 3, 32, 32, generator=gen)
     return PixelsTo(model, "logits").eval(), (pixels,)
 

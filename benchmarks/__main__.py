@@ -1,0 +1,115 @@
+"""`python -m benchmarks run [--models ...] [--configs ...] [--quick] [--out DIR]` (also `kiln bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [t for t in text.split(",") if t] if text else None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from benchmarks import zoo
+    from benchmarks.configs import CONFIGS
+    from benchmarks.harness import RunSettings, run_grid, save_run
+    from benchmarks.results import render_markdown
+
+    console = Console()
+    models = _split(args.models) or [n for n, e in zoo.ZOO.items() if e.quick == args.quick]
+    configs = _split(args.configs) or list(CONFIGS)
+    unknown = [m for m in models if m not in zoo.ZOO] + [c for c in configs if c not in CONFIGS]
+    if unknown:
+        console.print(f"[red]unknown model(s) or config(s): {unknown}[/red]; models: {sorted(zoo.ZOO)}; "
+                      f"configs: {sorted(CONFIGS)}")
+        return 2
+    batches = [int(b) for b in _split(args.batches)] if args.batches else ([1] if args.quick else None)
+    settings = RunSettings.quick() if args.quick else RunSettings()
+    out = Path(args.out or f".cache/benchmarks/runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+    publish = args.publish or (not args.quick and args.publish is None and not args.models and not args.configs)
+
+    def write(run) -> None:
+        save_run(run, out)
+        markdown = render_markdown(run)
+        (out / "RESULTS.md").write_text(markdown)
+        if publish:
+            Path("benchmarks/RESULTS.md").write_text(markdown)
+
+    def progress(run, cell, total: int) -> None:
+        figure = (f"{cell.median_ms:.2f} ms, ratio {cell.ratio_vs_baseline:.3f}" if cell.status == "ok"
+                  else f"{cell.status}: {cell.error[:100]}")
+        console.print(f"[{len(run.cells)}/{total}] {cell.model} b{cell.batch} {cell.config}: {figure} "
+                      f"({cell.wall_seconds:.0f} s)")
+        write(run)  # partial results survive an interrupted run
+
+    run = run_grid(models, batches, configs, settings, quick=args.quick, command=command, progress=progress)
+    write(run)
+    if publish:
+        console.print("Published benchmarks/RESULTS.md")
+    console.print(f"Raw results: {out / 'run.json'}; table: {out / 'RESULTS.md'} ({run.seconds / 60:.1f} min)")
+    return 0
+
+
+def cmd_cell(args: argparse.Namespace) -> int:
+    from benchmarks.harness import RunSettings, measure_cell
+
+    settings = RunSettings(**json.loads(args.settings)) if args.settings else RunSettings()
+    cell = measure_cell(args.model, args.batch, args.config, settings)
+    Path(args.out).write_text(json.dumps(asdict(cell)))
+    return 0
+
+
+def cmd_facts(args: argparse.Namespace) -> int:
+    from benchmarks.harness import model_facts
+
+    print(json.dumps(asdict(model_facts(args.model, args.batch))))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description="kiln side-by-side benchmarks")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="measure models x configurations and write raw JSON + RESULTS.md")
+    run.add_argument("--models", help="comma-separated zoo names (default: the full zoo, or the quick set)")
+    run.add_argument("--configs", help="comma-separated configuration names (default: all)")
+    run.add_argument("--batches", help="comma-separated batch sizes (default: each model's, 1 with --quick)")
+    run.add_argument("--quick", action="store_true", help="tiny models, fewer repeats: a few minutes")
+    run.add_argument("--out", help="folder for run.json and RESULTS.md (default .cache/benchmarks/runs/<time>)")
+    run.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
+                     help="also write benchmarks/RESULTS.md (default: only for a full run)")
+    run.set_defaults(func=cmd_run)
+    cell = sub.add_parser("cell", help=argparse.SUPPRESS)
+    cell.add_argument("--model", required=True)
+    cell.add_argument("--batch", type=int, required=True)
+    cell.add_argument("--config", required=True)
+    cell.add_argument("--out", required=True)
+    cell.add_argument("--settings")
+    cell.set_defaults(func=cmd_cell)
+    facts = sub.add_parser("facts", help=argparse.SUPPRESS)
+    facts.add_argument("--model", required=True)
+    facts.add_argument("--batch", type=int, required=True)
+    facts.set_defaults(func=cmd_facts)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Shared types of the benchmark harness: zoo entries, peer configurations, prepared runners.
+
+The harness (`benchmarks/harness.py`) runs every (model, batch, configuration) cell in a fresh
+process: it prepares the configuration, then alternates it with ORT ENABLE_ALL on the same
+inputs, as BENCHMARKS.md prescribes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Threads for every runtime, per BENCHMARKS.md.
+THREADS = 2
+# Where exports and calibration data are cached (git-ignored).
+CACHE_DIR = Path(".cache/benchmarks")
+
+
+@dataclass
+class ModelCase:
+    """One model at one batch size, ready to run: what every configuration receives."""
+
+    name: str
+    batch: int
+    module: Any  # torch.nn.Module in eval mode returning one tensor; None until get_module() builds it
+    torch_inputs: dict[str, Any]  # keyword tensors for module(**torch_inputs)
+    inputs: dict[str, np.ndarray]  # the same inputs as numpy, keyed by ONNX input name
+    onnx_path: Path  # the dynamo=True export (as users make it), cached
+    reference: np.ndarray  # fp32 PyTorch output on `inputs`
+    calibration: list[dict[str, np.ndarray]] = field(default_factory=list)  # 16 extra input sets
+    kind: str = ""  # "text-encoder" | "decoder" | "vision" | "audio" | "sentence-embedding"
+    attention_mask_input: str | None = None  # name of the mask input, for pooling MiniLM embeddings
+    module_factory: Callable[[], Any] | None = None  # builds `module` on first use (ONNX-only cells skip it)
+
+    def get_module(self) -> Any:
+        """The PyTorch module, built on first use (importing transformers costs seconds)."""
+        if self.module is None and self.module_factory is not None:
+            self.module = self.module_factory()
+        return self.module
+
+
+@dataclass
+class Prepared:
+    """A configuration made ready for one ModelCase."""
+
+    run: Callable[[], Any]  # one inference on the case's inputs (timed)
+    outputs: Callable[[], np.ndarray]  # the first output as a float32 numpy array (accuracy)
+    optimize_seconds: float = 0.0  # the tool's own optimization wall time (0 when none)
+    node_count: int | None = None  # nodes of the model the configuration runs, when it is a graph
+    model_bytes: int | None = None  # bytes of that model on disk, when written
+    note: str = ""  # e.g. "untuned"
+
+
+class NotApplicable(Exception):
+    """The configuration does not apply to this model (e.g. a transformers optimizer on a CNN)."""
+
+
+class Config(abc.ABC):
+    """A peer (or kiln) configuration: how to turn a ModelCase into a timed runner."""
+
+    name: str = ""
+    precision: str = "fp32"  # "fp32" | "int8" | "int4"
+    description: str = ""
+
+    @abc.abstractmethod
+    def prepare(self, case: ModelCase, workdir: Path) -> Prepared:
+        """Build the runner; raise NotApplicable, or any exception (recorded as the cell's error)."""
