@@ -34,7 +34,7 @@ class RunSettings:
     repeats: int = 30
     min_seconds: float = 3.0
     max_seconds: float = 120.0
-    cell_timeout: float = 1800.0
+    cell_timeout: float = 900.0
     calibration_samples: int = 16
 
     @classmethod
