@@ -25,10 +25,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from benchmarks import zoo
     from benchmarks.configs import CONFIGS
-    from benchmarks.harness import RunSettings, run_grid, save_run
+    from benchmarks.harness import RunSettings, load_run, run_grid, save_run
     from benchmarks.results import render_markdown
 
     console = Console()
+    previous = None
+    if args.resume:
+        previous = load_run(Path(args.resume) / "run.json")
+        args.out, args.quick = args.resume, previous.quick
+        console.print(f"Resuming {args.resume}: {len(previous.cells)} cells already measured")
     models = _split(args.models) or [n for n, e in zoo.ZOO.items() if e.quick == args.quick]
     configs = _split(args.configs) or list(CONFIGS)
     unknown = [m for m in models if m not in zoo.ZOO] + [c for c in configs if c not in CONFIGS]
@@ -57,7 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                       f"({cell.wall_seconds:.0f} s)")
         write(run)  # partial results survive an interrupted run
 
-    run = run_grid(models, batches, configs, settings, quick=args.quick, command=command, progress=progress)
+    run = run_grid(models, batches, configs, settings, quick=args.quick, command=command, progress=progress,
+                   previous=previous)
     write(run)
     if publish:
         console.print("Published benchmarks/RESULTS.md")
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--batches", help="comma-separated batch sizes (default: each model's, 1 with --quick)")
     run.add_argument("--quick", action="store_true", help="tiny models, fewer repeats: a few minutes")
     run.add_argument("--out", help="folder for run.json and RESULTS.md (default .cache/benchmarks/runs/<time>)")
+    run.add_argument("--resume", metavar="DIR",
+                     help="continue the run saved in DIR (same models/configs), measuring only missing cells")
     run.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
                      help="also write benchmarks/RESULTS.md (default: only for a full run)")
     run.set_defaults(func=cmd_run)

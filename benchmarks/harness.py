@@ -194,33 +194,57 @@ class Run:
     facts: list[ModelFacts]
     cells: list[Cell]
     seconds: float = 0.0
+    planned: int = 0  # cells in the grid; fewer in `cells` while the run is under way or cut short
+    resumed: list[str] = field(default_factory=list)  # "when, on which CPU" for each resumption
+
+
+def load_run(path: Path) -> Run:
+    """A run saved by `save_run` (to resume it)."""
+    data = json.loads(Path(path).read_text())
+    data["facts"] = [ModelFacts(**f) for f in data["facts"]]
+    data["cells"] = [Cell(**c) for c in data["cells"]]
+    return Run(**data)
 
 
 def run_grid(models: list[str], batches: list[int] | None, configs: list[str], settings: RunSettings,
-             quick: bool, command: str, progress: Callable[[Run, Cell, int], None] | None = None) -> Run:
+             quick: bool, command: str, progress: Callable[[Run, Cell, int], None] | None = None,
+             previous: Run | None = None) -> Run:
     """Measure every cell (one process each) and return the run. `progress(run, cell, total)` is
-    called after each cell with the run so far, so a caller can save partial results."""
+    called after each cell with the run so far, so a caller can save partial results. With
+    `previous`, cells it already holds are kept and only the missing ones are measured."""
     from benchmarks import roofline, zoo
 
     started = time.perf_counter()
-    run = Run(command=command, started=time.strftime("%Y-%m-%d %H:%M:%S %Z"), quick=quick,
-              machine=roofline.machine_info(),
-              peaks=asdict(roofline.load_or_calibrate(threads=2, quick=quick, cache_dir=CACHE_DIR)),
-              facts=[], cells=[])
+    machine = roofline.machine_info()
+    if previous is None:
+        run = Run(command=command, started=time.strftime("%Y-%m-%d %H:%M:%S %Z"), quick=quick, machine=machine,
+                  peaks=asdict(roofline.load_or_calibrate(threads=2, quick=quick, cache_dir=CACHE_DIR)),
+                  facts=[], cells=[])
+    else:
+        run = previous
+        run.resumed.append(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} on {machine.get('cpu_model', '?')}")
+    elapsed_before = run.seconds
     # Batch-major order: every model at batch 1 before any at batch 8, so a cut-short run still
     # has complete tables for the smaller batch.
     wanted = sorted({b for m in models for b in (batches or zoo.ZOO[m].batches)})
     plan = [(m, b) for b in wanted for m in models if b in zoo.ZOO[m].batches]
-    total = len(plan) * len(configs)
+    run.planned = len(plan) * len(configs)
+    done = {(c.model, c.batch, c.config) for c in run.cells}
+    known_facts = {(f.model, f.batch) for f in run.facts}
     for model, batch in plan:
-        # The first process exports the model into the cache; later cells reuse it.
-        run.facts.append(model_facts_subprocess(model, batch, timeout=settings.cell_timeout))
+        if all((model, batch, config) in done for config in configs):
+            continue
+        if (model, batch) not in known_facts:
+            # The first process exports the model into the cache; later cells reuse it.
+            run.facts.append(model_facts_subprocess(model, batch, timeout=settings.cell_timeout))
         for config in configs:
+            if (model, batch, config) in done:
+                continue
             cell = run_cell_subprocess(model, batch, config, settings)
             run.cells.append(cell)
-            run.seconds = time.perf_counter() - started
+            run.seconds = elapsed_before + time.perf_counter() - started
             if progress is not None:
-                progress(run, cell, total)
+                progress(run, cell, run.planned)
     return run
 
 

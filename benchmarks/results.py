@@ -26,6 +26,10 @@ def render_markdown(run: Run) -> str:
         "",
         f"Command: `{run.command}`  ",
         f"Started {run.started}; took {run.seconds / 60:.1f} min{' (quick mode)' if run.quick else ''}.",
+        *([f"Resumed {', '.join(run.resumed)}.  "] if run.resumed else []),
+        *([f"**Incomplete: {len(run.cells)} of {run.planned} cells measured so far**; "
+           f"`python -m benchmarks run --resume <run folder>` measures the rest."]
+          if run.planned and len(run.cells) < run.planned else []),
         "",
         "## Machine",
         "",

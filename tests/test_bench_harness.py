@@ -57,3 +57,30 @@ def test_markdown_shows_figures_errors_and_machine():
     # max(4e9 / 500e9 s, 1e7 / 40e9 s) = 8 ms -> 2 ms is 0.25 x the bound
     assert "| 2.00 | 2.50 | 1.000 | 0.25 |" in row and "| 300 |" in row
     assert "error: ValueError: boom / bad" in text and "n/a: no model type for a CNN" in text
+
+
+def test_resume_measures_only_missing_cells(monkeypatch, tmp_path):
+    from dataclasses import asdict
+
+    from benchmarks import harness
+
+    calls: list[tuple[str, int, str]] = []
+    monkeypatch.setattr(harness, "run_cell_subprocess",
+                        lambda m, b, c, s: calls.append((m, b, c)) or Cell(m, b, c, median_ms=1.0))
+    monkeypatch.setattr(harness, "model_facts_subprocess", lambda m, b, timeout: ModelFacts(m, b))
+    previous = Run(command="python -m benchmarks run", started="then", quick=False, machine={"cpu_model": "X"},
+                   peaks={}, facts=[ModelFacts("bert-tiny", 1)], cells=[Cell("bert-tiny", 1, "ort-all")])
+    harness.save_run(previous, tmp_path)
+    loaded = harness.load_run(tmp_path / "run.json")
+    assert asdict(loaded) == asdict(previous)
+    run = harness.run_grid(["bert-tiny", "resnet-tiny"], [1], ["ort-all", "kiln-l1"], harness.RunSettings(),
+                           quick=False, command="x", previous=loaded)
+    assert calls == [("bert-tiny", 1, "kiln-l1"), ("resnet-tiny", 1, "ort-all"), ("resnet-tiny", 1, "kiln-l1")]
+    assert run.planned == 4 and len(run.cells) == 4 and len(run.resumed) == 1
+    assert [(f.model, f.batch) for f in run.facts] == [("bert-tiny", 1), ("resnet-tiny", 1)]
+
+
+def test_incomplete_run_says_so():
+    run = Run(command="c", started="s", quick=False, machine={}, peaks={}, facts=[],
+              cells=[Cell("m", 1, "ort-all", median_ms=1.0, ratio_vs_baseline=1.0)], planned=3)
+    assert "**Incomplete: 1 of 3 cells measured so far**" in render_markdown(run)
