@@ -43,10 +43,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     batches = [int(b) for b in _split(args.batches)] if args.batches else ([1] if args.quick else None)
     settings = RunSettings.quick() if args.quick else RunSettings()
-    out = Path(args.out or f".cache/benchmarks/runs/{time.strftime('%Y%m%d-%H%M%S')}")
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
     publish = args.publish or (not args.quick and args.publish is None and not args.models and not args.configs)
+    # A published (full) run keeps its raw JSON in the repository, next to RESULTS.md, so it can be
+    # resumed and audited later; other runs go to the git-ignored cache.
+    default_out = "benchmarks/results" if publish else f".cache/benchmarks/runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(args.out or default_out)
 
     def write(run) -> None:
         save_run(run, out)
