@@ -6,7 +6,7 @@ For every case of ``onnx.backend.test.loader.load_node_model_tests()``:
   thread) must reproduce the expected outputs of every data set; cases that do not are not
   kiln's business (ORT lacks the op/type, or disagrees with the reference) and are only counted;
 * round trip: ``kiln.capture`` -> ``kiln.ir.serialization.save_model`` -> ORT must pass too;
-* optimized: ``kiln.optimize(level=1, sample_inputs=<first data set>)`` -> ``save`` -> ORT must
+* optimized: ``kiln.optimize(level=L, sample_inputs=<first data set>)`` at every level L >= 1 -> ``save`` -> ORT must
   pass too.
 
 Any mismatch, or any exception raised by kiln, on a case that passes as given is a regression.
@@ -34,6 +34,10 @@ import kiln
 from kiln.backends.onnxruntime import ort_value_to_numpy, to_ort_value
 from kiln.ir.serialization import save_model
 from kiln.passes.base import is_ml_dtype
+from kiln.passes.pipeline import MAX_LEVEL
+
+# Every optimization level kiln offers must keep every case ORT passes passing.
+LEVELS = tuple(range(1, MAX_LEVEL + 1))
 
 
 def to_ort_feed(value: Any) -> Any:
@@ -162,7 +166,7 @@ class CaseResult:
     ort_pass: bool = False
     ort_error: str = ""
     roundtrip_error: str | None = None  # None: passed (or not run because ORT fails the case)
-    optimized_error: str | None = None
+    optimized_errors: dict[int, str] = field(default_factory=dict)  # level -> error (absent: passed)
     pass_problems: list[str] = field(default_factory=list)  # kiln passes that raised / were rolled back
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
 
@@ -199,20 +203,22 @@ def evaluate_case(case: Any, workdir: Path) -> CaseResult:
             _keep_failed(path, case, "roundtrip")
         result.seconds["roundtrip"] = time.perf_counter() - started
 
-        started = time.perf_counter()
-        path = workdir / "optimized.onnx"
-        try:
-            sample = {name: normalize(x) for name, x in zip(names, case.data_sets[0][0])}
-            optimized = kiln.optimize(case.model, level=1, sample_inputs=sample)
-            for entry in optimized.report.passes:
-                if entry.status in ("failed", "rolled_back"):
-                    result.pass_problems.append(f"{entry.name}: {' '.join(entry.message.split())[:160]}")
-            optimized.save(path)
-            run_and_compare(str(path), case, names)
-        except Exception as exc:
-            result.optimized_error = short(exc)
-            _keep_failed(path, case, "optimized")
-        result.seconds["optimized"] = time.perf_counter() - started
+        sample = {name: normalize(x) for name, x in zip(names, case.data_sets[0][0])}
+        for level in LEVELS:
+            started = time.perf_counter()
+            path = workdir / f"optimized-l{level}.onnx"
+            try:
+                optimized = kiln.optimize(case.model, level=level, sample_inputs=sample)
+                for entry in optimized.report.passes:
+                    if entry.status in ("failed", "rolled_back"):
+                        result.pass_problems.append(
+                            f"level {level} {entry.name}: {' '.join(entry.message.split())[:160]}")
+                optimized.save(path)
+                run_and_compare(str(path), case, names)
+            except Exception as exc:
+                result.optimized_errors[level] = short(exc)
+                _keep_failed(path, case, f"optimized-l{level}")
+            result.seconds[f"level {level}"] = time.perf_counter() - started
     return result
 
 
@@ -232,20 +238,21 @@ def summarize(results: list[CaseResult], load_seconds: float = 0.0) -> tuple[str
     """The counts line, the regressions, and notes on kiln passes that were rolled back."""
     ort_pass = [r for r in results if r.ort_pass]
     roundtrip_pass = sum(1 for r in ort_pass if r.roundtrip_error is None)
-    optimized_pass = sum(1 for r in ort_pass if r.optimized_error is None)
+    optimized_pass = {level: sum(1 for r in ort_pass if level not in r.optimized_errors) for level in LEVELS}
     regressions = []
     for r in ort_pass:
         if r.roundtrip_error is not None:
             regressions.append(f"{r.name} [roundtrip] {r.roundtrip_error}")
-        if r.optimized_error is not None:
-            regressions.append(f"{r.name} [optimized] {r.optimized_error}")
+        for level, error in r.optimized_errors.items():
+            regressions.append(f"{r.name} [optimized level {level}] {error}")
     notes = [f"{r.name}: {p}" for r in ort_pass for p in r.pass_problems]
     stage = Counter()
     for r in results:
         stage.update(r.seconds)
     times = ", ".join(f"{k} {v:.1f} s" for k, v in [("load", load_seconds), *stage.items()])
     line = (f"node suite: total={len(results)} ort_pass={len(ort_pass)} roundtrip_pass={roundtrip_pass} "
-            f"optimized_pass={optimized_pass} regressions={len(regressions)} "
+            + " ".join(f"optimized_l{level}_pass={n}" for level, n in optimized_pass.items())
+            + f" regressions={len(regressions)} "
             f"passes_rolled_back={len(notes)} ({times})")
     return line, regressions, notes
 

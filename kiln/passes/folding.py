@@ -6,6 +6,7 @@ with its size guards, so a fold never blows the model up (Tile, Expand, Constant
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.optimizer import _constant_folding
@@ -20,11 +21,81 @@ DEFAULT_INPUT_SIZE_LIMIT = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LI
 DEFAULT_OUTPUT_SIZE_LIMIT = _constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT
 
 
+# Ops whose folded result can dwarf their inputs (a 2-element shape becoming megabytes).
+_EXPANDING_OPS = frozenset({"Tile", "Expand", "ConstantOfShape", "Range", "Resize", "Upsample", "Pad", "OneHot"})
+# Never fold an expanding op whose result is over this many times its inputs...
+DEFAULT_MAX_EXPANSION = 4.0
+# ...unless the result stays under this many bytes (small constants are cheaper folded).
+DEFAULT_EXPANSION_FREE_BYTES = 64 * 1024
+
+
+def _elements(shape: object) -> int:
+    return int(np.prod([int(d) for d in shape])) if shape is not None else 0
+
+
+def folded_elements(node: ir.Node) -> int | None:
+    """How many elements folding `node` would store, from its constant inputs (None if unknown)."""
+    values = [v.const_value.numpy() if v is not None and v.const_value is not None else None for v in node.inputs]
+
+    def known(count: int) -> bool:
+        return len(values) >= count and all(v is not None for v in values[:count])
+
+    try:
+        if node.op_type == "ConstantOfShape" and known(1):
+            return _elements(values[0])
+        if node.op_type == "Expand" and known(2):
+            return _elements(np.broadcast_shapes(values[0].shape, tuple(int(d) for d in values[1])))
+        if node.op_type == "Tile" and known(2):
+            return _elements(values[0].shape) * _elements(values[1])
+        if node.op_type == "Range" and known(3):
+            start, limit, delta = (float(v) for v in values)
+            return max(int(np.ceil((limit - start) / delta)), 0) if delta else None
+    except (ValueError, TypeError, OverflowError):
+        return None
+    shape = node.outputs[0].shape if node.outputs else None
+    if shape is not None and all(isinstance(d, int) for d in shape):
+        return _elements(shape)
+    return None
+
+
+class ExpansionGuard:
+    """onnxscript `should_fold` hook: refuse to fold an expanding op whose stored result would
+    exceed `max_ratio` times its inputs and `free_bytes`. Counts what it kept for the report."""
+
+    def __init__(self, max_ratio: float = DEFAULT_MAX_EXPANSION, free_bytes: int = DEFAULT_EXPANSION_FREE_BYTES):
+        self.max_ratio = max_ratio
+        self.free_bytes = free_bytes
+        self.kept: list[tuple[str, int]] = []  # (node name, bytes folding would have stored)
+
+    def __call__(self, node: ir.Node) -> bool | None:
+        if node.op_type not in _EXPANDING_OPS or node.domain not in ("", "ai.onnx"):
+            return None
+        out_elements = folded_elements(node)
+        if out_elements is None:
+            return None
+        in_elements = sum(_elements(v.const_value.shape) for v in node.inputs if v is not None and v.const_value is not None)
+        dtype = node.outputs[0].dtype if node.outputs else None
+        itemsize = dtype.itemsize if dtype is not None else 4
+        out_bytes = int(out_elements * itemsize)
+        if out_bytes > self.free_bytes and out_elements > self.max_ratio * max(in_elements, 1):
+            self.kept.append((node.name or node.op_type, out_bytes))
+            return False
+        return None
+
+    def summary(self) -> str:
+        if not self.kept:
+            return ""
+        total = sum(b for _, b in self.kept)
+        return f"kept {len(self.kept)} expanding node(s) unfolded (folding would store {total / 2**20:.1f} MiB)"
+
+
 class FoldConstants(Pass):
     """Replace subgraphs computable at compile time by their values.
 
     Options (``PassContext.options``): ``fold_input_size_limit`` and ``fold_output_size_limit``
-    (elements) bound what is folded, so folding never inflates the model.
+    (elements) bound what is folded; ``fold_max_expansion`` (ratio) and
+    ``fold_expansion_free_bytes`` stop Tile, Expand, ConstantOfShape, Range... from storing a
+    result much larger than their inputs, so folding never inflates the model.
     """
 
     name = "constant_folding"
@@ -37,10 +108,15 @@ class FoldConstants(Pass):
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
         cast_likes = _cast_like_to_cast(model)
+        guard = ExpansionGuard(
+            max_ratio=float(ctx.options.get("fold_max_expansion", DEFAULT_MAX_EXPANSION)),
+            free_bytes=int(ctx.options.get("fold_expansion_free_bytes", DEFAULT_EXPANSION_FREE_BYTES)),
+        )
         fold = _constant_folding.FoldConstantsPass(
             shape_inference=bool(ctx.options.get("fold_shape_inference", True)),
             input_size_limit=int(ctx.options.get("fold_input_size_limit", DEFAULT_INPUT_SIZE_LIMIT)),
             output_size_limit=int(ctx.options.get("fold_output_size_limit", DEFAULT_OUTPUT_SIZE_LIMIT)),
+            should_fold=guard,
         )
         with CapturedWarnings(_constant_folding.__name__) as warnings:
             result = run_ir_passes(model, [
@@ -50,7 +126,7 @@ class FoldConstants(Pass):
             ])
         result.modified = result.modified or cast_likes > 0
         # Nodes the evaluator could not compute are left as they are; say so in the report.
-        result.message = warnings.summary("left unfolded where evaluation failed")
+        result.message = "; ".join(m for m in (guard.summary(), warnings.summary("left unfolded where evaluation failed")) if m)
         return result
 
 

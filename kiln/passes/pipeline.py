@@ -1,8 +1,9 @@
 """Optimization levels: which passes run, in the DESIGN order
 (folding -> cache insertion -> quantization -> fusion -> memory mapping).
 
-Level 0 runs nothing (capture and validation only). Level 1 runs the exact clean-up and
-folding passes.
+Level 0 runs nothing (capture and validation only). Level 1 runs the exact clean-up passes
+and constant folding. Level 2 adds exact layer folding (BatchNorm / affine into Conv and Gemm),
+layout-chain simplification and duplicate-initializer merging.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from kiln.errors import PassError
 from kiln.passes.base import Pass
 from kiln.passes.cleanup import EliminateCommonSubexpressions, EliminateDeadNodes, EliminateIdentityAndNoOps
 from kiln.passes.folding import FoldConstants
+from kiln.passes.initializers import DeduplicateInitializers
+from kiln.passes.layer_folding import FoldLayers
+from kiln.passes.shape_simplification import SimplifyShapeChains
 
-MAX_LEVEL = 1
+MAX_LEVEL = 2
 
 
 def passes_for_level(level: int) -> list[Pass]:
@@ -24,6 +28,19 @@ def passes_for_level(level: int) -> list[Pass]:
             EliminateDeadNodes(),
             EliminateIdentityAndNoOps(),
             FoldConstants(),
+            EliminateCommonSubexpressions(),
+            EliminateDeadNodes(),
+        ]
+    if level == 2:
+        return [
+            EliminateDeadNodes(),
+            EliminateIdentityAndNoOps(),
+            FoldConstants(),
+            FoldLayers(),
+            SimplifyShapeChains(),
+            EliminateIdentityAndNoOps(),
+            FoldConstants(),
+            DeduplicateInitializers(),
             EliminateCommonSubexpressions(),
             EliminateDeadNodes(),
         ]

@@ -1,0 +1,142 @@
+"""Level-2 exact folding: BatchNorm/affine into layers, layout chains, duplicate initializers,
+and the size guard on constant folding."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import make_model, tensor_info
+from onnx import TensorProto, helper, numpy_helper
+
+import kiln
+from kiln.ir.analysis import op_histogram
+from kiln.ir.provenance import get_provenance
+
+
+def _export(module: torch.nn.Module, x: torch.Tensor) -> onnx.ModelProto:
+    """A raw export (no exporter optimization), so the BatchNorms are still there."""
+    program = torch.onnx.export(module.eval(), (x,), dynamo=True, optimize=False)
+    return program.model_proto
+
+
+class ConvBn(torch.nn.Module):
+    def __init__(self, relu_between: bool):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.relu_between = relu_between
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+            self.bn.weight.uniform_(0.5, 2)
+            self.bn.bias.uniform_(-1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(torch.relu(y)) if self.relu_between else torch.relu(self.bn(y))
+
+
+def test_batchnorm_folds_into_the_conv_before_it():
+    torch.manual_seed(0)
+    module, x = ConvBn(relu_between=False), torch.randn(2, 3, 12, 12)
+    optimized = kiln.optimize(_export(module, x), level=2)
+    ops = op_histogram(optimized.model)
+    assert "BatchNormalization" not in ops and ops["Conv"] == 1
+    layer = next(p for p in optimized.report.passes if p.name == "layer_folding")
+    assert layer.status == "applied" and layer.rewrites[0].rule == "FuseBatchNormIntoConv"
+    conv = next(n for n in optimized.model.graph if n.op_type == "Conv")
+    assert {o.module for o in get_provenance(conv)} >= {"conv", "bn"}
+    np.testing.assert_allclose(optimized(x.numpy()), module(x).detach().numpy(), atol=1e-5)
+
+
+def test_batchnorm_after_relu_does_not_fold_into_the_conv_before_the_relu():
+    torch.manual_seed(0)
+    module, x = ConvBn(relu_between=True), torch.randn(2, 3, 12, 12)
+    optimized = kiln.optimize(_export(module, x), level=2)
+    assert op_histogram(optimized.model)["BatchNormalization"] == 1
+    np.testing.assert_allclose(optimized(x.numpy()), module(x).detach().numpy(), atol=1e-5)
+
+
+def test_transpose_pairs_cancel_and_reshape_chains_collapse():
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t1"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["t1"], ["t2"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["t2", "s1"], ["r1"]),
+        helper.make_node("Reshape", ["r1", "s2"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([2, 12], np.int64), "s1"),
+             numpy_helper.from_array(np.array([4, 6], np.int64), "s2")]
+    model = make_model(nodes, [tensor_info("x", [1, 2, 3, 4])], [tensor_info("y", [4, 6])], inits)
+    optimized = kiln.optimize(model, level=2)
+    assert dict(op_histogram(optimized.model)) == {"Reshape": 1}
+    rules = {r.rule for p in optimized.report.passes for r in p.rewrites}
+    assert {"TransposeTranspose", "ReshapeReshape"} & rules
+    x = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+    np.testing.assert_array_equal(optimized(x), x.reshape(4, 6))
+
+
+def test_duplicate_initializers_are_merged_and_reported():
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"]), helper.make_node("MatMul", ["a", "W2"], ["y"])]
+    model = make_model(nodes, [tensor_info("x", [2, 64])], [tensor_info("y", [2, 64])],
+                       [numpy_helper.from_array(w, "W1"), numpy_helper.from_array(w.copy(), "W2")])
+    optimized = kiln.optimize(model, level=2)
+    assert len(optimized.model.graph.initializers) == 1
+    assert optimized.report.parameter_bytes_after == optimized.report.parameter_bytes_before // 2
+    dedupe = next(p for p in optimized.report.passes if p.name == "initializer_deduplication")
+    assert dedupe.status == "applied" and dedupe.rewrites[0].rule == "merge_duplicate_initializer"
+    x = np.ones((2, 64), np.float32)
+    np.testing.assert_allclose(optimized(x), x @ w @ w, rtol=1e-5)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_constant_folding_does_not_inflate_the_model(level):
+    # y = x + ConstantOfShape([512, 512]) (1 MiB of zeros from a 2-element shape) and a Tile.
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["zeros"],
+                         value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("Tile", ["row", "reps"], ["tiled"]),
+        helper.make_node("Add", ["x", "zeros"], ["a"]),
+        helper.make_node("Add", ["a", "tiled"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([512, 512], np.int64), "shape"),
+             numpy_helper.from_array(np.ones((1, 512), np.float32), "row"),
+             numpy_helper.from_array(np.array([512, 1], np.int64), "reps")]
+    model = make_model(nodes, [tensor_info("x", [512, 512])], [tensor_info("y", [512, 512])], inits)
+    optimized = kiln.optimize(model, level=level)
+    assert optimized.report.parameter_bytes_after <= optimized.report.parameter_bytes_before
+    assert {"ConstantOfShape", "Tile"} <= set(op_histogram(optimized.model))
+    folding = next(p for p in optimized.report.passes if p.name == "constant_folding")
+    assert "kept 2 expanding node(s) unfolded" in folding.message
+    x = np.zeros((512, 512), np.float32)
+    np.testing.assert_allclose(optimized(x), np.full((512, 512), 1.5, np.float32))
+
+
+def test_small_expansions_still_fold():
+    nodes = [helper.make_node("Tile", ["row", "reps"], ["c"]), helper.make_node("Mul", ["x", "c"], ["y"])]
+    model = make_model(nodes, [tensor_info("x", [4, 4])], [tensor_info("y", [4, 4])],
+                       [numpy_helper.from_array(np.full((1, 4), 2.0, np.float32), "row"),
+                        numpy_helper.from_array(np.array([4, 1], np.int64), "reps")])
+    optimized = kiln.optimize(model, level=2)
+    assert "Tile" not in op_histogram(optimized.model)
+    np.testing.assert_allclose(optimized(np.ones((4, 4), np.float32)), np.full((4, 4), 2.0))
+
+
+def test_gemm_batchnorm_folds():
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.BatchNorm1d(6)).eval()
+    with torch.no_grad():
+        module[1].running_mean.uniform_(-1, 1)
+        module[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 8)
+    optimized = kiln.optimize(_export(module, x), level=2)
+    assert "BatchNormalization" not in op_histogram(optimized.model)
+    np.testing.assert_allclose(optimized(x.numpy()), module(x).detach().numpy(), atol=1e-5)
+
+
+def test_unknown_level_names_the_range():
+    with pytest.raises(kiln.errors.PassError, match="levels 0..2"):
+        kiln.optimize(make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor_info("x", [1])],
+                                 [tensor_info("y", [1])]), level=3)
