@@ -140,3 +140,23 @@ def test_unknown_level_names_the_range():
     with pytest.raises(kiln.errors.PassError, match="levels 0..2"):
         kiln.optimize(make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor_info("x", [1])],
                                  [tensor_info("y", [1])]), level=3)
+
+
+def test_deduplication_handles_views_left_by_constant_folding():
+    import onnx_ir as ir
+
+    from kiln.passes.initializers import DeduplicateInitializers
+
+    w = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "A"], ["a"]), helper.make_node("MatMul", ["x", "B"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    model = kiln.capture(make_model(nodes, [tensor_info("x", [2, 16])], [tensor_info("y", [2, 32])],
+                                    [numpy_helper.from_array(w.T.copy(), "A"), numpy_helper.from_array(w.T.copy(), "B")]))
+    for name in ("A", "B"):  # what folding a Transpose leaves behind: non-contiguous views
+        model.graph.initializers[name].const_value = ir.Tensor(w.T, name=name)
+    optimized = kiln.optimize(model, passes=[DeduplicateInitializers()])
+    (report,) = optimized.report.passes
+    assert report.status == "applied", report.message
+    assert len(optimized.model.graph.initializers) == 1
+    x = np.ones((2, 16), np.float32)
+    np.testing.assert_allclose(optimized(x), 2 * x @ w.T, rtol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
@@ -17,6 +18,7 @@ class DeduplicateInitializers(Pass):
     name = "initializer_deduplication"
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        _make_contiguous(model)
         before = {
             id(node): (node, tuple(node.inputs)) for node in ir.traversal.RecursiveGraphIterator(model.graph)
         }
@@ -34,3 +36,13 @@ class DeduplicateInitializers(Pass):
             for (old, new), users in merged.items()
         ]
         return PassResult(model, True, rewrites=rewrites)
+
+
+def _make_contiguous(model: ir.Model) -> None:
+    """Give numpy-backed initializers C-contiguous storage. Constant folding can leave views
+    (a folded Transpose), which onnx-ir 1.1.0's hashed deduplication cannot hash."""
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        raw = getattr(tensor, "raw", None)
+        if isinstance(tensor, ir.Tensor) and isinstance(raw, np.ndarray) and not raw.flags.c_contiguous:
+            value.const_value = ir.Tensor(np.ascontiguousarray(raw), name=tensor.name)
