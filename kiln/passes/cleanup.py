@@ -13,6 +13,8 @@ from onnxscript.rewriter.rules import common as common_rules
 
 from kiln.passes.adapters import run_ir_passes
 from kiln.passes.base import Pass, PassContext, PassResult
+from kiln.passes.noops import REASONS as STRUCTURAL_NO_OP_REASONS
+from kiln.passes.noops import replace_structural_no_ops
 from kiln.passes.tracking import describe_value
 
 
@@ -56,6 +58,7 @@ _NO_OP_REASONS = {
     "Cast": "casts to the dtype it already has",
     "Expand": "expands to the shape it already has",
     "Transpose": "permutation is the identity",
+    **STRUCTURAL_NO_OP_REASONS,
 }
 
 
@@ -83,7 +86,8 @@ class _GuardedIdentityElimination(common_passes.IdentityEliminationPass):
 
 class EliminateIdentityAndNoOps(Pass):
     """Remove Identity nodes and ops that return their input unchanged (x*1, x+0, x-0, x/1,
-    inference Dropout, Cast to the same type, Expand to the same shape, identity Transpose)."""
+    inference Dropout, Cast to the same type, Expand or Reshape to the same shape, identity
+    Transpose, Pad by zeros, full Slice, Concat of one)."""
 
     name = "identity_elimination"
     rule = "remove_no_op"
@@ -95,11 +99,14 @@ class EliminateIdentityAndNoOps(Pass):
         return "; ".join(reasons)
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        return run_ir_passes(model, [
+        structural = replace_structural_no_ops(model)
+        result = run_ir_passes(model, [
             rewriter.RewritePass(rewriter.RewriteRuleSet(list(_NO_OP_RULES))),
             _GuardedIdentityElimination(),
             common_passes.RemoveUnusedNodesPass(),
         ])
+        result.modified = result.modified or structural > 0
+        return result
 
 
 class EliminateCommonSubexpressions(Pass):

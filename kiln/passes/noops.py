@@ -1,0 +1,101 @@
+"""Structural no-ops onnxscript has no rule for: Reshape to the shape it already has, Pad by
+zeros, Slice of everything, Concat of one input. Each is turned into an Identity, which the
+(guarded) Identity elimination then removes, keeping graph outputs intact."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+def _const(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def _static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    if value is None or value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return tuple(int(d) for d in value.shape)
+
+
+def _reshape_is_no_op(node: ir.Node) -> bool:
+    shape, target = _static_shape(node.inputs[0]), _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if shape is None or target is None or len(target) != len(shape):
+        return False
+    allow_zero = node.attributes.get("allowzero")
+    resolved = [shape[i] if (d == 0 and not (allow_zero and allow_zero.value)) else int(d) for i, d in enumerate(target)]
+    if resolved.count(-1) == 1:
+        known = int(np.prod([d for d in resolved if d != -1]))
+        resolved[resolved.index(-1)] = int(np.prod(shape)) // known if known else -1
+    return tuple(resolved) == shape
+
+
+def _pad_is_no_op(node: ir.Node) -> bool:
+    pads = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if pads is None:
+        attr = node.attributes.get("pads")  # opset < 11
+        pads = np.asarray(attr.value) if attr is not None else None
+    return pads is not None and pads.size > 0 and not np.any(pads)
+
+
+def _slice_is_no_op(node: ir.Node) -> bool:
+    shape = _static_shape(node.inputs[0])
+    if shape is None or len(node.inputs) < 3:
+        return False
+    starts, ends = _const(node.inputs[1]), _const(node.inputs[2])
+    if starts is None or ends is None:
+        return False
+    # Optional inputs: absent means all axes in order and steps of one.
+    axes = _const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else np.arange(len(starts))
+    steps = _const(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else np.ones_like(starts)
+    if axes is None or steps is None:
+        return False
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        dim = shape[int(axis)]
+        start = int(start) + dim if start < 0 else int(start)
+        end = int(end) + dim if end < 0 else int(end)
+        if int(step) != 1 or start > 0 or end < dim:
+            return False
+    return True
+
+
+def _concat_is_no_op(node: ir.Node) -> bool:
+    return len(node.inputs) == 1 and node.inputs[0] is not None
+
+
+_CHECKS: dict[str, tuple[Callable[[ir.Node], bool], str]] = {
+    "Reshape": (_reshape_is_no_op, "Reshape to the shape it already has"),
+    "Pad": (_pad_is_no_op, "Pad by zeros"),
+    "Slice": (_slice_is_no_op, "Slice of the whole tensor"),
+    "Concat": (_concat_is_no_op, "Concat of one input"),
+}
+
+REASONS = {op: reason for op, (_, reason) in _CHECKS.items()}
+
+
+def replace_structural_no_ops(model: ir.Model) -> int:
+    """Turn each structural no-op into an Identity of its data input. Returns how many."""
+    replaced = 0
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        check = _CHECKS.get(node.op_type)
+        if check is None or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1 or not node.inputs:
+            continue
+        try:
+            is_no_op = check[0](node)
+        except (ValueError, TypeError, IndexError):
+            is_no_op = False
+        source, output = node.inputs[0], node.outputs[0]
+        if not is_no_op or source is None or (source.dtype is not None and output.dtype not in (None, source.dtype)):
+            continue
+        identity = ir.Node("", "Identity", [source], name=node.name, metadata_props=dict(node.metadata_props))
+        node.graph.insert_before(node, identity)
+        identity.outputs[0].dtype, identity.outputs[0].shape = output.dtype, output.shape
+        ir.convenience.replace_all_uses_with(output, identity.outputs[0], replace_graph_outputs=True)
+        name = output.name
+        node.graph.remove(node, safe=True)
+        identity.outputs[0].name = name
+        replaced += 1
+    return replaced
