@@ -38,7 +38,8 @@ def render_markdown(run: Run) -> str:
         f"- Measured peaks ({run.peaks.get('threads', '?')} threads): fp32 GEMM {run.peaks.get('fp32_gflops_gemm', 0):.0f} "
         f"GFLOP/s, fp32 FMA {run.peaks.get('fp32_gflops_fma', 0):.0f} GFLOP/s, int8 {run.peaks.get('int8_gops', 0):.0f} "
         f"GOP/s, DRAM {run.peaks.get('dram_gbps', 0):.1f} GB/s",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(machine.get("versions", {}).items())),
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(machine.get("versions", {}).items()))
+        + (f"; kiln commit {machine['kiln_commit']}" if machine.get("kiln_commit") else ""),
         "",
         "## How to read",
         "",

@@ -139,7 +139,23 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {name: _version(name) for name in PACKAGES},
+        "kiln_commit": _kiln_commit(),
     }
+
+
+def _kiln_commit() -> str:
+    """The git commit (and whether the tree had changes) of the kiln checkout being measured."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}{' (with uncommitted changes)' if dirty else ''}" if sha else "unknown"
 
 
 # ---------------------------------------------------------------------------------------------
