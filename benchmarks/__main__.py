@@ -73,6 +73,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_folding(args: argparse.Namespace) -> int:
+    from benchmarks import folding, zoo
+
+    models = _split(args.models) or [n for n, e in zoo.ZOO.items() if e.quick == args.quick]
+    settings = {"warmup": 2, "repeats": 8, "min_seconds": 0.2} if args.quick else {}
+    results = []
+    for model in models:
+        results.append(folding.compare(model, **settings))
+        print(results[-1].summary_line(), flush=True)
+    table = folding.render(results)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
 def cmd_cell(args: argparse.Namespace) -> int:
     from benchmarks.harness import RunSettings, measure_cell
 
@@ -104,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
                      help="also write benchmarks/RESULTS.md (default: only for a full run)")
     run.set_defaults(func=cmd_run)
+    fold = sub.add_parser("folding", help="kiln level-2 folding vs onnxsim, onnxslim, onnxoptimizer (batch 1)")
+    fold.add_argument("--models", help="comma-separated zoo names (default: the full zoo, or the quick set)")
+    fold.add_argument("--quick", action="store_true", help="the tiny models, fewer repeats")
+    fold.add_argument("--out", help="also write the table to this markdown file")
+    fold.set_defaults(func=cmd_folding)
     cell = sub.add_parser("cell", help=argparse.SUPPRESS)
     cell.add_argument("--model", required=True)
     cell.add_argument("--batch", type=int, required=True)

@@ -525,6 +525,7 @@ def _configs() -> dict[str, Config]:
         TvmRelaxUntuned(),
         Kiln(0),
         Kiln(1),
+        Kiln(2),
     ]
     return {c.name: c for c in configs}
 

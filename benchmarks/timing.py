@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,23 +40,29 @@ def _timed(fn: Callable[[], Any]) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def alternate(a: Callable[[], Any], b: Callable[[], Any], *, warmup: int = 5, repeats: int = 30,
-              min_seconds: float = 3.0, max_seconds: float = 120.0) -> PairedTiming:
-    """Warm both up, then call A, B, A, B ... until each ran `repeats` times and for at least
-    `min_seconds` in total (but stop adding calls after `max_seconds`, keeping at least 3 pairs).
-    A configuration that takes over a second per call (untuned TVM) is warmed up once."""
+def round_robin(fns: Sequence[Callable[[], Any]], *, warmup: int = 5, repeats: int = 30, min_seconds: float = 3.0,
+                max_seconds: float = 120.0) -> list[list[float]]:
+    """Warm every runner up, then call them in turn (1, 2, ..., n, 1, 2, ...) until each ran
+    `repeats` times and for at least `min_seconds` (but stop adding rounds after `max_seconds`,
+    keeping at least 3). Runners that take over a second per call are warmed up once.
+    Returns the milliseconds of each runner's timed calls, round by round."""
     for index in range(warmup):
-        slow = _timed(a) > 1000.0
-        b()
+        slow = any(_timed(fn) > 1000.0 for fn in fns)
         if slow and index == 0:
             break
-    a_ms: list[float] = []
-    b_ms: list[float] = []
+    times: list[list[float]] = [[] for _ in fns]
     started = time.perf_counter()
     while True:
-        a_ms.append(_timed(a))
-        b_ms.append(_timed(b))
-        elapsed = time.perf_counter() - started
-        enough = len(a_ms) >= repeats and min(sum(a_ms), sum(b_ms)) / 1e3 >= min_seconds
-        if enough or (elapsed >= max_seconds and len(a_ms) >= 3):
-            return PairedTiming(a_ms, b_ms)
+        for fn, samples in zip(fns, times):
+            samples.append(_timed(fn))
+        rounds = len(times[0])
+        enough = rounds >= repeats and min(sum(t) for t in times) / 1e3 >= min_seconds
+        if enough or (time.perf_counter() - started >= max_seconds and rounds >= 3):
+            return times
+
+
+def alternate(a: Callable[[], Any], b: Callable[[], Any], *, warmup: int = 5, repeats: int = 30,
+              min_seconds: float = 3.0, max_seconds: float = 120.0) -> PairedTiming:
+    """A and B called alternately (A, B, A, B ...): `round_robin` of two."""
+    a_ms, b_ms = round_robin([a, b], warmup=warmup, repeats=repeats, min_seconds=min_seconds, max_seconds=max_seconds)
+    return PairedTiming(a_ms, b_ms)
