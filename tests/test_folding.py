@@ -160,3 +160,15 @@ def test_deduplication_handles_views_left_by_constant_folding():
     assert len(optimized.model.graph.initializers) == 1
     x = np.ones((2, 16), np.float32)
     np.testing.assert_allclose(optimized(x), 2 * x @ w.T, rtol=1e-5)
+
+
+def test_gather_of_a_large_constant_table_folds_when_the_result_is_small():
+    table = np.random.default_rng(0).standard_normal((512, 64)).astype(np.float32)  # 32768 > 8192 elements
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"], axis=0), helper.make_node("Add", ["x", "rows"], ["y"])]
+    model = make_model(nodes, [tensor_info("x", [4, 64])], [tensor_info("y", [4, 64])],
+                       [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([0, 1, 2, 3], np.int64), "ids")])
+    optimized = kiln.optimize(model, level=1)
+    assert "Gather" not in op_histogram(optimized.model)
+    assert optimized.report.parameter_bytes_after < optimized.report.parameter_bytes_before
+    x = np.ones((4, 64), np.float32)
+    np.testing.assert_allclose(optimized(x), x + table[:4])

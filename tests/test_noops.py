@@ -51,3 +51,21 @@ def test_no_op_feeding_a_graph_output_keeps_the_output_name():
     optimized = kiln.optimize(model, level=1)
     assert [v.name for v in optimized.model.graph.outputs] == ["y"]
     np.testing.assert_array_equal(optimized(np.array([1.0, 2.0], np.float32)), [1.0, 2.0])
+
+
+@pytest.mark.parametrize("op,const,removable", [
+    ("Add", np.zeros(6, np.float32), True),           # a zero bias vector
+    ("Mul", np.ones((1, 6), np.float32), True),
+    ("Sub", np.zeros((2, 6), np.float32), True),
+    ("Add", np.zeros((3, 2, 6), np.float32), False),  # broadcasts x up to [3, 2, 6]
+    ("Add", np.array([0, 0, 0, 0, 0, 1e-3], np.float32), False),
+    ("Div", np.ones(6, np.float32), True),
+])
+def test_identity_constants_of_any_shape(op, const, removable):
+    out_shape = list(np.broadcast_shapes((2, 6), const.shape))
+    model = make_model([helper.make_node(op, ["x", "c"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                       [tensor_info("x", [2, 6])], [tensor_info("y", out_shape)], [numpy_helper.from_array(const, "c")])
+    optimized = kiln.optimize(model, level=1)
+    assert (op not in op_histogram(optimized.model)) == removable
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    np.testing.assert_array_equal(optimized(x), kiln.optimize(model, level=0)(x))

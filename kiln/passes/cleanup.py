@@ -58,7 +58,7 @@ _NO_OP_REASONS = {
     "Cast": "casts to the dtype it already has",
     "Expand": "expands to the shape it already has",
     "Transpose": "permutation is the identity",
-    **STRUCTURAL_NO_OP_REASONS,
+    **{op: reason for op, reason in STRUCTURAL_NO_OP_REASONS.items() if op not in ("Add", "Sub", "Mul", "Div")},
 }
 
 

@@ -47,6 +47,11 @@ def folded_elements(node: ir.Node) -> int | None:
             return _elements(np.broadcast_shapes(values[0].shape, tuple(int(d) for d in values[1])))
         if node.op_type == "Tile" and known(2):
             return _elements(values[0].shape) * _elements(values[1])
+        if node.op_type == "Gather" and known(2):
+            axis = int(node.attributes["axis"].value) if "axis" in node.attributes else 0
+            data_shape = list(values[0].shape)
+            del data_shape[axis]
+            return _elements(data_shape) * int(np.asarray(values[1]).size)
         if node.op_type == "Range" and known(3):
             start, limit, delta = (float(v) for v in values)
             return max(int(np.ceil((limit - start) / delta)), 0) if delta else None
@@ -58,17 +63,30 @@ def folded_elements(node: ir.Node) -> int | None:
     return None
 
 
-class ExpansionGuard:
-    """onnxscript `should_fold` hook: refuse to fold an expanding op whose stored result would
-    exceed `max_ratio` times its inputs and `free_bytes`. Counts what it kept for the report."""
+# Ops that pick a small part of a constant (an embedding row): folded whenever the result is
+# small, even when the table exceeds onnxscript's input size limit.
+_SELECTING_OPS = frozenset({"Gather", "Slice"})
 
-    def __init__(self, max_ratio: float = DEFAULT_MAX_EXPANSION, free_bytes: int = DEFAULT_EXPANSION_FREE_BYTES):
+
+class FoldPolicy:
+    """onnxscript `should_fold` hook. Refuses to fold an expanding op whose stored result would
+    exceed `max_ratio` times its inputs and `free_bytes` (counted for the report); asks to fold a
+    selecting op on constants whose result has at most `select_max_elements` elements."""
+
+    def __init__(self, max_ratio: float = DEFAULT_MAX_EXPANSION, free_bytes: int = DEFAULT_EXPANSION_FREE_BYTES,
+                 select_max_elements: int = DEFAULT_OUTPUT_SIZE_LIMIT):
         self.max_ratio = max_ratio
         self.free_bytes = free_bytes
+        self.select_max_elements = select_max_elements
         self.kept: list[tuple[str, int]] = []  # (node name, bytes folding would have stored)
 
     def __call__(self, node: ir.Node) -> bool | None:
-        if node.op_type not in _EXPANDING_OPS or node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type in _SELECTING_OPS:
+            selected = folded_elements(node)
+            return True if selected is not None and selected <= self.select_max_elements else None
+        if node.op_type not in _EXPANDING_OPS:
             return None
         out_elements = folded_elements(node)
         if out_elements is None:
@@ -93,7 +111,8 @@ class FoldConstants(Pass):
     """Replace subgraphs computable at compile time by their values.
 
     Options (``PassContext.options``): ``fold_input_size_limit`` and ``fold_output_size_limit``
-    (elements) bound what is folded; ``fold_max_expansion`` (ratio) and
+    (elements) bound what is folded (a Gather or Slice of a large constant folds whenever its
+    result is within the output limit); ``fold_max_expansion`` (ratio) and
     ``fold_expansion_free_bytes`` stop Tile, Expand, ConstantOfShape, Range... from storing a
     result much larger than their inputs, so folding never inflates the model.
     """
@@ -108,14 +127,16 @@ class FoldConstants(Pass):
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
         cast_likes = _cast_like_to_cast(model)
-        guard = ExpansionGuard(
+        output_limit = int(ctx.options.get("fold_output_size_limit", DEFAULT_OUTPUT_SIZE_LIMIT))
+        guard = FoldPolicy(
             max_ratio=float(ctx.options.get("fold_max_expansion", DEFAULT_MAX_EXPANSION)),
             free_bytes=int(ctx.options.get("fold_expansion_free_bytes", DEFAULT_EXPANSION_FREE_BYTES)),
+            select_max_elements=output_limit,
         )
         fold = _constant_folding.FoldConstantsPass(
             shape_inference=bool(ctx.options.get("fold_shape_inference", True)),
             input_size_limit=int(ctx.options.get("fold_input_size_limit", DEFAULT_INPUT_SIZE_LIMIT)),
-            output_size_limit=int(ctx.options.get("fold_output_size_limit", DEFAULT_OUTPUT_SIZE_LIMIT)),
+            output_size_limit=output_limit,
             should_fold=guard,
         )
         with CapturedWarnings(_constant_folding.__name__) as warnings:

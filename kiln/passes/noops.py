@@ -1,6 +1,8 @@
 """Structural no-ops onnxscript has no rule for: Reshape to the shape it already has, Pad by
-zeros, Slice of everything, Concat of one input. Each is turned into an Identity, which the
-(guarded) Identity elimination then removes, keeping graph outputs intact."""
+zeros, Slice of everything, Concat of one input, and Add/Sub of an all-zero tensor or Mul/Div by
+an all-one tensor that does not broadcast the other input (onnxscript matches scalars only).
+Each is turned into an Identity of the input it forwards, which the (guarded) Identity
+elimination then removes, keeping graph outputs intact."""
 
 from __future__ import annotations
 
@@ -66,11 +68,43 @@ def _concat_is_no_op(node: ir.Node) -> bool:
     return len(node.inputs) == 1 and node.inputs[0] is not None
 
 
-_CHECKS: dict[str, tuple[Callable[[ir.Node], bool], str]] = {
-    "Reshape": (_reshape_is_no_op, "Reshape to the shape it already has"),
-    "Pad": (_pad_is_no_op, "Pad by zeros"),
-    "Slice": (_slice_is_no_op, "Slice of the whole tensor"),
-    "Concat": (_concat_is_no_op, "Concat of one input"),
+def _keeps_shape(data: ir.Value, constant: np.ndarray) -> bool:
+    """True when broadcasting `constant` against `data` leaves data's shape as it is."""
+    if data.shape is None or constant.ndim > len(data.shape):
+        return False
+    for data_dim, const_dim in zip(reversed(list(data.shape)), reversed(constant.shape)):
+        if const_dim != 1 and not (isinstance(data_dim, int) and data_dim == const_dim):
+            return False
+    return True
+
+
+def _identity_operand(node: ir.Node, neutral: float, commutative: bool) -> ir.Value | None:
+    """The input `node` forwards unchanged when its other input is all `neutral`, else None."""
+    if len(node.inputs) != 2 or None in node.inputs:
+        return None
+    positions = ((0, 1), (1, 0)) if commutative else ((0, 1),)
+    for data_index, const_index in positions:
+        data, constant = node.inputs[data_index], _const(node.inputs[const_index])
+        if constant is None or constant.size == 0 or data.const_value is not None:
+            continue
+        if np.all(constant == neutral) and _keeps_shape(data, constant) and node.outputs[0].dtype in (None, data.dtype):
+            return data
+    return None
+
+
+def _forwarded(check: Callable[[ir.Node], bool]) -> Callable[[ir.Node], ir.Value | None]:
+    return lambda node: node.inputs[0] if check(node) else None
+
+
+_CHECKS: dict[str, tuple[Callable[[ir.Node], ir.Value | None], str]] = {
+    "Reshape": (_forwarded(_reshape_is_no_op), "Reshape to the shape it already has"),
+    "Pad": (_forwarded(_pad_is_no_op), "Pad by zeros"),
+    "Slice": (_forwarded(_slice_is_no_op), "Slice of the whole tensor"),
+    "Concat": (_forwarded(_concat_is_no_op), "Concat of one input"),
+    "Add": (lambda n: _identity_operand(n, 0.0, commutative=True), "adds an all-zero tensor"),
+    "Sub": (lambda n: _identity_operand(n, 0.0, commutative=False), "subtracts an all-zero tensor"),
+    "Mul": (lambda n: _identity_operand(n, 1.0, commutative=True), "multiplies by an all-one tensor"),
+    "Div": (lambda n: _identity_operand(n, 1.0, commutative=False), "divides by an all-one tensor"),
 }
 
 REASONS = {op: reason for op, (_, reason) in _CHECKS.items()}
@@ -84,11 +118,11 @@ def replace_structural_no_ops(model: ir.Model) -> int:
         if check is None or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1 or not node.inputs:
             continue
         try:
-            is_no_op = check[0](node)
+            source = check[0](node)
         except (ValueError, TypeError, IndexError):
-            is_no_op = False
-        source, output = node.inputs[0], node.outputs[0]
-        if not is_no_op or source is None or (source.dtype is not None and output.dtype not in (None, source.dtype)):
+            source = None
+        output = node.outputs[0]
+        if source is None or (source.dtype is not None and output.dtype not in (None, source.dtype)):
             continue
         identity = ir.Node("", "Identity", [source], name=node.name, metadata_props=dict(node.metadata_props))
         node.graph.insert_before(node, identity)
