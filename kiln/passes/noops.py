@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
+
 def _const(value: ir.Value | None) -> np.ndarray | None:
     if value is None or value.const_value is None:
         return None
