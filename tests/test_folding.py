@@ -79,16 +79,18 @@ def test_transpose_pairs_cancel_and_reshape_chains_collapse():
 
 def test_duplicate_initializers_are_merged_and_reported():
     w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"]), helper.make_node("MatMul", ["a", "W2"], ["y"])]
-    model = make_model(nodes, [tensor_info("x", [2, 64])], [tensor_info("y", [2, 64])],
+    # Two parallel uses (not a chain, which linear-map merging would fold first).
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"]), helper.make_node("MatMul", ["z", "W2"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    model = make_model(nodes, [tensor_info("x", [2, 64]), tensor_info("z", [2, 64])], [tensor_info("y", [2, 64])],
                        [numpy_helper.from_array(w, "W1"), numpy_helper.from_array(w.copy(), "W2")])
     optimized = kiln.optimize(model, level=2)
     assert len(optimized.model.graph.initializers) == 1
     assert optimized.report.parameter_bytes_after == optimized.report.parameter_bytes_before // 2
     dedupe = next(p for p in optimized.report.passes if p.name == "initializer_deduplication")
     assert dedupe.status == "applied" and dedupe.rewrites[0].rule == "merge_duplicate_initializer"
-    x = np.ones((2, 64), np.float32)
-    np.testing.assert_allclose(optimized(x), x @ w @ w, rtol=1e-5)
+    x, z = np.ones((2, 64), np.float32), np.full((2, 64), 0.5, np.float32)
+    np.testing.assert_allclose(optimized(x, z), x @ w + z @ w, rtol=1e-5)
 
 
 @pytest.mark.parametrize("level", [1, 2])
@@ -172,3 +174,57 @@ def test_gather_of_a_large_constant_table_folds_when_the_result_is_small():
     assert optimized.report.parameter_bytes_after < optimized.report.parameter_bytes_before
     x = np.ones((4, 64), np.float32)
     np.testing.assert_allclose(optimized(x), x + table[:4])
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_consecutive_linear_maps_merge_when_cheaper(with_bias):
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 64)).astype(np.float32)  # 16x64 + 64x8 > 16x8: merge
+    w2 = rng.standard_normal((64, 8)).astype(np.float32)
+    b1 = rng.standard_normal(64).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"])]
+    if with_bias:
+        nodes.append(helper.make_node("Add", ["b1", "h"], ["hb"]))  # operands commuted on purpose
+    nodes.append(helper.make_node("MatMul", ["hb" if with_bias else "h", "W2"], ["y"]))
+    inits = [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2"), numpy_helper.from_array(b1, "b1")]
+    model = make_model(nodes, [tensor_info("x", [3, 16])], [tensor_info("y", [3, 8])], inits)
+    optimized = kiln.optimize(model, level=2)
+    assert op_histogram(optimized.model)["MatMul"] == 1
+    merging = next(p for p in optimized.report.passes if p.name == "linear_map_merging")
+    assert merging.status == "applied" and merging.rewrites
+    assert optimized.report.parameter_bytes_after < optimized.report.parameter_bytes_before
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    expected = ((x @ w1 + b1) if with_bias else x @ w1) @ w2
+    np.testing.assert_allclose(optimized(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_linear_maps_stay_apart_when_merging_costs_more_or_something_nonlinear_sits_between():
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((64, 8)).astype(np.float32)  # bottleneck: 64x64 > 64x8 + 8x64
+    w2 = rng.standard_normal((8, 64)).astype(np.float32)
+    inits = [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")]
+    bottleneck = make_model([helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("MatMul", ["h", "W2"], ["y"])],
+                            [tensor_info("x", [2, 64])], [tensor_info("y", [2, 64])], inits)
+    assert op_histogram(kiln.optimize(bottleneck, level=2).model)["MatMul"] == 2
+    w3 = rng.standard_normal((8, 4)).astype(np.float32)
+    relu = make_model([helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                       helper.make_node("MatMul", ["r", "W3"], ["y"])],
+                      [tensor_info("x", [2, 64])], [tensor_info("y", [2, 4])],
+                      [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w3, "W3")])
+    assert op_histogram(kiln.optimize(relu, level=2).model)["MatMul"] == 2
+
+
+def test_linear_maps_do_not_merge_when_the_intermediate_is_used_elsewhere():
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 64)).astype(np.float32)
+    w2 = rng.standard_normal((64, 8)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("MatMul", ["h", "W2"], ["y"]),
+             helper.make_node("Relu", ["h"], ["z"])]
+    model = make_model(nodes, [tensor_info("x", [3, 16])], [tensor_info("y", [3, 8]), tensor_info("z", [3, 64])],
+                       [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")])
+    optimized = kiln.optimize(model, level=2)
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    y, z = optimized(x)
+    np.testing.assert_allclose(y, x @ w1 @ w2, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(z, np.maximum(x @ w1, 0), rtol=1e-5, atol=1e-5)
+    assert all(p.status in ("applied", "unchanged") for p in optimized.report.passes)

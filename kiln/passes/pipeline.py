@@ -3,7 +3,8 @@
 
 Level 0 runs nothing (capture and validation only). Level 1 runs the exact clean-up passes
 and constant folding. Level 2 adds exact layer folding (BatchNorm / affine into Conv and Gemm),
-layout-chain simplification and duplicate-initializer merging.
+merging of consecutive linear maps, layout-chain simplification and duplicate-initializer
+merging.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from kiln.passes.cleanup import EliminateCommonSubexpressions, EliminateDeadNode
 from kiln.passes.folding import FoldConstants
 from kiln.passes.initializers import DeduplicateInitializers
 from kiln.passes.layer_folding import FoldLayers
+from kiln.passes.linear_merging import MergeLinearMaps
 from kiln.passes.shape_simplification import SimplifyShapeChains
 
 MAX_LEVEL = 2
@@ -37,6 +39,7 @@ def passes_for_level(level: int) -> list[Pass]:
             EliminateIdentityAndNoOps(),
             FoldConstants(),
             FoldLayers(),
+            MergeLinearMaps(),
             SimplifyShapeChains(),
             EliminateIdentityAndNoOps(),
             FoldConstants(),
