@@ -21,7 +21,7 @@ MIN_COSINE = {"fp32": 0.99999, "int8": 0.99, "int4": 0.97}
 EXPECTED = {
     "torch-eager", "torch-compile", "ort-disable", "ort-basic", "ort-all", "ort-transformers", "onnxsim+ort",
     "onnxslim+ort", "onnxoptimizer+ort", "ort-quant-dynamic", "ort-quant-static", "ort-matmulnbits",
-    "tvm-relax-untuned", "kiln-l0", "kiln-l1",
+    "tvm-relax-untuned", "kiln-l0", "kiln-l1", "kiln-l2",
 }
 
 
