@@ -222,7 +222,9 @@ def run_grid(models: list[str], batches: list[int] | None, configs: list[str], s
                   facts=[], cells=[])
     else:
         run = previous
-        run.resumed.append(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} on {machine.get('cpu_model', '?')}")
+        run.resumed.append(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} on {machine.get('cpu_model', '?')} "
+                           f"(family {machine.get('cpu_family', '?')} model {machine.get('cpu_model_number', '?')}), "
+                           f"kiln commit {machine.get('kiln_commit', 'unknown')}, from cell {len(run.cells) + 1}")
     elapsed_before = run.seconds
     # Batch-major order: every model at batch 1 before any at batch 8, so a cut-short run still
     # has complete tables for the smaller batch.
