@@ -167,12 +167,7 @@ def _cast_like_to_cast(model: ir.Model) -> int:
             a for name, a in node.attributes.items() if name in ("saturate", "round_mode")
         ]
         cast = ir.Node("", "Cast", [node.inputs[0]], attributes, name=node.name, metadata_props=dict(node.metadata_props))
-        old_output, new_output = node.outputs[0], cast.outputs[0]
-        new_output.dtype, new_output.shape = like.dtype, old_output.shape
-        graph.insert_before(node, cast)
-        ir.convenience.replace_all_uses_with(old_output, new_output, replace_graph_outputs=True)
-        name = old_output.name
-        graph.remove(node, safe=True)
-        new_output.name = name
+        cast.outputs[0].dtype = like.dtype
+        ir.convenience.replace_nodes_and_values(graph, node, [node], [cast], node.outputs, cast.outputs)
         rewritten += 1
     return rewritten

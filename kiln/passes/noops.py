@@ -126,11 +126,6 @@ def replace_structural_no_ops(model: ir.Model) -> int:
         if source is None or (source.dtype is not None and output.dtype not in (None, source.dtype)):
             continue
         identity = ir.Node("", "Identity", [source], name=node.name, metadata_props=dict(node.metadata_props))
-        node.graph.insert_before(node, identity)
-        identity.outputs[0].dtype, identity.outputs[0].shape = output.dtype, output.shape
-        ir.convenience.replace_all_uses_with(output, identity.outputs[0], replace_graph_outputs=True)
-        name = output.name
-        node.graph.remove(node, safe=True)
-        identity.outputs[0].name = name
+        ir.convenience.replace_nodes_and_values(node.graph, node, [node], [identity], [output], identity.outputs)
         replaced += 1
     return replaced
