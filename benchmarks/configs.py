@@ -96,20 +96,16 @@ def save_onnx(model: Any, path: Path) -> Path:
     return path
 
 
-_ORT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-               "all": "ORT_ENABLE_ALL"}
-
-
 def ort_session(model: str | os.PathLike | bytes, level: str = "all") -> Any:
-    """An ONNX Runtime CPU session with the benchmark protocol's settings."""
+    """An ONNX Runtime CPU session with the benchmark protocol's settings (kiln's session options:
+    THREADS intra-op threads, one inter-op thread, sequential execution)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVELS[level])
-    options.log_severity_level = 3
+    import kiln
+    from kiln.backends.onnxruntime import session_options
+
+    options = session_options(kiln.Target(intra_op_threads=THREADS, inter_op_threads=1,
+                                          graph_optimization_level=level))  # type: ignore[arg-type]
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
