@@ -41,10 +41,10 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 def round_robin(fns: Sequence[Callable[[], Any]], *, warmup: int = 5, repeats: int = 30, min_seconds: float = 3.0,
-                max_seconds: float = 120.0) -> list[list[float]]:
+                max_seconds: float = 120.0, min_rounds: int = 3) -> list[list[float]]:
     """Warm every runner up, then call them in turn (1, 2, ..., n, 1, 2, ...) until each ran
     `repeats` times and for at least `min_seconds` (but stop adding rounds after `max_seconds`,
-    keeping at least 3). Runners that take over a second per call are warmed up once.
+    keeping at least `min_rounds`). Runners that take over a second per call are warmed up once.
     Returns the milliseconds of each runner's timed calls, round by round."""
     for index in range(warmup):
         slow = any(_timed(fn) > 1000.0 for fn in fns)
@@ -57,12 +57,13 @@ def round_robin(fns: Sequence[Callable[[], Any]], *, warmup: int = 5, repeats: i
             samples.append(_timed(fn))
         rounds = len(times[0])
         enough = rounds >= repeats and min(sum(t) for t in times) / 1e3 >= min_seconds
-        if enough or (time.perf_counter() - started >= max_seconds and rounds >= 3):
+        if enough or (time.perf_counter() - started >= max_seconds and rounds >= min_rounds):
             return times
 
 
 def alternate(a: Callable[[], Any], b: Callable[[], Any], *, warmup: int = 5, repeats: int = 30,
-              min_seconds: float = 3.0, max_seconds: float = 120.0) -> PairedTiming:
+              min_seconds: float = 3.0, max_seconds: float = 120.0, min_rounds: int = 3) -> PairedTiming:
     """A and B called alternately (A, B, A, B ...): `round_robin` of two."""
-    a_ms, b_ms = round_robin([a, b], warmup=warmup, repeats=repeats, min_seconds=min_seconds, max_seconds=max_seconds)
+    a_ms, b_ms = round_robin([a, b], warmup=warmup, repeats=repeats, min_seconds=min_seconds, max_seconds=max_seconds,
+                             min_rounds=min_rounds)
     return PairedTiming(a_ms, b_ms)

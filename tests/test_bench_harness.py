@@ -84,3 +84,14 @@ def test_incomplete_run_says_so():
     run = Run(command="c", started="s", quick=False, machine={}, peaks={}, facts=[],
               cells=[Cell("m", 1, "ort-all", median_ms=1.0, ratio_vs_baseline=1.0)], planned=3)
     assert "**Incomplete: 1 of 3 cells measured so far**" in render_markdown(run)
+
+
+def test_round_robin_keeps_three_rounds_unless_a_runner_is_too_slow_for_them():
+    from benchmarks.timing import round_robin
+
+    calls: list[int] = []
+    fns = [lambda: calls.append(0), lambda: calls.append(1)]
+    # max_seconds=0: the time budget is spent at once, so only the minimum number of rounds runs
+    assert [len(t) for t in round_robin(fns, warmup=0, repeats=30, min_seconds=0.0, max_seconds=0.0)] == [3, 3]
+    assert [len(t) for t in round_robin(fns, warmup=0, repeats=30, min_seconds=0.0, max_seconds=0.0,
+                                        min_rounds=1)] == [1, 1]
