@@ -7,6 +7,7 @@ import statistics
 import numpy as np
 import onnx
 import pytest
+from conftest import make_model, tensor_info
 from onnx import TensorProto, helper, numpy_helper
 
 from kiln.cost_model.measure import ModelProfile, profile_model
@@ -19,9 +20,8 @@ def _init(name: str, *shape: int) -> onnx.TensorProto:
     return numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32), name)
 
 
-def _model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+def _model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
+    model = make_model(nodes, inputs, outputs, initializers)
     onnx.checker.check_model(model)
     return model
 
@@ -38,10 +38,10 @@ def _fusable_model() -> onnx.ModelProto:
         helper.make_node("MatMul", ["h", "W2"], ["mm3"], name="matmul3d"),
         helper.make_node("Add", ["mm3", "b2"], ["out3"], name="bias3d"),
     ]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8]),
-              helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 3, 8])]
-    outputs = [helper.make_tensor_value_info("scaled", TensorProto.FLOAT, [4, 16]),
-               helper.make_tensor_value_info("out3", TensorProto.FLOAT, [2, 3, 16])]
+    inputs = [tensor_info("x", [4, 8]),
+              tensor_info("h", [2, 3, 8])]
+    outputs = [tensor_info("scaled", [4, 16]),
+               tensor_info("out3", [2, 3, 16])]
     inits = [_init("W", 8, 16), _init("b", 16), _init("k1", 16), _init("k2", 16), _init("W2", 8, 16), _init("b2", 16)]
     return _model(nodes, inputs, outputs, inits)
 
@@ -117,8 +117,8 @@ def test_residual_convs_get_one_kernel_each():
         helper.make_node("Add", ["y2", "r1"], ["s"], name="residual"),
         helper.make_node("Relu", ["s"], ["out"], name="relu2"),
     ]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
-                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 16, 8, 8])],
+    model = _model(nodes, [tensor_info("x", [1, 16, 8, 8])],
+                   [tensor_info("out", [1, 16, 8, 8])],
                    [_init("w1", 16, 16, 3, 3), _init("c1", 16), _init("w2", 16, 16, 3, 3), _init("c2", 16)])
     profile = profile_model(model, repeats=2, warmup=1, threads=1)
     _every_node_once(profile, {n.name for n in nodes})
@@ -133,27 +133,28 @@ def _subgraph_model() -> onnx.ModelProto:
     """If (then: Add, Relu; else: Mul) feeding a Loop that adds x three times."""
     f44 = [4, 4]
     then_branch = helper.make_graph(
-        [helper.make_node("Add", ["x", "one"], ["t0"], name="add"), helper.make_node("Relu", ["t0"], ["t1"], name="relu")],
-        "then", [], [helper.make_tensor_value_info("t1", TensorProto.FLOAT, f44)])
+        [helper.make_node("Add", ["x", "one"], ["t0"], name="add"),
+         helper.make_node("Relu", ["t0"], ["t1"], name="relu")],
+        "then", [], [tensor_info("t1", f44)])
     else_branch = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["e0"], name="mul")], "else", [],
-                                    [helper.make_tensor_value_info("e0", TensorProto.FLOAT, f44)])
+                                    [tensor_info("e0", f44)])
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
          helper.make_node("Add", ["acc_in", "x"], ["acc_out"], name="add")],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, f44)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, f44)])
+        [tensor_info("i", [], TensorProto.INT64),
+         tensor_info("cond_in", [], TensorProto.BOOL),
+         tensor_info("acc_in", f44)],
+        [tensor_info("cond_out", [], TensorProto.BOOL),
+         tensor_info("acc_out", f44)])
     nodes = [helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch),
              helper.make_node("Loop", ["n", "", "y"], ["z"], name="loop", body=body)]
     inits = [numpy_helper.from_array(np.array(1, np.float32), "one"),
              numpy_helper.from_array(np.array(2, np.float32), "two"),
              numpy_helper.from_array(np.array(3, np.int64), "n")]
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, f44),
-                          helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, f44)], inits)
+    return _model(nodes, [tensor_info("x", f44),
+                          tensor_info("c", [], TensorProto.BOOL)],
+                  [tensor_info("z", f44)], inits)
 
 
 def test_subgraph_kernels_are_nested_under_their_parent():
@@ -198,9 +199,9 @@ def test_eliminated_identity_is_unmapped_and_keeps_its_consumers_apart():
         helper.make_node("MatMul", ["alias", "W2"], ["m2"], name="matmul2"),
         helper.make_node("Add", ["m2", "b2"], ["y2"], name="add2"),
     ]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
-                   [helper.make_tensor_value_info("y1", TensorProto.FLOAT, [4, 16]),
-                    helper.make_tensor_value_info("y2", TensorProto.FLOAT, [4, 16])],
+    model = _model(nodes, [tensor_info("x", [4, 8])],
+                   [tensor_info("y1", [4, 16]),
+                    tensor_info("y2", [4, 16])],
                    [_init("W1", 8, 16), _init("b1", 16), _init("W2", 8, 16), _init("b2", 16)])
     profile = profile_model(model, repeats=2, warmup=0, threads=1)
     _every_node_once(profile, {n.name for n in nodes})

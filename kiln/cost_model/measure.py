@@ -27,7 +27,8 @@ How it works:
 4. Original nodes in a group with no kernel were folded into initializers or removed by ORT: they
    are listed in `ModelProfile.unmapped` with the reason.
 5. The whole-model time (`ModelProfile.model_median_ms`) comes from a second session with the
-   profiler off, because profiling adds work to every kernel call; `kernel_sum_ms` and
+   profiler off, because profiling adds work to every kernel call; its runs alternate with the
+   profiled session's, so a change in machine load affects both alike. `kernel_sum_ms` and
    `profiled_run_ms` give the profiled session's view for comparison.
 
 Names: nodes of the main graph keep their names; a node in a subgraph is named
@@ -43,7 +44,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,8 @@ __all__ = ["KernelGroup", "MeasuredKernel", "ModelProfile", "profile_model"]
 
 #: Suffix of ORT's per-kernel profile events (category "Node").
 KERNEL_EVENT_SUFFIX = "_kernel_time"
+#: ORT's profiler records no more events than this per process (``Profiler::global_max_num_events_``).
+PROFILER_MAX_EVENTS = 1_000_000
 #: Name ORT gives a node its NCHWc layout transformer rewrote: the original output tensor + this.
 NCHWC_SUFFIX = "_nchwc"
 #: Weights at least this large go to a side file when ORT saves its optimized graph, so the graph
@@ -218,8 +221,10 @@ class ModelProfile:
             f"kernel sum {self.kernel_sum_ms:.3f} ms",
         ]
         for group in sorted(self.groups, key=lambda g: -g.median_us)[:top]:
-            ops = ",".join(self.kernel(k).ort_op_type for k in group.kernels)
-            lines.append(f"  {group.median_us:10.1f} us  {ops:<30} <- {', '.join(group.node_names)[:80]}")
+            ops = Counter(self.kernel(k).ort_op_type for k in group.kernels)
+            kinds = " ".join(op if n == 1 else f"{op}x{n}" for op, n in ops.items())
+            nodes = ", ".join(group.node_names)
+            lines.append(f"  {group.median_us:10.1f} us  {kinds[:40]:<40} <- {nodes[:70]}")
         return "\n".join(lines)
 
 
@@ -394,7 +399,8 @@ def _replaced_uses(orig: _GraphView, opt: _GraphView, anchors: set[str]) -> dict
         twin = opt.nodes.get(key)
         if twin is None or twin.op_type != node.op_type or len(twin.inputs) != len(node.inputs):
             continue
-        swaps = {old: new for old, new in zip(node.inputs, twin.inputs) if old and old not in anchors and new in anchors}
+        swaps = {old: new for old, new in zip(node.inputs, twin.inputs)
+                 if old and old not in anchors and new in anchors}
         if swaps and _same_attributes(node.node, twin.node):  # else a merge, e.g. Transpose pairs
             replaced.update({("o", key, old): new for old, new in swaps.items()})
     return replaced
@@ -572,7 +578,8 @@ def _collect(runs: list[tuple[_Event, list[_Event]]],
                 node = opt.nodes[key]
                 kernel = kernels[key] = MeasuredKernel(
                     ort_name=key, ort_op_type=node.op_type, node_names=(), samples_us=[0.0] * n,
-                    provider=str(event.args.get("provider", "")), input_shapes=_shapes(event.args.get("input_type_shape")),
+                    provider=str(event.args.get("provider", "")),
+                    input_shapes=_shapes(event.args.get("input_type_shape")),
                     output_shapes=_shapes(event.args.get("output_type_shape")), parent=node.parent,
                     nested_us=[0.0] * n if node.has_subgraphs else [],
                 )
@@ -630,7 +637,8 @@ class _ModelSource:
         try:
             return ort.InferenceSession(self.source, options, providers=list(providers))
         except Exception as exc:
-            raise BackendError(f"ONNX Runtime could not load the model to profile it: {str(exc).strip()[:500]}") from exc
+            raise BackendError(
+                f"ONNX Runtime could not load the model to profile it: {str(exc).strip()[:500]}") from exc
 
 
 def _feeds(model: ir.Model, feeds: Mapping[str, Any] | None) -> Feeds:
@@ -691,8 +699,8 @@ def profile_model(
                          f"(got repeats={repeats}, warmup={warmup}, threads={threads}).")
     original = _as_model(model)
     inputs = _feeds(original, feeds)
-    target = Target(intra_op_threads=threads, graph_optimization_level=graph_optimization_level,  # type: ignore[arg-type]
-                    providers=tuple(providers))
+    target = Target(intra_op_threads=threads, providers=tuple(providers),
+                    graph_optimization_level=graph_optimization_level)  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory(prefix="kiln-measure-") as tmp:
         workdir = Path(tmp)
         source = _ModelSource(original, workdir)
@@ -705,39 +713,33 @@ def profile_model(
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                          str(OPTIMIZED_EXTERNAL_MIN_BYTES))
         profiled = source.session(options, target.providers)
-        run = _runner(profiled, inputs)
-        for _ in range(warmup + repeats):
-            _run(run, "while profiling")
-        profile_path = profiled.end_profiling()
-        events = json.loads(Path(profile_path).read_text())
-        del profiled, run
+        plain = source.session(session_options(target), target.providers)
+        run_profiled, run_plain = _runner(profiled, inputs), _runner(plain, inputs)
+        wall_ms: list[float] = []
+        for i in range(warmup + repeats):  # interleaved, so drifting machine load hits both alike
+            _run(run_profiled, "while profiling")
+            started = time.perf_counter()
+            _run(run_plain, "while timing")
+            if i >= warmup:
+                wall_ms.append((time.perf_counter() - started) * 1e3)
+        events = json.loads(Path(profiled.end_profiling()).read_text())
+        del profiled, plain, run_profiled, run_plain
         optimized = ir.load(workdir / "optimized.onnx")  # weights stay on disk, unread
-        model_median_ms = _wall_median_ms(source, target, inputs, warmup, repeats)
     return _build_profile(original, optimized, events, warmup=warmup, repeats=repeats,
-                          model_median_ms=model_median_ms, threads=threads, level=graph_optimization_level)
-
-
-def _wall_median_ms(source: _ModelSource, target: Target, feeds: Feeds, warmup: int, repeats: int) -> float:
-    """Median wall time of one run in a session with the profiler off."""
-    session = source.session(session_options(target), target.providers)
-    run = _runner(session, feeds)
-    for _ in range(warmup):
-        _run(run, "while timing")
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        _run(run, "while timing")
-        samples.append((time.perf_counter() - started) * 1e3)
-    return _median(samples)
+                          model_median_ms=_median(wall_ms), threads=threads, level=graph_optimization_level)
 
 
 def _build_profile(original: ir.Model, optimized: ir.Model, events: list[dict[str, Any]], *, warmup: int,
                    repeats: int, model_median_ms: float, threads: int, level: str) -> ModelProfile:
     runs = _split_runs(events)
-    if len(runs) != warmup + repeats:
-        logger.warning("profile_model: the profile holds %d runs, expected %d (ORT caps profiler events); "
-                       "using the last %d", len(runs), warmup + repeats, min(repeats, len(runs)))
-    measured = runs[-repeats:] if len(runs) >= repeats else runs[warmup:] or runs
+    measured = runs[warmup: warmup + repeats]
+    if len(measured) < repeats:  # ORT stops recording at PROFILER_MAX_EVENTS
+        if not measured:
+            raise BackendError(
+                f"ONNX Runtime's profiler recorded {len(runs)} of {warmup + repeats} runs (it stops at "
+                f"{PROFILER_MAX_EVENTS:,} events); profile with fewer warm-up runs or repeats.")
+        logger.warning("profile_model: ORT's profiler recorded %d of %d measured runs (event cap); "
+                       "medians use those", len(measured), repeats)
     orig, opt = _view(original), _view(optimized)
     kernels, unmatched, top_sums = _collect(measured, opt)
     if unmatched:
