@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 
 import numpy as np
+import onnx_ir as ir
 import onnx
 import pytest
 from conftest import make_model, tensor_info
@@ -208,3 +209,18 @@ def test_eliminated_identity_is_unmapped_and_keeps_its_consumers_apart():
     assert profile.unmapped == {"identity": "eliminated by ONNX Runtime (consumers read its input)"}
     assert set(profile.group_of("matmul1").node_names) == {"matmul1", "add1"}
     assert set(profile.group_of("matmul2").node_names) == {"matmul2", "add2"}
+
+
+def test_unnamed_nodes_are_named_on_a_clone_and_ort_glue_is_matched():
+    """fp16 on CPU: ORT inserts Casts and decomposes Softmax into unnamed nodes, whose events it
+    names <OpType>_<index>. The caller's model keeps its unnamed nodes."""
+    weight = numpy_helper.from_array(np.ones((8, 8), np.float16), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Softmax", ["m"], ["y"])]
+    model = ir.serde.deserialize_model(make_model(
+        nodes, [tensor_info("x", [4, 8], TensorProto.FLOAT16)], [tensor_info("y", [4, 8], TensorProto.FLOAT16)],
+        [weight]))
+    profile = profile_model(model, repeats=2, warmup=0, threads=1)
+    assert all(not node.name for node in model.graph)
+    assert not profile.unmatched_events and not profile.unmapped
+    assert profile.mapped_nodes == 2
+    assert all(k.calls_per_run == 1.0 for k in profile.kernels)

@@ -23,7 +23,9 @@ How it works:
    it, original nodes are attributed to kernels by the names ORT gives fused nodes
    (``<first node>/<Fusion>``, ``<output tensor>_nchwc``) and then along producer chains, so each
    original node is attributed to exactly one kernel. Group times are exact; kernel attribution
-   inside a multi-kernel group is a best effort.
+   inside a multi-kernel group is a best effort: when ORT splits one node into several kernels
+   (an fp16 Softmax on CPU becomes ReduceMax, Sub, Exp, ReduceSum, Div between Casts) the node
+   lands on one kernel of its group, so compare such nodes with `ModelProfile.group_of`.
 4. Original nodes in a group with no kernel were folded into initializers or removed by ORT: they
    are listed in `ModelProfile.unmapped` with the reason.
 5. The whole-model time (`ModelProfile.model_median_ms`) comes from a second session with the
