@@ -168,7 +168,7 @@ class ModelProfile:
         kernel_sum_ms: median over runs of the summed top-level kernel times.
         profiled_run_ms: median of ORT's own ``model_run`` time in the profiled session.
         unmatched_events: profiler event names that matched no node of the optimized graph.
-        optimized_op_types: op type of every kernel, by ORT name.
+        threads, graph_optimization_level: the ORT settings measured with.
     """
 
     kernels: list[MeasuredKernel]
