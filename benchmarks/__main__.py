@@ -106,6 +106,11 @@ def cmd_facts(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cost-model"]:  # its own parser: python -m benchmarks cost-model --help
+        from benchmarks import cost_model
+
+        return cost_model.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="kiln side-by-side benchmarks")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     fold.add_argument("--quick", action="store_true", help="the tiny models, fewer repeats")
     fold.add_argument("--out", help="also write the table to this markdown file")
     fold.set_defaults(func=cmd_folding)
+    sub.add_parser("cost-model", help="cost model accuracy: fit on some zoo models, test on the others")
     cell = sub.add_parser("cell", help=argparse.SUPPRESS)
     cell.add_argument("--model", required=True)
     cell.add_argument("--batch", type=int, required=True)

@@ -1,4 +1,4 @@
-"""The `kiln` command: optimize and inspect models."""
+"""The `kiln` command: optimize, inspect and price models, calibrate the cost model."""
 
 from __future__ import annotations
 
@@ -64,6 +64,100 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from kiln.cost_model.calibrate import calibrate
+    from kiln.cost_model.hardware import default_profile_path
+
+    output = Path(args.output) if args.output else default_profile_path()
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("calibrating", total=1)
+
+        def progress(step: str, done: int, total: int) -> None:
+            bar.update(task, description=step, completed=done, total=total)
+
+        profile = calibrate(args.threads, quick=args.quick, progress=progress)
+    profile.save(output)
+    table = Table(title=profile.source)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for precision, value in profile.peak_gflops.items():
+        table.add_row(f"peak {precision}", f"{value:,.0f} GFLOP/s")
+    for precision, value in profile.gemm_gflops.items():
+        table.add_row(f"ORT GEMM {precision}", f"{value:,.0f} GFLOP/s")
+    for level in profile.memory:
+        table.add_row(f"{level.name} ({format_bytes(level.capacity_bytes)})", f"{level.bandwidth_gbps:,.0f} GB/s")
+    table.add_row("kernel launch", f"{profile.launch_overhead_us:.2f} us")
+    for op_class, value in profile.efficiency.items():
+        table.add_row(f"efficiency {op_class}", f"{value:.2f}")
+    console.print(table)
+    console.print(f"Hardware profile written to {output}")
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from kiln.cost_model.model import CostModel
+    from kiln.ir.capture import load
+
+    model = load(args.model)
+    cost_model = CostModel.from_file(args.profile) if args.profile else CostModel.default(args.threads)
+    estimate = cost_model.model_cost(model, compiled=not args.as_written)
+    measured: dict[str, float] = {}
+    measured_total = None
+    if args.measure:
+        from kiln.cost_model.measure import profile_model
+
+        profile = profile_model(model, repeats=args.repeats, threads=cost_model.profile.threads)
+        measured = {k.ort_name: k.median_us / 1e3 for k in profile.kernels} if not args.as_written else {
+            name: group.median_us / 1e3 / len(group.node_names) for group in profile.groups for name in group.node_names}
+        measured_total = profile.model_median_ms
+    where = "as written" if args.as_written else "as ONNX Runtime runs it"
+    source = "fitted correction" if estimate.corrected else cost_model.profile.source
+    console.print(f"[bold]{args.model}[/bold] on {cost_model.profile.name} ({source}), {where}: "
+                  f"{len(estimate.per_node)} kernels")
+    by_op: dict[str, list] = {}
+    for node, e in estimate.per_node:
+        row = by_op.setdefault(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}",
+                               [0, 0, 0, 0.0, 0.0, {}])
+        row[0] += 1
+        row[1] += e.flops
+        row[2] += e.bytes
+        row[3] += e.ms
+        row[4] += measured.get(node.name, 0.0)
+        row[5][e.bound] = row[5].get(e.bound, 0) + 1
+    table = Table(title="per op type")
+    for column in ("op", "kernels", "GFLOP", "MB", "FLOP/B", "bound", "predicted ms", "measured ms"):
+        table.add_column(column, justify="left" if column in ("op", "bound") else "right")
+    for op, (count, flops, nbytes, ms, meas, bounds) in sorted(by_op.items(), key=lambda kv: -kv[1][3]):
+        table.add_row(op, str(count), f"{flops / 1e9:.3f}", f"{nbytes / 1e6:.2f}",
+                      f"{flops / nbytes:.1f}" if nbytes else "-", max(bounds, key=bounds.get), f"{ms:.3f}",
+                      f"{meas:.3f}" if measured else "-")
+    console.print(table)
+    top = Table(title=f"top {args.top} kernels by predicted time")
+    for column in ("node", "op", "GFLOP", "MB", "FLOP/B", "bound", "level", "predicted ms", "measured ms"):
+        top.add_column(column, justify="left" if column in ("node", "op", "bound", "level") else "right")
+    for node, e in sorted(estimate.per_node, key=lambda item: -item[1].ms)[: args.top]:
+        top.add_row(node.name[:48], node.op_type, f"{e.flops / 1e9:.3f}", f"{e.bytes / 1e6:.2f}",
+                    f"{e.intensity:.1f}", e.bound, e.memory_level, f"{e.ms:.3f}",
+                    f"{measured[node.name]:.3f}" if node.name in measured else "-")
+    console.print(top)
+    line = (f"predicted {estimate.latency_ms:.2f} ms, peak memory {format_bytes(estimate.peak_memory_bytes)} "
+            f"(weights {format_bytes(estimate.weight_bytes)})")
+    if measured_total is not None:
+        line += f"; measured {measured_total:.2f} ms (ratio {estimate.latency_ms / measured_total:.2f})"
+    console.print(line)
+    if estimate.unknown_ops:
+        console.print(f"[yellow]priced conservatively (no formula):[/yellow] {estimate.unknown_ops}")
+    if args.plot:
+        from kiln.cost_model.plot import roofline_png
+
+        path = roofline_png(estimate, cost_model.profile, args.plot, measured_ms=measured or None,
+                            title=f"{Path(args.model).name} on {cost_model.profile.name}")
+        console.print(f"Roofline plot written to {path}")
+    return 0
+
+
 def cmd_bench(bench_args: list[str]) -> int:
     """Run the side-by-side benchmarks, which live in the repository (not in the wheel)."""
     import subprocess
@@ -96,6 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="show inputs, outputs, op histogram and parameter bytes")
     ins.add_argument("model", help=".onnx file")
     ins.set_defaults(func=cmd_inspect)
+    cal = sub.add_parser("calibrate", help="measure this machine into a hardware profile for the cost model")
+    cal.add_argument("-o", "--output", help="profile JSON to write (default: ~/.cache/kiln/hardware_profile.json, "
+                     "or $KILN_HARDWARE_PROFILE), which the cost model then reads")
+    cal.add_argument("--threads", type=int, default=2, help="threads to calibrate for (default 2)")
+    cal.add_argument("--quick", action="store_true", help="shorter micro-benchmarks (a few seconds)")
+    cal.set_defaults(func=cmd_calibrate)
+    cost = sub.add_parser("cost", help="predict per-kernel and whole-model latency with the cost model")
+    cost.add_argument("model", help=".onnx file")
+    cost.add_argument("--measure", action="store_true", help="also measure every kernel with ORT's profiler")
+    cost.add_argument("--profile", help="hardware profile JSON (default: the calibrated one, else a preset)")
+    cost.add_argument("--threads", type=int, default=2, help="threads (when no --profile is given)")
+    cost.add_argument("--as-written", action="store_true",
+                      help="price the model's own nodes instead of the graph ONNX Runtime runs after its fusions")
+    cost.add_argument("--repeats", type=int, default=20, help="measured runs with --measure")
+    cost.add_argument("--top", type=int, default=15, help="kernels to list")
+    cost.add_argument("--plot", metavar="PNG", help="write a roofline plot of the kernels")
+    cost.set_defaults(func=cmd_cost)
     return parser
 
 

@@ -54,6 +54,8 @@ __all__ = [
     "OpCost",
     "model_cost",
     "node_cost",
+    "op_key",
+    "value_nbytes",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -417,6 +419,12 @@ def _gemm(node: ir.Node, sh: _Shapes) -> int:
     return 2 * y * k + (y if _has(node, 2) else 0)
 
 
+def _fused_gemm(node: ir.Node, sh: _Shapes) -> int:
+    """com.microsoft FusedGemm (ORT fuses Gemm + activation): Gemm plus one FLOP per output for
+    the activation."""
+    return _gemm(node, sh) + (sh.need_numel(_out(node)) if node.attributes.get_string("activation") else 0)
+
+
 def _einsum(node: ir.Node, sh: _Shapes) -> int:
     """Einsum: 2 FLOPs per point of the iteration space (every distinct index) when something is
     contracted or multiplied, else 1 per output element. For three or more operands this is the
@@ -720,6 +728,7 @@ def _build_formulas() -> dict[str, _Formula]:
             "com.microsoft::FastGelu": _fast_gelu,
             "com.microsoft::FusedMatMul": _fused_matmul,
             "com.microsoft::FusedConv": _fused_conv,
+            "com.microsoft::FusedGemm": _fused_gemm,
             "com.microsoft::QLinearConv": _qlinear_conv,
             "com.microsoft::MatMulIntegerToFloat": _matmul_integer_to_float,
             "com.microsoft::DynamicQuantizeMatMul": _dynamic_quantize_matmul,
@@ -732,6 +741,16 @@ def _build_formulas() -> dict[str, _Formula]:
             "com.microsoft::Attention": _ms_attention,
             "com.microsoft::MultiHeadAttention": _ms_multi_head_attention,
             "com.microsoft::GroupQueryAttention": _ms_group_query_attention,
+            # ONNX Runtime's NCHWc layout ops (what its CPU optimizer lowers CNNs to): shapes are
+            # the blocked tensors' (channels padded to the block size), formulas those of the op
+            "com.microsoft.nchwc::Conv": _fused_conv,
+            "com.microsoft.nchwc::MaxPool": _pool,
+            "com.microsoft.nchwc::AveragePool": _pool,
+            "com.microsoft.nchwc::GlobalMaxPool": _per_input(1),
+            "com.microsoft.nchwc::GlobalAveragePool": _per_input(1, 1),
+            "com.microsoft.nchwc::ReorderInput": _zero,
+            "com.microsoft.nchwc::ReorderOutput": _zero,
+            "com.microsoft.nchwc::Upsample": _resize,
         }
     )
     return formulas
@@ -747,6 +766,16 @@ _FORMULAS: dict[str, _Formula] = _build_formulas()
 
 def _op_key(node: ir.Node) -> str:
     return node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
+
+
+def op_key(node: ir.Node) -> str:
+    """The op's name as the formulas key it: "MatMul", or "domain::Op" outside the default domain."""
+    return _op_key(node)
+
+
+def value_nbytes(value: ir.Value | None, dims: Mapping[str, int] | None = None) -> int | None:
+    """Bytes of a tensor value from its shape and dtype (None when either is unknown)."""
+    return _Shapes(dims).nbytes(value)
 
 
 def _sum_bytes(values: Iterable[ir.Value | None], sh: _Shapes) -> tuple[int, bool]:

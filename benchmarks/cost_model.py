@@ -1,0 +1,183 @@
+"""`python -m benchmarks cost-model`: how well kiln's cost model predicts ORT on this machine.
+
+For every zoo model (batch 1): lower it through ONNX Runtime's graph optimizer
+(`kiln.cost_model.lowering`), price every kernel with the calibrated hardware profile, and
+measure every kernel with ORT's profiler (`kiln.cost_model.measure`, medians over repeats) and the
+whole model with the profiler off. Then fit the learned correction on the training models and,
+on each held-out model, print
+
+    MODEL analytical spearman=<x> model_error=<y>
+    MODEL learned spearman=<x> model_error=<y>
+
+spearman: rank correlation over the model's kernels of predicted vs measured time;
+model_error: |predicted - measured| / measured of the whole-model latency. ``--save`` refits on
+every model and writes the correction beside the hardware profile, where `CostModel.default()`
+picks it up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.base import CACHE_DIR, THREADS
+
+logger = logging.getLogger(__name__)
+
+TRAIN = ("bert-base", "resnet50", "whisper-tiny-encoder", "llama-gqa")
+TEST = ("gpt2", "vit-base", "minilm")
+PROFILE_FILE = "hardware_profile.json"
+
+
+@dataclass
+class ModelData:
+    """One model's kernels: roofline estimates, measured medians, and the whole-model figures."""
+
+    name: str
+    samples: list[Any]  # kiln.cost_model.learned.Sample, one per matched kernel
+    measured_model_ms: float
+    kernel_sum_ms: float
+    kernels: int
+    unmatched: list[str] = field(default_factory=list)  # profiled kernels the lowered graph lacks
+
+
+def _profile(cache_dir: Path, recalibrate: bool, threads: int) -> Any:
+    from kiln.cost_model.calibrate import calibrate
+    from kiln.cost_model.hardware import load
+
+    path = cache_dir / PROFILE_FILE
+    if path.exists() and not recalibrate:
+        return load(path)
+    profile = calibrate(threads)
+    profile.save(path)
+    return profile
+
+
+def collect(name: str, profile: Any, repeats: int) -> ModelData:
+    """Price and measure the kernels of zoo model `name` at batch 1."""
+    import onnx_ir as ir
+
+    from benchmarks import zoo
+    from kiln.cost_model.analytical import model_cost, op_key
+    from kiln.cost_model.learned import Sample
+    from kiln.cost_model.lowering import ort_compiled_model
+    from kiln.cost_model.measure import profile_model
+    from kiln.cost_model.roofline import node_estimate
+
+    case = zoo.load_case(name, 1, calibration_samples=0, trust_cache=True)
+    model = ir.load(case.onnx_path)
+    compiled = ort_compiled_model(model, threads=profile.threads)
+    costs = model_cost(compiled)
+    weights = sum(int(v.const_value.nbytes) if v.const_value is not None else 0
+                  for v in compiled.graph.initializers.values())
+    resident = weights <= profile.memory[-2].capacity_bytes
+    estimates = {node.name: (node, node_estimate(node, profile, cost=cost, weights_resident=resident))
+                 for node, cost in costs.per_node}
+    measured = profile_model(model, case.inputs, repeats=repeats, threads=profile.threads)
+    samples, unmatched = [], []
+    for kernel in measured.kernels:
+        if kernel.parent is not None:  # a subgraph kernel: its parent's time includes it
+            continue
+        if kernel.ort_name not in estimates:
+            unmatched.append(kernel.ort_name)
+            continue
+        node, estimate = estimates[kernel.ort_name]
+        samples.append(Sample.from_estimate(estimate, op_key(node), max(1, len(kernel.node_names)),
+                                            kernel.median_us / 1e3, name))
+    return ModelData(name, samples, measured.model_median_ms, measured.kernel_sum_ms, len(estimates), unmatched)
+
+
+def _spearman(predicted: np.ndarray, measured: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(predicted, measured).statistic)
+
+
+def evaluate(data: ModelData, predicted: np.ndarray, gap_ms: float) -> dict[str, float]:
+    """Spearman over kernels and the whole-model error (kernel sum + per-kernel executor gap)."""
+    measured = np.array([s.measured_ms for s in data.samples])
+    total = float(predicted.sum()) + gap_ms * data.kernels
+    return {"spearman": _spearman(predicted, measured),
+            "model_error": abs(total - data.measured_model_ms) / data.measured_model_ms,
+            "predicted_ms": total, "measured_ms": data.measured_model_ms}
+
+
+def executor_gap_ms(models: list[ModelData]) -> float:
+    """Median per-kernel time the executor spends outside kernels on the training models:
+    (whole-model wall time - profiled kernel sum) / kernels."""
+    return statistics.median(max(0.0, (d.measured_model_ms - d.kernel_sum_ms) / d.kernels) for d in models)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks cost-model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", default=",".join(TRAIN), help="zoo models to fit on (comma-separated)")
+    parser.add_argument("--test", default=",".join(TEST), help="held-out zoo models (comma-separated)")
+    parser.add_argument("--repeats", type=int, default=20, help="profiled runs per model")
+    parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--recalibrate", action="store_true", help="measure the hardware profile again")
+    parser.add_argument("--save", action="store_true",
+                        help="refit on all models and save the correction beside the profile")
+    parser.add_argument("--out", type=Path, help="also write the table and lines as markdown here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from kiln.cost_model.learned import correction_path, fit
+
+    started = time.perf_counter()
+    cache_dir = CACHE_DIR
+    profile = _profile(cache_dir, args.recalibrate, args.threads)
+    train, test = args.train.split(","), args.test.split(",")
+    if set(train) & set(test):
+        parser.error(f"train and test overlap: {sorted(set(train) & set(test))}")
+    data = {name: collect(name, profile, args.repeats) for name in [*train, *test]}
+    correction = fit([s for name in train for s in data[name].samples], profile)
+    gap = executor_gap_ms([data[name] for name in train])
+    correction.executor_overhead_us = gap * 1e3
+
+    lines, rows = [], []
+    for name in test:
+        d = data[name]
+        analytical = evaluate(d, np.array([_analytical_ms(s, profile) for s in d.samples]), 0.0)
+        learned = evaluate(d, correction.predict_samples(d.samples), gap)
+        for label, result in (("analytical", analytical), ("learned", learned)):
+            lines.append(f"{name} {label} spearman={result['spearman']:.3f} model_error={result['model_error']:.3f}")
+            rows.append(f"| {name} | {label} | {len(d.samples)} | {result['spearman']:.3f} | "
+                        f"{result['predicted_ms']:.1f} | {result['measured_ms']:.1f} | {result['model_error']:.3f} |")
+    header = [
+        f"Hardware profile: {profile.source}",
+        f"Trained on {', '.join(train)} ({correction.samples} kernels; fit log-RMSE {correction.fit_log_rmse}); "
+        f"executor gap {gap * 1e3:.1f} us per kernel; fitted launch {correction.launch_overhead_us:.1f} us",
+        "Fitted efficiencies: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(correction.efficiency.items())),
+        "",
+        "| model | predictor | kernels | spearman | predicted ms | measured ms | model error |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, d in data.items():
+        if d.unmatched:
+            header.insert(3, f"{name}: {len(d.unmatched)} profiled kernels not in the lowered graph: {d.unmatched[:5]}")
+    text = "\n".join([*header, *rows, "", *lines, "", f"({time.perf_counter() - started:.0f} s)"])
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(f"`{' '.join(['python -m benchmarks cost-model', *(argv or [])])}`\n\n```\n{text}\n```\n")
+    if args.save:
+        full = fit([s for d in data.values() for s in d.samples], profile)
+        full.executor_overhead_us = executor_gap_ms(list(data.values())) * 1e3
+        path = full.save(correction_path(cache_dir / PROFILE_FILE))
+        print(f"correction fitted on {len(data)} models written to {path}")
+    print(json.dumps({"train": train, "test": test}))
+    return 0
+
+
+def _analytical_ms(sample: Any, profile: Any) -> float:
+    """The calibrated profile's roofline time of a sample (no fitted correction)."""
+    body = 0.0 if sample.op_class in ("view", "shape") else max(sample.compute_ms, sample.memory_ms)
+    return body / profile.efficiency_of(sample.op_class) + profile.launch_overhead_us / 1e3

@@ -1,0 +1,243 @@
+"""Learned correction of the roofline from measured kernel times.
+
+Two layers, both fitted to `Sample`s (one per measured kernel: its roofline terms and the
+measured median):
+
+1. per-op-class efficiencies and the per-kernel launch overhead, fitted in log space (a kernel
+   twice too slow and one twice too fast weigh the same): what fraction of the roofline ONNX
+   Runtime's GEMMs, convs, element-wise kernels... really reach on this machine;
+2. a small gradient-boosted residual model (LightGBM) over kernel features (op type, class,
+   precision, FLOPs, bytes, intensity, group size, the roofline time) that predicts the log of
+   measured / roofline-with-fitted-efficiencies.
+
+The correction is saved as JSON beside the hardware profile (``<profile>.learned.json``): the
+efficiencies, the launch overhead and the booster in LightGBM's own text format - never a
+pickle, so loading a correction cannot run code. Without LightGBM installed (the ``cost`` extra)
+only the first layer is fitted and used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.cost_model.hardware import OP_CLASSES, PRECISIONS, HardwareProfile, ProfileError
+from kiln.cost_model.roofline import Estimate
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LearnedCorrection", "Sample", "correction_path", "fit", "load_correction"]
+
+_FORMAT = "kiln.learned_correction/1"
+#: Efficiency search range: below 1 the kernels reach part of the roofline; above 1 they beat
+#: the roofline *as modelled* (activations reused from a cache level the model did not assume).
+_EFFICIENCY_GRID = np.logspace(-3, 1, 241)
+_LAUNCH_GRID_US = np.concatenate([[0.0], np.logspace(-1, 2, 121)])
+#: Residual model size: small on purpose (a few thousand kernels train it).
+_GBM_PARAMS = {"n_estimators": 150, "num_leaves": 15, "learning_rate": 0.05, "min_child_samples": 5,
+               "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.9, "verbose": -1, "random_state": 0}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured kernel with its roofline terms (before efficiency) and its measured time."""
+
+    op: str
+    op_class: str
+    precision: str
+    group_size: int
+    flops: int
+    activation_bytes: int
+    weight_bytes: int
+    compute_ms: float
+    memory_ms: float
+    measured_ms: float
+    model: str = ""
+
+    @classmethod
+    def from_estimate(cls, estimate: Estimate, op: str, group_size: int, measured_ms: float,
+                      model: str = "") -> Sample:
+        return cls(op, estimate.op_class, estimate.precision, group_size, estimate.flops,
+                   estimate.activation_bytes, estimate.weight_bytes, estimate.compute_ms, estimate.memory_ms,
+                   measured_ms, model)
+
+    @property
+    def body_ms(self) -> float:
+        """The roofline time at efficiency 1, without launch."""
+        return 0.0 if self.op_class in ("view", "shape") else max(self.compute_ms, self.memory_ms)
+
+
+def _features(op: str, op_class: str, precision: str, group_size: int, flops: int, activation_bytes: int,
+              weight_bytes: int, roofline_ms: float, ops: Sequence[str]) -> list[float]:
+    total = activation_bytes + weight_bytes
+    return [
+        float(ops.index(op)) if op in ops else float(len(ops)),  # categorical: unseen ops share a code
+        float(OP_CLASSES.index(op_class)) if op_class in OP_CLASSES else float(len(OP_CLASSES)),
+        float(PRECISIONS.index(precision)) if precision in PRECISIONS else float(len(PRECISIONS)),
+        float(group_size),
+        math.log1p(flops),
+        math.log1p(activation_bytes),
+        math.log1p(weight_bytes),
+        math.log1p(flops / total) if total else 0.0,
+        math.log(max(roofline_ms, 1e-6)),
+    ]
+
+
+_CATEGORICAL = [0, 1, 2]
+
+
+@dataclass
+class LearnedCorrection:
+    """Fitted efficiencies and launch overhead, plus an optional residual booster."""
+
+    efficiency: dict[str, float]
+    launch_overhead_us: float
+    ops: list[str] = field(default_factory=list)  # vocabulary of the op feature
+    booster_text: str = ""  # LightGBM model_to_string(); "" when no residual model
+    trained_on: list[str] = field(default_factory=list)
+    samples: int = 0
+    fit_log_rmse: dict[str, float] = field(default_factory=dict)  # training error per layer
+    # time the executor spends outside kernels, per kernel, fitted from whole-model wall times
+    # (profiled kernel sums miss it); added once per kernel to whole-model latency
+    executor_overhead_us: float = 0.0
+    _booster: Any = field(default=None, repr=False, compare=False)
+
+    def roofline_ms(self, sample_or_estimate: Sample | Estimate) -> float:
+        """Roofline time with the fitted efficiency and launch overhead."""
+        s = sample_or_estimate
+        body = 0.0 if s.op_class in ("view", "shape") else max(s.compute_ms, s.memory_ms)
+        return body / self.efficiency.get(s.op_class, 1.0) + self.launch_overhead_us / 1e3
+
+    def _residual(self, rows: list[list[float]]) -> np.ndarray:
+        if not self.booster_text:
+            return np.zeros(len(rows))
+        if self._booster is None:
+            try:
+                import lightgbm
+            except ImportError:
+                logger.warning("lightgbm is not installed (pip install 'kiln[cost]'); using efficiencies only")
+                self.booster_text = ""
+                return np.zeros(len(rows))
+            self._booster = lightgbm.Booster(model_str=self.booster_text)
+        return np.asarray(self._booster.predict(np.asarray(rows, dtype=np.float64)))
+
+    def predict_ms(self, estimate: Estimate, op: str, group_size: int) -> float:
+        """Corrected time of a kernel whose roofline terms are `estimate` (its ``ms`` is not used:
+        the fitted efficiency replaces the profile's)."""
+        base = self.roofline_ms(estimate)
+        row = _features(op, estimate.op_class, estimate.precision, group_size, estimate.flops,
+                        estimate.activation_bytes, estimate.weight_bytes, base, self.ops)
+        return base * float(np.exp(self._residual([row])[0]))
+
+    def predict_samples(self, samples: Sequence[Sample], residual: bool = True) -> np.ndarray:
+        """Corrected times of many samples at once (ms)."""
+        base = np.array([self.roofline_ms(s) for s in samples])
+        if not residual or not self.booster_text:
+            return base
+        rows = [_features(s.op, s.op_class, s.precision, s.group_size, s.flops, s.activation_bytes,
+                          s.weight_bytes, b, self.ops) for s, b in zip(samples, base)]
+        return base * np.exp(self._residual(rows))
+
+    # --- persistence -----------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        data = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"format": _FORMAT, **data}, indent=1))
+        return path
+
+
+def correction_path(profile_path: str | os.PathLike) -> Path:
+    """Where the correction of the profile at `profile_path` lives: ``<stem>.learned.json``."""
+    path = Path(profile_path)
+    return path.with_name(f"{path.stem}.learned.json")
+
+
+def load_correction(path: str | os.PathLike) -> LearnedCorrection:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProfileError(f"Cannot read learned correction {path}: {exc}. Refit it with "
+                           "`python -m benchmarks cost-model --save`.") from exc
+    if not isinstance(data, dict) or data.pop("format", None) != _FORMAT:
+        raise ProfileError(f"{path} is not a kiln learned correction ({_FORMAT}).")
+    try:
+        return LearnedCorrection(**data)
+    except TypeError as exc:
+        raise ProfileError(f"Learned correction {path} has unexpected fields: {exc}") from exc
+
+
+# --- fitting ---------------------------------------------------------------------------------
+
+
+def _log_error(predicted: np.ndarray, measured: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.log(np.maximum(predicted, 1e-9)) - np.log(measured)) ** 2)))
+
+
+def _fit_efficiencies(samples: Sequence[Sample], launch_ms: float, prior: dict[str, float]) -> dict[str, float]:
+    by_class: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_class[s.op_class].append(s)
+    fitted = dict(prior)
+    for cls, members in by_class.items():
+        body = np.array([s.body_ms for s in members])
+        measured = np.array([s.measured_ms for s in members])
+        if not body.any():  # views and shape ops: only the launch, no efficiency to fit
+            continue
+        errors = [np.sum((np.log(body / e + launch_ms) - np.log(measured)) ** 2) for e in _EFFICIENCY_GRID]
+        fitted[cls] = float(_EFFICIENCY_GRID[int(np.argmin(errors))])
+    return fitted
+
+
+def _fit_launch(samples: Sequence[Sample], efficiency: dict[str, float]) -> float:
+    body = np.array([s.body_ms / efficiency.get(s.op_class, 1.0) for s in samples])
+    measured = np.array([s.measured_ms for s in samples])
+    errors = [np.sum((np.log(body + us / 1e3 + 1e-9) - np.log(measured)) ** 2) for us in _LAUNCH_GRID_US]
+    return float(_LAUNCH_GRID_US[int(np.argmin(errors))])
+
+
+def fit(samples: Sequence[Sample], profile: HardwareProfile, *, residual: bool = True) -> LearnedCorrection:
+    """Fit efficiencies + launch overhead (alternating, three rounds), then the residual booster."""
+    samples = [s for s in samples if s.measured_ms > 0 and math.isfinite(s.measured_ms)]
+    if len(samples) < 10:
+        raise ProfileError(f"Need at least 10 measured kernels to fit a correction, got {len(samples)}.")
+    efficiency = dict(profile.efficiency)
+    launch_us = profile.launch_overhead_us
+    for _ in range(3):
+        efficiency = _fit_efficiencies(samples, launch_us / 1e3, efficiency)
+        launch_us = _fit_launch(samples, efficiency)
+    correction = LearnedCorrection(
+        efficiency=efficiency,
+        launch_overhead_us=launch_us,
+        ops=sorted({s.op for s in samples}),
+        trained_on=sorted({s.model for s in samples if s.model}),
+        samples=len(samples),
+    )
+    measured = np.array([s.measured_ms for s in samples])
+    base = correction.predict_samples(samples, residual=False)
+    correction.fit_log_rmse["efficiencies"] = _log_error(base, measured)
+    if residual:
+        try:
+            import lightgbm
+        except ImportError:
+            logger.warning("lightgbm is not installed (pip install 'kiln[cost]'): fitting efficiencies only")
+            return correction
+        rows = np.array([_features(s.op, s.op_class, s.precision, s.group_size, s.flops, s.activation_bytes,
+                                   s.weight_bytes, b, correction.ops) for s, b in zip(samples, base)])
+        target = np.log(measured) - np.log(np.maximum(base, 1e-9))
+        model = lightgbm.LGBMRegressor(**_GBM_PARAMS)
+        model.fit(rows, target, categorical_feature=_CATEGORICAL)
+        correction.booster_text = model.booster_.model_to_string()
+        correction.fit_log_rmse["residual"] = _log_error(correction.predict_samples(samples), measured)
+    return correction

@@ -1,0 +1,220 @@
+"""`CostModel`: the one object passes and reports ask "how long will this take on the target?".
+
+It prices nodes, fused groups and whole models with the roofline of a `HardwareProfile`
+(`roofline.py`), then, when a learned correction fitted to measured profiles is present
+(`learned.py`), replaces the per-op-class efficiencies with the fitted ones and multiplies each
+kernel by the residual model's factor. `CostModel.default()` reads the calibrated profile from
+`hardware.default_profile_path()` (written by `kiln calibrate`) and the correction saved beside
+it, and falls back to the preset for this CPU.
+
+Whole-model latency is the sum of kernel times (ONNX Runtime's CPU executor runs one kernel at a
+time with intra-op threads). Pricing a model as written counts every node as a kernel; with
+``compiled=True`` the model is first lowered through ONNX Runtime's graph optimizer and the nodes
+it will really run are priced (fusions merge nodes, views stay free).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnx_ir as ir
+
+from kiln.cost_model.analytical import model_cost as analytical_model_cost
+from kiln.cost_model.analytical import op_key, value_nbytes
+from kiln.cost_model.hardware import HardwareProfile, default_profile_path, load, preset_for_this_cpu
+from kiln.cost_model.roofline import Estimate, group_estimate, node_estimate
+
+if TYPE_CHECKING:
+    from kiln.cost_model.learned import LearnedCorrection
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Comparison", "CostModel", "ModelEstimate", "peak_memory_bytes"]
+
+
+@dataclass
+class ModelEstimate:
+    """Predicted latency and memory of a whole model, with the estimate of every node."""
+
+    latency_ms: float
+    peak_memory_bytes: int
+    weight_bytes: int
+    weights_resident: bool  # all weights fit in the last cache level
+    per_node: list[tuple[ir.Node, Estimate]]
+    unknown_ops: dict[str, int] = field(default_factory=dict)
+    missing_shapes: dict[str, int] = field(default_factory=dict)
+    corrected: bool = False  # the learned correction was applied
+    compiled: bool = False  # priced after ONNX Runtime's graph optimizer
+
+    def ms_by_op(self) -> dict[str, float]:
+        """Predicted milliseconds per op type, largest first."""
+        totals: Counter[str] = Counter()
+        for node, estimate in self.per_node:
+            totals[op_key(node)] += estimate.ms
+        return dict(totals.most_common())
+
+    def ms_by_class(self) -> dict[str, float]:
+        totals: Counter[str] = Counter()
+        for _, estimate in self.per_node:
+            totals[estimate.op_class] += estimate.ms
+        return dict(totals.most_common())
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Before/after of a rewrite: predicted latency and peak memory."""
+
+    before_ms: float
+    after_ms: float
+    before_peak_bytes: int
+    after_peak_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        """after / before (below 1: the rewrite is predicted to be faster)."""
+        return self.after_ms / self.before_ms if self.before_ms else 1.0
+
+    @property
+    def saved_ms(self) -> float:
+        return self.before_ms - self.after_ms
+
+
+def _is_weight(value: ir.Value) -> bool:
+    return value.const_value is not None or value.is_initializer()
+
+
+def peak_memory_bytes(graph: ir.Graph, dims: Mapping[str, int] | None = None) -> tuple[int, int]:
+    """(peak bytes, weight bytes) of running `graph` in its node order: weights stay resident; an
+    activation lives from its producer (graph inputs: from the start) to its last consumer (graph
+    outputs: to the end). Unknown sizes count 0. A lower bound of what an allocator holds."""
+    order = {node: i for i, node in enumerate(graph)}
+    end = len(order)
+    weights = sum(value_nbytes(v, dims) or 0 for v in graph.initializers.values())
+    events: Counter[int] = Counter()
+
+    def live(value: ir.Value, start: int) -> None:
+        size = value_nbytes(value, dims) or 0
+        if not size:
+            return
+        last = max((order.get(use.node, start) for use in value.uses()), default=start)
+        if value.is_graph_output():
+            last = end
+        events[start] += size
+        events[last + 1] -= size
+
+    for value in graph.inputs:
+        if not _is_weight(value):
+            live(value, 0)
+    for node, index in order.items():
+        for value in node.outputs:
+            if node.op_type == "Constant":
+                continue
+            live(value, index)
+    peak = current = 0
+    for step in sorted(events):
+        current += events[step]
+        peak = max(peak, current)
+    return peak + weights, weights
+
+
+class CostModel:
+    """Predicts kernel, group and model latency on a hardware profile (see the module doc)."""
+
+    def __init__(self, profile: HardwareProfile, correction: LearnedCorrection | None = None) -> None:
+        self.correction = correction
+        self.base_profile = profile
+        # the fitted efficiencies replace the profile's (its peaks and bandwidths stay measured)
+        self.profile = (
+            dataclasses.replace(profile, efficiency={**profile.efficiency, **correction.efficiency},
+                                launch_overhead_us=correction.launch_overhead_us or profile.launch_overhead_us)
+            if correction is not None
+            else profile
+        )
+
+    def __repr__(self) -> str:
+        learned = ", learned correction" if self.correction is not None else ""
+        return f"CostModel({self.profile.name!r}{learned})"
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, learned: bool = True) -> CostModel:
+        """A cost model from a saved profile and, if one is saved beside it, its correction."""
+        from kiln.cost_model.learned import correction_path, load_correction
+
+        profile = load(path)
+        correction = None
+        if learned and correction_path(path).exists():
+            correction = load_correction(correction_path(path))
+        return cls(profile, correction)
+
+    @classmethod
+    def default(cls, threads: int = 2) -> CostModel:
+        """The calibrated profile at `default_profile_path()` (with its correction) when there is
+        one for `threads` threads, else the preset for this CPU."""
+        path = default_profile_path()
+        if path.exists():
+            model = cls.from_file(path)
+            if model.profile.threads == threads:
+                return model
+            logger.info("cost model: %s is for %d threads, not %d; using a preset", path, model.profile.threads,
+                        threads)
+        return cls(preset_for_this_cpu(threads))
+
+    # --- pricing ---------------------------------------------------------------------------
+
+    def _corrected(self, estimate: Estimate, op: str, group_size: int) -> Estimate:
+        if self.correction is None:
+            return estimate
+        return dataclasses.replace(estimate, ms=self.correction.predict_ms(estimate, op, group_size))
+
+    def node_cost(self, node: ir.Node, *, weights_resident: bool = True,
+                  dims: Mapping[str, int] | None = None) -> Estimate:
+        """Predicted time of one node run as its own kernel (shapes read off its values)."""
+        return self._corrected(node_estimate(node, self.profile, weights_resident=weights_resident, dims=dims),
+                               op_key(node), 1)
+
+    def group_cost(self, nodes: Sequence[ir.Node], *, weights_resident: bool = True,
+                   dims: Mapping[str, int] | None = None) -> Estimate:
+        """Predicted time of `nodes` fused into one kernel (boundary tensors only, one launch)."""
+        estimate = group_estimate(nodes, self.profile, weights_resident=weights_resident, dims=dims)
+        leader = max(nodes, key=lambda n: node_estimate(n, self.profile, dims=dims).flops)
+        return self._corrected(estimate, op_key(leader), len(nodes))
+
+    def model_cost(self, model: ir.Model, *, dims: Mapping[str, int] | None = None,
+                   compiled: bool = False) -> ModelEstimate:
+        """Predicted latency and peak memory of `model` (not modified). With ``compiled=True``
+        the graph ONNX Runtime will run is priced instead of the model as written."""
+        if compiled:
+            from kiln.cost_model.lowering import ort_compiled_model
+
+            model = ort_compiled_model(model, threads=self.profile.threads)
+        costs = analytical_model_cost(model, dims=dims)
+        weight_total = sum(value_nbytes(v, dims) or 0 for v in model.graph.initializers.values())
+        resident = weight_total <= self.profile.memory[-2].capacity_bytes if len(self.profile.memory) > 1 else False
+        per_node = []
+        for node, cost in costs.per_node:
+            estimate = node_estimate(node, self.profile, cost=cost, weights_resident=resident, dims=dims)
+            per_node.append((node, self._corrected(estimate, op_key(node), 1)))
+        peak, weights = peak_memory_bytes(model.graph, dims)
+        executor_ms = self.correction.executor_overhead_us / 1e3 if self.correction is not None else 0.0
+        return ModelEstimate(
+            latency_ms=sum(e.ms for _, e in per_node) + executor_ms * len(per_node),
+            peak_memory_bytes=peak,
+            weight_bytes=weights,
+            weights_resident=resident,
+            per_node=per_node,
+            unknown_ops=costs.unknown_ops,
+            missing_shapes=costs.missing_shapes,
+            corrected=self.correction is not None,
+            compiled=compiled,
+        )
+
+    def compare(self, before: ir.Model, after: ir.Model, *, dims: Mapping[str, int] | None = None) -> Comparison:
+        """Predicted latency and peak memory before and after a rewrite."""
+        b, a = self.model_cost(before, dims=dims), self.model_cost(after, dims=dims)
+        return Comparison(b.latency_ms, a.latency_ms, b.peak_memory_bytes, a.peak_memory_bytes)
