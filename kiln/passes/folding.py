@@ -67,11 +67,46 @@ def folded_elements(node: ir.Node) -> int | None:
 # small, even when the table exceeds onnxscript's input size limit.
 _SELECTING_OPS = frozenset({"Gather", "Slice"})
 
+# Ops whose every output element is an input element moved, picked or converted, or a
+# logical combination of them: evaluating them at compile time is bit-exact.
+_REARRANGING_OPS = frozenset({
+    "Gather", "GatherElements", "GatherND", "Slice", "Transpose", "Reshape", "Squeeze", "Unsqueeze",
+    "Flatten", "Concat", "Where", "Cast", "And", "Or", "Xor", "Not", "Equal",
+})
+
+
+def _sole_use_bytes(node: ir.Node) -> int:
+    """Bytes of `node`'s constant inputs that nothing else reads (they go when it is folded)."""
+    total = 0
+    for value in node.inputs:
+        if value is None or value.const_value is None or value.is_graph_input() or value.is_graph_output():
+            continue
+        if len({id(user) for user, _ in value.uses()}) == 1:
+            total += value.const_value.nbytes
+    return total
+
+
+def folds_without_growth(node: ir.Node) -> bool:
+    """True when `node` rearranges constants (see _REARRANGING_OPS) into a result no larger
+    than the constant inputs only it reads: folding then cannot make the model bigger, however
+    large the constants are (an all-true mask And-ed with a causal mask, a Where on a constant
+    condition, an embedding Gather of every row in order)."""
+    if node.op_type not in _REARRANGING_OPS or len(node.outputs) != 1:
+        return False
+    if any(v is not None and v.const_value is None for v in node.inputs):
+        return False
+    out_elements = folded_elements(node)
+    dtype = node.outputs[0].dtype
+    if out_elements is None or dtype is None:
+        return False
+    return out_elements * dtype.itemsize <= _sole_use_bytes(node)
+
 
 class FoldPolicy:
     """onnxscript `should_fold` hook. Refuses to fold an expanding op whose stored result would
     exceed `max_ratio` times its inputs and `free_bytes` (counted for the report); asks to fold a
-    selecting op on constants whose result has at most `select_max_elements` elements."""
+    selecting op on constants whose result has at most `select_max_elements` elements, and a
+    rearranging op whose result is no larger than the constants it frees (any size)."""
 
     def __init__(self, max_ratio: float = DEFAULT_MAX_EXPANSION, free_bytes: int = DEFAULT_EXPANSION_FREE_BYTES,
                  select_max_elements: int = DEFAULT_OUTPUT_SIZE_LIMIT):
@@ -83,6 +118,8 @@ class FoldPolicy:
     def __call__(self, node: ir.Node) -> bool | None:
         if node.domain not in ("", "ai.onnx"):
             return None
+        if folds_without_growth(node):
+            return True
         if node.op_type in _SELECTING_OPS:
             selected = folded_elements(node)
             return True if selected is not None and selected <= self.select_max_elements else None

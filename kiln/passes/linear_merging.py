@@ -15,6 +15,8 @@ from onnxscript.rewriter import pattern as orp
 
 from kiln.passes.adapters import run_ir_passes
 from kiln.passes.base import Pass, PassContext, PassResult
+from kiln.passes.parallel_linear_merging import merge_parallel_matmuls
+from kiln.passes.tracking import GraphSnapshot
 
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
@@ -89,7 +91,8 @@ _RULES = rewriter.RewriteRuleSet([MergeMatMulChain.rule(), MergeMatMulBiasMatMul
 
 
 class MergeLinearMaps(Pass):
-    """Merge chains of constant-weight MatMuls (with an optional bias between) into one."""
+    """Merge chains of constant-weight MatMuls (with an optional bias between) into one, then
+    parallel constant-weight MatMuls on one input (kiln.passes.parallel_linear_merging)."""
 
     name = "linear_map_merging"
     rule = "merge_linear_maps"
@@ -98,4 +101,8 @@ class MergeLinearMaps(Pass):
         return "consecutive linear maps with nothing non-linear between them; the merged weight is no larger"
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        return run_ir_passes(model, [rewriter.RewritePass(_RULES)])
+        snapshot = GraphSnapshot(model)
+        chains = run_ir_passes(model, [rewriter.RewritePass(_RULES)])
+        rewrites = snapshot.diff(model, rule=self.rule, explain=self.explain) if chains.modified else []
+        rewrites += merge_parallel_matmuls(model)
+        return PassResult(model, chains.modified or bool(rewrites), rewrites=rewrites)

@@ -1,6 +1,7 @@
 """Structural no-ops onnxscript has no rule for: Reshape to the shape it already has, Pad by
 zeros, Slice of everything, Concat of one input, and Add/Sub of an all-zero tensor or Mul/Div by
-an all-one tensor that does not broadcast the other input (onnxscript matches scalars only).
+an all-one tensor that does not broadcast the other input (onnxscript matches scalars only; the
+tensor may be a constant or a Where on constants, such as an attention mask that masks nothing).
 Each is turned into an Identity of the input it forwards, which the (guarded) Identity
 elimination then removes, keeping graph outputs intact."""
 
@@ -11,6 +12,12 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
+from kiln.passes.reshape_sinking import resolved_reshape_shape, static_shape
+
+
+# Largest Where on constants whose value is computed to see whether it is all zero / all one.
+_MAX_COMPUTED_ELEMENTS = 1 << 22
+
 
 def _const(value: ir.Value | None) -> np.ndarray | None:
     if value is None or value.const_value is None:
@@ -18,22 +25,26 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
-def _static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
-    if value is None or value.shape is None or not all(isinstance(d, int) for d in value.shape):
+def _known_value(value: ir.Value | None) -> np.ndarray | None:
+    """The value of a constant, or of a Where on constants (a mask select the constant folder
+    leaves alone because its result is larger than its inputs), else None."""
+    known = _const(value)
+    if known is not None or value is None:
+        return known
+    producer = value.producer()
+    if producer is None or producer.op_type != "Where" or producer.domain not in ("", "ai.onnx"):
         return None
-    return tuple(int(d) for d in value.shape)
+    arrays = [_const(v) for v in producer.inputs]
+    if len(arrays) != 3 or any(a is None for a in arrays):
+        return None
+    if int(np.prod(np.broadcast_shapes(*(a.shape for a in arrays)))) > _MAX_COMPUTED_ELEMENTS:
+        return None
+    return np.where(*arrays)
 
 
 def _reshape_is_no_op(node: ir.Node) -> bool:
-    shape, target = _static_shape(node.inputs[0]), _const(node.inputs[1]) if len(node.inputs) > 1 else None
-    if shape is None or target is None or len(target) != len(shape):
-        return False
-    allow_zero = node.attributes.get("allowzero")
-    resolved = [shape[i] if (d == 0 and not (allow_zero and allow_zero.value)) else int(d) for i, d in enumerate(target)]
-    if resolved.count(-1) == 1:
-        known = int(np.prod([d for d in resolved if d != -1]))
-        resolved[resolved.index(-1)] = int(np.prod(shape)) // known if known else -1
-    return tuple(resolved) == shape
+    shape = static_shape(node.inputs[0])
+    return shape is not None and resolved_reshape_shape(node, shape) == shape
 
 
 def _pad_is_no_op(node: ir.Node) -> bool:
@@ -45,7 +56,7 @@ def _pad_is_no_op(node: ir.Node) -> bool:
 
 
 def _slice_is_no_op(node: ir.Node) -> bool:
-    shape = _static_shape(node.inputs[0])
+    shape = static_shape(node.inputs[0])
     if shape is None or len(node.inputs) < 3:
         return False
     starts, ends = _const(node.inputs[1]), _const(node.inputs[2])
@@ -85,7 +96,7 @@ def _identity_operand(node: ir.Node, neutral: float, commutative: bool) -> ir.Va
         return None
     positions = ((0, 1), (1, 0)) if commutative else ((0, 1),)
     for data_index, const_index in positions:
-        data, constant = node.inputs[data_index], _const(node.inputs[const_index])
+        data, constant = node.inputs[data_index], _known_value(node.inputs[const_index])
         if constant is None or constant.size == 0 or data.const_value is not None:
             continue
         if np.all(constant == neutral) and _keeps_shape(data, constant) and node.outputs[0].dtype in (None, data.dtype):

@@ -1,8 +1,9 @@
 """Collapse chains of layout ops: Transpose pairs (cancelled, or composed into one),
 Reshape chains, Unsqueeze chains, Squeeze+Reshape to 1-D, Slices that split a tensor, and
-Cast chains whose intermediate type loses nothing the final type keeps.
+Cast chains whose intermediate type loses nothing the final type keeps; then remove Reshapes
+around elementwise regions and before Splits (kiln.passes.reshape_sinking).
 
-All rules are onnxscript's; kiln names them in the report and validates the result."""
+The chain rules are onnxscript's; kiln names them in the report and validates the result."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from onnxscript.rewriter.rules import common as common_rules
 
 from kiln.passes.adapters import run_ir_passes
 from kiln.passes.base import Pass, PassContext, PassResult
+from kiln.passes.reshape_sinking import sink_reshapes
+from kiln.passes.tracking import GraphSnapshot
 
 _SHAPE_RULES = (
     common_rules.transpose_transpose_rule,
@@ -39,7 +42,8 @@ _REASONS = {
 
 
 class SimplifyShapeChains(Pass):
-    """Collapse Transpose / Reshape / Unsqueeze / Squeeze / Slice / Cast chains."""
+    """Collapse Transpose / Reshape / Unsqueeze / Squeeze / Slice / Cast chains and remove
+    Reshapes that elementwise ops and Splits do not need."""
 
     name = "shape_simplification"
     rule = "collapse_chain"
@@ -49,7 +53,11 @@ class SimplifyShapeChains(Pass):
         return "; ".join(sorted({_REASONS.get(op, f"{op} chain collapsed") for op in ops}))
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        return run_ir_passes(model, [
+        snapshot = GraphSnapshot(model)
+        chains = run_ir_passes(model, [
             rewriter.RewritePass(rewriter.RewriteRuleSet(list(_SHAPE_RULES))),
             common_passes.RemoveUnusedNodesPass(),
         ])
+        rewrites = snapshot.diff(model, rule=self.rule, explain=self.explain) if chains.modified else []
+        rewrites += sink_reshapes(model)
+        return PassResult(model, chains.modified or bool(rewrites), rewrites=rewrites)
