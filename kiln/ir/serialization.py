@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
 # Tensors smaller than this stay inside the .onnx file even when external data is used.
 EXTERNAL_TENSOR_MIN_BYTES = 1024
+# `save_model` writes weights over this size to an external-data file unless told otherwise:
+# onnx-ir streams them to it in a fraction of a second, while serializing them into one
+# protobuf costs seconds per few hundred MB (BERT-base, 440 MB: 0.4 s against 5.8 s) and a
+# second in-memory copy. The price is a `<name>.data` file next to the model.
+SAVE_EXTERNAL_DATA_THRESHOLD_BYTES = 64 << 20
 
 
 def needs_external_data(model: ir.Model) -> bool:
@@ -42,11 +47,15 @@ def in_memory(model: ir.Model) -> ir.Model:
 
 
 def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
-    """Save `model` to `path`. `external_data=None` decides by size; True forces a
-    `<name>.data` file next to the model; False forces a single file."""
+    """Save `model` to `path`. `external_data=None` decides by size (weights over
+    SAVE_EXTERNAL_DATA_THRESHOLD_BYTES go to a `<name>.data` file next to the model); True forces
+    that file; False forces a single file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    use_external = needs_external_data(model) if external_data is None else external_data
+    if external_data is None:
+        use_external = needs_external_data(model) or parameter_bytes(model) >= SAVE_EXTERNAL_DATA_THRESHOLD_BYTES
+    else:
+        use_external = external_data
     if use_external:
         data_name = path.name + ".data"
         ir.save(model, path, external_data=data_name, size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES)

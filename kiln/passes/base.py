@@ -322,9 +322,28 @@ class IRDump(Instrument):
         logger.debug("Dumped IR to %s", path)
 
 
+@dataclass
+class _Checkpoint:
+    """What the PassManager keeps of the model before a pass: the rollback copy (`Model.clone()`,
+    tensors shared), the snapshot rewrites are inferred from, and the node and parameter counts."""
+
+    backup: ir.Model | None
+    snapshot: GraphSnapshot
+    nodes: int
+    parameter_bytes: int
+
+
 class PassManager:
     """Runs passes in order; times each one, infers its rewrites, lets instruments check it,
-    and rolls it back (restoring the model from before it) when an instrument vetoes it."""
+    and rolls it back (restoring the model from before it) when an instrument vetoes it.
+
+    A checkpoint (rollback copy, snapshot, counts) is taken before a pass only when the model
+    changed since the last one: a pass that reports `modified=False` leaves the model as it
+    was, so the checkpoint taken before it is still exact for the next pass. Level 2 runs 11
+    passes of which most change nothing, so this saves most of the clones. (A pass that changed
+    the model while reporting no change was never validated either; a later rollback then also
+    drops its change, returning to the last model every instrument accepted.)
+    """
 
     def __init__(self, passes: Sequence[Pass], instruments: Sequence[Instrument] = (), *,
                  rollback: bool = True):
@@ -347,8 +366,11 @@ class PassManager:
         report.parameter_bytes_before = parameter_bytes(model)
         for instrument in self.instruments:
             instrument.run_before(model, ctx)
+        checkpoint: _Checkpoint | None = None
         for pass_ in self.passes:
-            model = self._run_one(model, pass_, ctx, report)
+            if checkpoint is None:
+                checkpoint = self._checkpoint(model)
+            model, checkpoint = self._run_one(model, pass_, ctx, report, checkpoint)
         report.nodes_after = count_nodes(model)
         report.parameter_bytes_after = parameter_bytes(model)
         report.seconds = time.perf_counter() - started
@@ -360,13 +382,19 @@ class PassManager:
             report.final_error = last_errors[-1] if last_errors else (ErrorStats() if validation.available else None)
         return model, report
 
-    def _run_one(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: OptimizationReport) -> ir.Model:
+    def _checkpoint(self, model: ir.Model) -> _Checkpoint:
+        return _Checkpoint(backup=model.clone() if self.rollback else None, snapshot=GraphSnapshot(model),
+                           nodes=count_nodes(model), parameter_bytes=parameter_bytes(model))
+
+    def _run_one(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: OptimizationReport,
+                 checkpoint: _Checkpoint) -> tuple[ir.Model, _Checkpoint | None]:
+        """Run one pass; returns the model and the checkpoint still valid for it (None when the
+        model changed or was restored, so the next pass takes a new one)."""
         entry = PassReport(name=pass_.name, exact=pass_.exact)
-        entry.nodes_before = count_nodes(model)
-        entry.parameter_bytes_before = parameter_bytes(model)
+        entry.nodes_before = checkpoint.nodes
+        entry.parameter_bytes_before = checkpoint.parameter_bytes
         report.passes.append(entry)
-        backup = model.clone() if self.rollback else None
-        snapshot = GraphSnapshot(model)
+        backup = checkpoint.backup
         for instrument in self.instruments:
             instrument.before_pass(model, pass_, ctx)
         started = time.perf_counter()
@@ -381,7 +409,7 @@ class PassManager:
             entry.message = f"raised {type(exc).__name__}: {str(exc)[:300]}; rolled back"
             entry.nodes_after = entry.nodes_before
             entry.parameter_bytes_after = entry.parameter_bytes_before
-            return backup
+            return backup, None
         entry.seconds = time.perf_counter() - started
         new_model = result.model
         entry.message = result.message
@@ -389,9 +417,9 @@ class PassManager:
             entry.status = "unchanged"
             entry.nodes_after = entry.nodes_before
             entry.parameter_bytes_after = entry.parameter_bytes_before
-            return new_model
+            return new_model, checkpoint if new_model is model else None
         explain: Explainer = pass_.explain
-        entry.rewrites = result.rewrites if result.rewrites is not None else snapshot.diff(
+        entry.rewrites = result.rewrites if result.rewrites is not None else checkpoint.snapshot.diff(
             new_model, rule=pass_.rule or pass_.name, explain=explain
         )
         entry.nodes_after = count_nodes(new_model)
@@ -406,9 +434,9 @@ class PassManager:
                 logger.warning("Rolled back pass %s: %s", pass_.name, veto)
                 entry.status = "rolled_back"
                 entry.message = f"rolled back: {veto}"
-                return backup
+                return backup, None
             if veto:
                 raise PassError(f"Pass {pass_.name} failed a check and rollback is off: {veto}")
         logger.info("Pass %s: %d -> %d nodes, %d rewrites, %.3f s", pass_.name, entry.nodes_before,
                     entry.nodes_after, len(entry.rewrites), entry.seconds)
-        return new_model
+        return new_model, None
