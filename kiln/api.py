@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import onnx_ir as ir
 
@@ -16,11 +16,13 @@ from kiln.backends import compile_model
 from kiln.backends import onnxruntime as ort_backend
 from kiln.backends import reference as reference_backend
 from kiln.backends.base import BenchmarkResult, Executable
+from kiln.cost_model.model import CostModel
 from kiln.errors import BackendError, InputError
 from kiln.ir.capture import capture, split_example_inputs
 from kiln.ir.inputs import Feeds, make_feeds, random_inputs
 from kiln.ir.serialization import save_model
 from kiln.passes.base import IRDump, NumericValidation, Pass, PassContext, PassManager, StructuralCheck, Tolerance
+from kiln.passes.cost_prediction import CostPrediction
 from kiln.passes.pipeline import passes_for_level
 from kiln.report.model import OptimizationReport
 from kiln.target import Target
@@ -80,6 +82,16 @@ def _sample_feeds(model: ir.Model, example_inputs: Any, sample_inputs: Feeds | N
     return random_inputs(inputs), "random inputs"
 
 
+def _measure_both(before: ir.Model, after: ir.Model, target: Target, feeds: Feeds | None) -> tuple[float, float]:
+    """Median latency of two models on the target's backend, timed in turn on the same inputs."""
+    from kiln.backends.base import time_alternately
+
+    a, b = compile_model(before, target), compile_model(after, target)
+    inputs = feeds if feeds is not None else _sample_feeds(before, None, None)[0]
+    first, second = time_alternately(lambda: a.run(inputs), lambda: b.run(inputs))
+    return first.median_ms, second.median_ms
+
+
 def optimize(
     model: Any,
     example_inputs: Any = None,
@@ -94,6 +106,8 @@ def optimize(
     dynamic_shapes: Any = None,
     options: dict[str, Any] | None = None,
     dump_ir: str | os.PathLike | None = None,
+    cost_model: CostModel | None | Literal["default"] = "default",
+    measure: bool = False,
 ) -> OptimizedModel:
     """Optimize a PyTorch or ONNX model.
 
@@ -111,6 +125,12 @@ def optimize(
         dynamic_shapes: passed to torch.export for PyTorch models.
         options: pass options (e.g. ``fold_output_size_limit``).
         dump_ir: folder to write the model after every pass, for debugging.
+        cost_model: prices the model before and after every pass (`PassReport.predicted_ms_*`)
+            and is what passes ask for trade-offs (``PassContext.cost_model``). "default": the
+            calibrated profile (`kiln calibrate`) with its learned correction, else the preset
+            for this CPU, for the target's thread count; None: no predictions.
+        measure: also time the input and the optimized model on the target's backend, in turn
+            on the same inputs, and put both medians in the report next to the predictions.
     """
     if target is None:
         target = Target(backend=backend)  # type: ignore[arg-type]
@@ -136,8 +156,22 @@ def optimize(
         ))
     if dump_ir is not None:
         instruments.append(IRDump(dump_ir))
-    ctx = PassContext(target=target, sample_inputs=feeds, options=dict(options or {}))
+    if cost_model == "default":
+        cost_model = CostModel.default(target.intra_op_threads or 2)
+    prediction = CostPrediction(cost_model) if cost_model is not None else None
+    if prediction is not None:
+        instruments.append(prediction)  # last: it sees only the passes every check accepted
+    ctx = PassContext(target=target, cost_model=cost_model, sample_inputs=feeds, options=dict(options or {}))
+    original = ir_model.clone() if measure else None  # the clone shares weight tensors
     optimized, report = PassManager(pipeline, instruments).run(ir_model, ctx, report)
+    if original is not None:
+        report.measured_ms_before, report.measured_ms_after = _measure_both(original, optimized, target, feeds)
+    if prediction is not None and prediction.initial is not None and prediction.latest is not None:
+        report.cost_model = repr(cost_model)
+        report.predicted_ms_before = prediction.initial.latency_ms
+        report.predicted_ms_after = prediction.latest.latency_ms
+        report.predicted_peak_bytes_before = prediction.initial.peak_memory_bytes
+        report.predicted_peak_bytes_after = prediction.latest.peak_memory_bytes
     logger.info("Captured in %.2f s; passes ran in %.2f s (validation %.2f s)", capture_seconds,
                 report.seconds - report.validation_seconds, report.validation_seconds)
     return OptimizedModel(optimized, report, target)

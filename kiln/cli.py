@@ -30,7 +30,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         with np.load(args.sample_inputs, allow_pickle=False) as data:
             sample_inputs = {name: data[name] for name in data.files}
     optimized = optimize(args.model, level=args.level, validate=not args.no_validate, dump_ir=args.dump_ir,
-                         sample_inputs=sample_inputs)
+                         sample_inputs=sample_inputs, measure=args.measure)
     path = optimized.save(args.output)
     console.print(optimized.report)
     if args.report:
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--sample-inputs", metavar="NPZ",
                      help="validate on these inputs (.npz keyed by input name) instead of random ones")
     opt.add_argument("--dump-ir", help="write the model after every pass into this folder")
+    opt.add_argument("--measure", action="store_true",
+                     help="also time the input and the optimized model (in turn) next to the predictions")
     opt.set_defaults(func=cmd_optimize)
     # `kiln bench ARGS` hands ARGS to `python -m benchmarks run` untouched (see main).
     sub.add_parser("bench", help="run the side-by-side benchmarks: kiln bench [--quick] [--models ...] ...")

@@ -316,3 +316,36 @@ def test_cli_cost_reports_a_missing_profile(tmp_path, capsys):
     ir.save(_linear_relu(), tmp_path / "m.onnx")
     assert main(["cost", str(tmp_path / "m.onnx"), "--profile", str(tmp_path / "none.json")]) == 2
     assert "kiln calibrate" in capsys.readouterr().err
+
+
+# --- wiring into kiln.optimize ---------------------------------------------------------------
+
+
+def _model_with_dead_work() -> ir.Model:
+    """y = Relu(x @ w) plus an Identity and a node nobody reads: level 1 removes both."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Identity", ["mm"], ["ident"]),
+             helper.make_node("Relu", ["ident"], ["y"]), helper.make_node("Exp", ["mm"], ["unused"])]
+    return _model(make_model(nodes, [tensor_info("x", [16, 32])], [tensor_info("y", [16, 32])], [w]))
+
+
+def test_optimize_reports_predicted_latency_per_pass_and_measures_on_request():
+    from kiln.api import optimize
+
+    cm = CostModel(_profile())
+    optimized = optimize(_model_with_dead_work(), level=1, cost_model=cm, measure=True)
+    report = optimized.report
+    applied = [p for p in report.passes if p.status == "applied"]
+    assert applied and all(p.predicted_ms_before is not None and p.predicted_ms_after is not None for p in applied)
+    assert all(p.predicted_ms_after <= p.predicted_ms_before for p in applied)  # removing work is cheaper
+    assert report.predicted_ms_before == pytest.approx(cm.model_cost(_model_with_dead_work()).latency_ms)
+    assert report.predicted_ms_after < report.predicted_ms_before
+    assert report.measured_ms_before > 0 and report.measured_ms_after > 0
+    from kiln.report.render import render_text
+
+    text = render_text(report)
+    assert "predicted ms" in text and "measured" in text and "CostModel('test')" in text
+    assert report.to_dict()["predicted_ms_after"] == report.predicted_ms_after
+    plain = optimize(_model_with_dead_work(), level=1, cost_model=None)
+    assert plain.report.predicted_ms_before is None and plain.report.measured_ms_before is None

@@ -49,6 +49,31 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 5, repeats: int = 30, min
     )
 
 
+def time_alternately(a: Callable[[], Any], b: Callable[[], Any], *, warmup: int = 3,
+                     repeats: int = 15) -> tuple[BenchmarkResult, BenchmarkResult]:
+    """Time `a` and `b` called in turn (a, b, a, b, ...) so load drift on a shared machine hits
+    both alike; returns their results in that order."""
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    for _ in range(warmup):
+        a()
+        b()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, times in zip((a, b), samples):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    results = []
+    for times in samples:
+        times.sort()
+        results.append(BenchmarkResult(
+            median_ms=float(statistics.median(times)), p90_ms=float(np.percentile(times, 90)),
+            mean_ms=float(statistics.fmean(times)), min_ms=times[0], repeats=len(times), warmup=warmup,
+        ))
+    return results[0], results[1]
+
+
 class Executable(Protocol):
     """A compiled model: call it like the original, run it on feeds, benchmark it."""
 

@@ -56,6 +56,9 @@ class PassReport:
     message: str = ""
     rewrites: list[Rewrite] = field(default_factory=list)
     validation_seconds: float = 0.0
+    # the cost model's predicted latency of the model before and after this pass (None without one)
+    predicted_ms_before: float | None = None
+    predicted_ms_after: float | None = None
 
     @property
     def changed(self) -> bool:
@@ -84,6 +87,15 @@ class OptimizationReport:
     validated: bool = False
     sample_inputs: str = ""
     final_error: ErrorStats | None = None
+    # cost model: what it is, its predicted latency and peak memory before and after, and (when
+    # the caller measured it, e.g. `kiln optimize --measure`) the measured latency of both
+    cost_model: str = ""
+    predicted_ms_before: float | None = None
+    predicted_ms_after: float | None = None
+    predicted_peak_bytes_before: int | None = None
+    predicted_peak_bytes_after: int | None = None
+    measured_ms_before: float | None = None
+    measured_ms_after: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -43,7 +43,7 @@ def report_table(report: OptimizationReport) -> Any:
     table = Table(title=title, show_lines=False)
     for column, justify in (
         ("pass", "left"), ("status", "left"), ("nodes", "right"), ("params", "right"),
-        ("max abs err", "right"), ("time s", "right"), ("rewrites", "left"),
+        ("max abs err", "right"), ("predicted ms", "right"), ("time s", "right"), ("rewrites", "left"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for p in report.passes:
@@ -54,6 +54,7 @@ def report_table(report: OptimizationReport) -> Any:
             f"{p.nodes_before} -> {p.nodes_after}",
             f"{format_bytes(p.parameter_bytes_before)} -> {format_bytes(p.parameter_bytes_after)}",
             _error_text(p),
+            _predicted_text(p.predicted_ms_before, p.predicted_ms_after),
             f"{p.seconds:.2f}",
             _rules_text(p),
             style=style,
@@ -66,10 +67,23 @@ def report_table(report: OptimizationReport) -> Any:
         f"{report.nodes_before} -> {report.nodes_after}",
         f"{format_bytes(report.parameter_bytes_before)} -> {format_bytes(report.parameter_bytes_after)}",
         f"{final.max_abs:.2e}" if final else "-",
+        _predicted_text(report.predicted_ms_before, report.predicted_ms_after),
         f"{report.seconds:.2f}",
         f"validation {report.validation_seconds:.2f} s on {report.sample_inputs}" if report.validated else "",
     )
+    if report.measured_ms_before is not None and report.measured_ms_after is not None:
+        table.add_row("measured", "", "", "", "",
+                      _predicted_text(report.measured_ms_before, report.measured_ms_after), "", "")
+    if report.cost_model:
+        table.caption = f"predicted by {report.cost_model}"
     return table
+
+
+def _predicted_text(before: float | None, after: float | None) -> str:
+    """"12.3 -> 11.0" for a prediction (or measurement) before and after, "-" without one."""
+    if before is None or after is None:
+        return "-"
+    return f"{before:.1f} -> {after:.1f}" if before >= 10 else f"{before:.2f} -> {after:.2f}"
 
 
 def render_text(report: OptimizationReport, width: int = 160) -> str:
