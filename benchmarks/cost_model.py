@@ -95,6 +95,27 @@ def collect(name: str, profile: Any, repeats: int) -> ModelData:
     return ModelData(name, samples, measured.model_median_ms, measured.kernel_sum_ms, len(estimates), unmatched)
 
 
+def _collect_cached(name: str, profile: Any, repeats: int, cache_dir: Path, reuse: bool) -> ModelData:
+    """`collect`, saving the result under ``cache_dir/cost_model/``; with `reuse`, a saved result
+    measured against the same profile is read back instead of measuring again."""
+    from dataclasses import asdict
+
+    from kiln.cost_model.learned import Sample
+
+    path = cache_dir / "cost_model" / f"{name}.json"
+    if reuse and path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("profile_source") == profile.source:
+            saved["samples"] = [Sample(**s) for s in saved["samples"]]
+            saved.pop("profile_source")
+            return ModelData(**saved)
+        logger.warning("measurements of %s were made with another profile; measuring again", name)
+    data = collect(name, profile, repeats)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**asdict(data), "profile_source": profile.source}))
+    return data
+
+
 def _spearman(predicted: np.ndarray, measured: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
@@ -127,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", action="store_true",
                         help="refit on all models and save the correction beside the profile")
     parser.add_argument("--out", type=Path, help="also write the table and lines as markdown here")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse the kernels measured by the last run with the same profile (refit only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from kiln.cost_model.learned import correction_path, fit
@@ -137,16 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     train, test = args.train.split(","), args.test.split(",")
     if set(train) & set(test):
         parser.error(f"train and test overlap: {sorted(set(train) & set(test))}")
-    data = {name: collect(name, profile, args.repeats) for name in [*train, *test]}
+    data = {name: _collect_cached(name, profile, args.repeats, cache_dir, args.reuse) for name in [*train, *test]}
     correction = fit([s for name in train for s in data[name].samples], profile)
     gap = executor_gap_ms([data[name] for name in train])
     correction.executor_overhead_us = gap * 1e3
 
-    lines, rows = [], []
+    lines, rows, diagnostics = [], [], []
     for name in test:
         d = data[name]
         analytical = evaluate(d, np.array([_analytical_ms(s, profile) for s in d.samples]), 0.0)
         learned = evaluate(d, correction.predict_samples(d.samples), gap)
+        diagnostics.append(_by_class(d, correction.predict_samples(d.samples)))
         for label, result in (("analytical", analytical), ("learned", learned)):
             lines.append(f"{name} {label} spearman={result['spearman']:.3f} model_error={result['model_error']:.3f}")
             rows.append(f"| {name} | {label} | {len(d.samples)} | {result['spearman']:.3f} | "
@@ -163,18 +187,34 @@ def main(argv: list[str] | None = None) -> int:
     for name, d in data.items():
         if d.unmatched:
             header.insert(3, f"{name}: {len(d.unmatched)} profiled kernels not in the lowered graph: {d.unmatched[:5]}")
-    text = "\n".join([*header, *rows, "", *lines, "", f"({time.perf_counter() - started:.0f} s)"])
+    text = "\n".join([*header, *rows, "", *diagnostics, "", *lines, "", f"({time.perf_counter() - started:.0f} s)"])
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(f"`{' '.join(['python -m benchmarks cost-model', *(argv or [])])}`\n\n```\n{text}\n```\n")
-    if args.save:
+    if args.save:  # where CostModel.default() (kiln optimize, kiln cost) reads them
+        from kiln.cost_model.hardware import default_profile_path
+
         full = fit([s for d in data.values() for s in d.samples], profile)
         full.executor_overhead_us = executor_gap_ms(list(data.values())) * 1e3
-        path = full.save(correction_path(cache_dir / PROFILE_FILE))
-        print(f"correction fitted on {len(data)} models written to {path}")
+        profile.save(default_profile_path())
+        path = full.save(correction_path(default_profile_path()))
+        print(f"profile and correction fitted on {len(data)} models written to {default_profile_path()}, {path}")
     print(json.dumps({"train": train, "test": test}))
     return 0
+
+
+def _by_class(data: ModelData, predicted: np.ndarray) -> str:
+    """One line per held-out model: measured vs learned-predicted ms per op class, and the
+    profiled kernel sum against the unprofiled wall time."""
+    measured: dict[str, float] = {}
+    guessed: dict[str, float] = {}
+    for sample, value in zip(data.samples, predicted):
+        measured[sample.op_class] = measured.get(sample.op_class, 0.0) + sample.measured_ms
+        guessed[sample.op_class] = guessed.get(sample.op_class, 0.0) + float(value)
+    parts = ", ".join(f"{c} {measured[c]:.1f}/{guessed[c]:.1f}" for c in sorted(measured, key=lambda c: -measured[c]))
+    return (f"{data.name}: kernel sum {data.kernel_sum_ms:.1f} ms, wall {data.measured_model_ms:.1f} ms; "
+            f"measured/predicted ms by class: {parts}")
 
 
 def _analytical_ms(sample: Any, profile: Any) -> float:

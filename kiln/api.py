@@ -3,6 +3,7 @@ saveable OptimizedModel with its report."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -86,7 +87,9 @@ def _measure_both(before: ir.Model, after: ir.Model, target: Target, feeds: Feed
     """Median latency of two models on the target's backend, timed in turn on the same inputs."""
     from kiln.backends.base import time_alternately
 
-    a, b = compile_model(before, target), compile_model(after, target)
+    # two sessions alternate: idle spinning threads of one would slow the other (Target.allow_spinning)
+    quiet = dataclasses.replace(target, allow_spinning=False)
+    a, b = compile_model(before, quiet), compile_model(after, quiet)
     inputs = feeds if feeds is not None else _sample_feeds(before, None, None)[0]
     first, second = time_alternately(lambda: a.run(inputs), lambda: b.run(inputs))
     return first.median_ms, second.median_ms

@@ -62,6 +62,10 @@ def test_session_options_follow_the_target():
     assert options.graph_optimization_level.name == "ORT_ENABLE_BASIC"
     with pytest.raises(BackendError, match="Unknown graph_optimization_level"):
         session_options(kiln.Target(graph_optimization_level="max"))  # type: ignore[arg-type]
+    entry = "session.intra_op.allow_spinning"
+    assert session_options(kiln.Target(allow_spinning=False)).get_session_config_entry(entry) == "0"
+    with pytest.raises(Exception):  # ORT's default (spinning) sets no entry
+        session_options(kiln.Target()).get_session_config_entry(entry)
 
 
 def test_unavailable_backend_is_refused(mlp_model):

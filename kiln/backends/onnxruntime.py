@@ -47,6 +47,8 @@ def session_options(target: Target) -> ort.SessionOptions:
             f"Unknown graph_optimization_level {target.graph_optimization_level!r}; use one of {sorted(_LEVELS)}."
         ) from None
     options.log_severity_level = 3
+    if not target.allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

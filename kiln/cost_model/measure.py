@@ -701,7 +701,9 @@ def profile_model(
                          f"(got repeats={repeats}, warmup={warmup}, threads={threads}).")
     original = _as_model(model)
     inputs = _feeds(original, feeds)
-    target = Target(intra_op_threads=threads, providers=tuple(providers),
+    # The profiled and the timed session alternate; with spinning on, the idle one's threads
+    # would take the cores from the running one (Target.allow_spinning).
+    target = Target(intra_op_threads=threads, providers=tuple(providers), allow_spinning=False,
                     graph_optimization_level=graph_optimization_level)  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory(prefix="kiln-measure-") as tmp:
         workdir = Path(tmp)
