@@ -47,6 +47,9 @@ class ModelData:
     kernel_sum_ms: float
     kernels: int
     unmatched: list[str] = field(default_factory=list)  # profiled kernels the lowered graph lacks
+    # percent of the machine's CPU time other processes used while this model was measured:
+    # the profile's medians are only as good as the machine was quiet
+    foreign_cpu_pct: float = 0.0
 
 
 def _profile(cache_dir: Path, recalibrate: bool, threads: int) -> Any:
@@ -81,7 +84,9 @@ def collect(name: str, profile: Any, repeats: int) -> ModelData:
     resident = weights <= profile.memory[-2].capacity_bytes
     estimates = {node.name: (node, node_estimate(node, profile, cost=cost, weights_resident=resident))
                  for node, cost in costs.per_node}
+    before = _cpu_jiffies()
     measured = profile_model(model, case.inputs, repeats=repeats, threads=profile.threads)
+    foreign = _foreign_cpu_pct(before, _cpu_jiffies())
     samples, unmatched = [], []
     for kernel in measured.kernels:
         if kernel.parent is not None:  # a subgraph kernel: its parent's time includes it
@@ -92,7 +97,24 @@ def collect(name: str, profile: Any, repeats: int) -> ModelData:
         node, estimate = estimates[kernel.ort_name]
         samples.append(Sample.from_estimate(estimate, op_key(node), max(1, len(kernel.node_names)),
                                             kernel.median_us / 1e3, name))
-    return ModelData(name, samples, measured.model_median_ms, measured.kernel_sum_ms, len(estimates), unmatched)
+    return ModelData(name, samples, measured.model_median_ms, measured.kernel_sum_ms, len(estimates), unmatched,
+                     foreign)
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy jiffies of the whole machine, jiffies of this process), from /proc."""
+    try:
+        fields_ = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(fields_[:8]) - fields_[3] - fields_[4], int(own[11]) + int(own[12])  # minus idle, iowait
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
+def _foreign_cpu_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Share of the CPU time spent while measuring that belonged to other processes."""
+    busy, own = after[0] - before[0], after[1] - before[1]
+    return 100.0 * max(0, busy - own) / busy if busy > 0 else 0.0
 
 
 def _collect_cached(name: str, profile: Any, repeats: int, cache_dir: Path, reuse: bool) -> ModelData:
@@ -184,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         "| model | predictor | kernels | spearman | predicted ms | measured ms | model error |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+    header.insert(3, "CPU time taken by other processes while measuring: "
+                  + ", ".join(f"{name} {d.foreign_cpu_pct:.0f}%" for name, d in data.items()))
     for name, d in data.items():
         if d.unmatched:
             header.insert(3, f"{name}: {len(d.unmatched)} profiled kernels not in the lowered graph: {d.unmatched[:5]}")
@@ -213,7 +237,8 @@ def _by_class(data: ModelData, predicted: np.ndarray) -> str:
         measured[sample.op_class] = measured.get(sample.op_class, 0.0) + sample.measured_ms
         guessed[sample.op_class] = guessed.get(sample.op_class, 0.0) + float(value)
     parts = ", ".join(f"{c} {measured[c]:.1f}/{guessed[c]:.1f}" for c in sorted(measured, key=lambda c: -measured[c]))
-    return (f"{data.name}: kernel sum {data.kernel_sum_ms:.1f} ms, wall {data.measured_model_ms:.1f} ms; "
+    return (f"{data.name}: kernel sum {data.kernel_sum_ms:.1f} ms, wall {data.measured_model_ms:.1f} ms, "
+            f"other processes {data.foreign_cpu_pct:.0f}% of the CPU time; "
             f"measured/predicted ms by class: {parts}")
 
 

@@ -4,8 +4,10 @@ Two layers, both fitted to `Sample`s (one per measured kernel: its roofline term
 measured median):
 
 1. per-op-class efficiencies and the per-kernel launch overhead, fitted in log space (a kernel
-   twice too slow and one twice too fast weigh the same): what fraction of the roofline ONNX
-   Runtime's GEMMs, convs, element-wise kernels... really reach on this machine;
+   twice too slow and one twice too fast weigh the same; kernels weigh by the square root of
+   their time, so the few long GEMMs that make a model's latency are not outvoted by hundreds
+   of tiny kernels): what fraction of the roofline ONNX Runtime's GEMMs, convs, element-wise
+   kernels... really reach on this machine;
 2. a small gradient-boosted residual model (LightGBM) over kernel features (op type, class,
    precision, FLOPs, bytes, intensity, group size, the roofline time) that predicts the log of
    measured / roofline-with-fitted-efficiencies.
@@ -185,6 +187,14 @@ def _log_error(predicted: np.ndarray, measured: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.log(np.maximum(predicted, 1e-9)) - np.log(measured)) ** 2)))
 
 
+def _weights(measured: np.ndarray) -> np.ndarray:
+    """Sample weights: the square root of each kernel's time, so the kernels that make up most of
+    a model's latency count more than the hundreds of microsecond-long ones (which still count:
+    per-kernel rank correlation needs them), normalised to mean 1."""
+    w = np.sqrt(np.maximum(measured, 1e-9))
+    return w / w.mean()
+
+
 def _fit_efficiencies(samples: Sequence[Sample], launch_ms: float, prior: dict[str, float]) -> dict[str, float]:
     by_class: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
@@ -195,7 +205,8 @@ def _fit_efficiencies(samples: Sequence[Sample], launch_ms: float, prior: dict[s
         measured = np.array([s.measured_ms for s in members])
         if not body.any():  # views and shape ops: only the launch, no efficiency to fit
             continue
-        errors = [np.sum((np.log(body / e + launch_ms) - np.log(measured)) ** 2) for e in _EFFICIENCY_GRID]
+        w = _weights(measured)
+        errors = [np.sum(w * (np.log(body / e + launch_ms) - np.log(measured)) ** 2) for e in _EFFICIENCY_GRID]
         fitted[cls] = float(_EFFICIENCY_GRID[int(np.argmin(errors))])
     return fitted
 
@@ -237,7 +248,7 @@ def fit(samples: Sequence[Sample], profile: HardwareProfile, *, residual: bool =
                                    s.weight_bytes, b, correction.ops) for s, b in zip(samples, base)])
         target = np.log(measured) - np.log(np.maximum(base, 1e-9))
         model = lightgbm.LGBMRegressor(**_GBM_PARAMS)
-        model.fit(rows, target, categorical_feature=_CATEGORICAL)
+        model.fit(rows, target, sample_weight=_weights(measured), categorical_feature=_CATEGORICAL)
         correction.booster_text = model.booster_.model_to_string()
         correction.fit_log_rmse["residual"] = _log_error(correction.predict_samples(samples), measured)
     return correction
