@@ -23,6 +23,7 @@ from kiln.ir.capture import capture, split_example_inputs
 from kiln.ir.inputs import Feeds, make_feeds, random_inputs
 from kiln.ir.serialization import save_model
 from kiln.passes.base import IRDump, NumericValidation, Pass, PassContext, PassManager, StructuralCheck, Tolerance
+from kiln.passes.block_dropping import BlockBudget, DropResidualBlocks
 from kiln.passes.cost_prediction import CostPrediction
 from kiln.passes.pipeline import passes_for_level
 from kiln.report.model import OptimizationReport
@@ -111,6 +112,7 @@ def optimize(
     dump_ir: str | os.PathLike | None = None,
     cost_model: CostModel | None | Literal["default"] = "default",
     measure: bool = False,
+    drop_blocks: BlockBudget | None = None,
 ) -> OptimizedModel:
     """Optimize a PyTorch or ONNX model.
 
@@ -134,6 +136,12 @@ def optimize(
             for this CPU, for the target's thread count; None: no predictions.
         measure: also time the input and the optimized model on the target's backend, in turn
             on the same inputs, and put both medians in the report next to the predictions.
+        drop_blocks: approximate, off by default: drop residual blocks (attention / MLP of a
+            transformer layer, identity-shortcut ResNet blocks) while the outputs on the sample
+            inputs keep the budget's cosine with the original, e.g.
+            ``BlockBudget(min_cosine=0.99)`` (``from kiln.passes.block_dropping import
+            BlockBudget``). Runs before the level's passes (or the given `passes`); needs real
+            inputs: `sample_inputs` or `example_inputs`. The report lists every block scored.
     """
     if target is None:
         target = Target(backend=backend)  # type: ignore[arg-type]
@@ -142,21 +150,33 @@ def optimize(
     started = time.perf_counter()
     ir_model = capture(model, example_inputs, dynamic_shapes)
     capture_seconds = time.perf_counter() - started
-    pipeline = list(passes) if passes is not None else passes_for_level(level)
+    if passes is not None:
+        pipeline = ([DropResidualBlocks(drop_blocks)] if drop_blocks is not None else []) + list(passes)
+    else:
+        pipeline = passes_for_level(level, drop_blocks=drop_blocks)
     instruments = [StructuralCheck()]
     report = OptimizationReport(model_name=_model_name(model), level=level if passes is None else None)
+    validation_target = Target(
+        backend="onnxruntime", intra_op_threads=target.intra_op_threads, inter_op_threads=1,
+        graph_optimization_level="disable", providers=target.providers,
+    )
+
+    def runner(m: ir.Model, f: Feeds) -> list[Any]:
+        return ort_backend.run_model(m, f, validation_target)
+
     feeds: Feeds | None = None
-    if validate:
+    if validate or drop_blocks is not None:
         feeds, source = _sample_feeds(ir_model, example_inputs, sample_inputs)
+        if drop_blocks is not None and source == "random inputs":
+            raise InputError(
+                "Block dropping scores blocks by how much the outputs change on real inputs, and none were "
+                "given: pass sample_inputs={input name: array} (or example_inputs) to kiln.optimize, or "
+                "--sample-inputs inputs.npz to `kiln optimize`."
+            )
         report.sample_inputs = source
-        validation_target = Target(
-            backend="onnxruntime", intra_op_threads=target.intra_op_threads, inter_op_threads=1,
-            graph_optimization_level="disable", providers=target.providers,
-        )
-        instruments.append(NumericValidation(
-            lambda m, f: ort_backend.run_model(m, f, validation_target), feeds,
-            tolerance or Tolerance(), fallback_runner=reference_backend.run_model,
-        ))
+    if validate:
+        instruments.append(NumericValidation(runner, feeds, tolerance or Tolerance(),
+                                             fallback_runner=reference_backend.run_model))
     if dump_ir is not None:
         instruments.append(IRDump(dump_ir))
     if cost_model == "default":
@@ -164,7 +184,8 @@ def optimize(
     prediction = CostPrediction(cost_model) if cost_model is not None else None
     if prediction is not None:
         instruments.append(prediction)  # last: it sees only the passes every check accepted
-    ctx = PassContext(target=target, cost_model=cost_model, sample_inputs=feeds, options=dict(options or {}))
+    ctx = PassContext(target=target, cost_model=cost_model, sample_inputs=feeds, options=dict(options or {}),
+                      runner=runner)
     original = ir_model.clone() if measure else None  # the clone shares weight tensors
     optimized, report = PassManager(pipeline, instruments).run(ir_model, ctx, report)
     if original is not None:

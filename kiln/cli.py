@@ -29,8 +29,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
         with np.load(args.sample_inputs, allow_pickle=False) as data:
             sample_inputs = {name: data[name] for name in data.files}
+    drop_blocks = None
+    if args.drop_blocks_min_cosine is not None:
+        from kiln.passes.block_dropping import BlockBudget
+
+        drop_blocks = BlockBudget(min_cosine=args.drop_blocks_min_cosine)
     optimized = optimize(args.model, level=args.level, validate=not args.no_validate, dump_ir=args.dump_ir,
-                         sample_inputs=sample_inputs, measure=args.measure)
+                         sample_inputs=sample_inputs, measure=args.measure, drop_blocks=drop_blocks)
     path = optimized.save(args.output)
     console.print(optimized.report)
     if args.report:
@@ -186,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--dump-ir", help="write the model after every pass into this folder")
     opt.add_argument("--measure", action="store_true",
                      help="also time the input and the optimized model (in turn) next to the predictions")
+    opt.add_argument("--drop-blocks-min-cosine", type=float, metavar="COSINE",
+                     help="approximate: drop residual blocks while the outputs on --sample-inputs keep this "
+                          "cosine similarity with the original (e.g. 0.99); off by default")
     opt.set_defaults(func=cmd_optimize)
     # `kiln bench ARGS` hands ARGS to `python -m benchmarks run` untouched (see main).
     sub.add_parser("bench", help="run the side-by-side benchmarks: kiln bench [--quick] [--models ...] ...")

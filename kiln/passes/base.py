@@ -22,7 +22,7 @@ from kiln.errors import PassError
 from kiln.ir.analysis import count_nodes, parameter_bytes
 from kiln.ir.inputs import Feeds
 from kiln.passes.tracking import Explainer, GraphSnapshot
-from kiln.report.model import ErrorStats, OptimizationReport, PassReport, Rewrite
+from kiln.report.model import BlockDecision, ErrorStats, OptimizationReport, PassReport, Rewrite
 from kiln.target import Target
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,31 @@ class Tolerance:
         return f"atol={self.atol:g} rtol={self.rtol:g}"
 
 
+@dataclass(frozen=True)
+class CosineBudget:
+    """The error budget of a pass that changes outputs on purpose (e.g. dropping blocks): each
+    float output, flattened, keeps a cosine similarity of at least `min_cosine` with the original
+    model's (and, when `max_abs` is given, stays within it elementwise); other outputs must match
+    exactly. Elementwise atol/rtol would reject any such pass however close its outputs stay."""
+
+    min_cosine: float = 0.99
+    max_abs: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_cosine <= 1.0:
+            raise PassError(f"min_cosine={self.min_cosine} is not in (0, 1]; use e.g. 0.99.")
+        if self.max_abs is not None and self.max_abs < 0:
+            raise PassError(f"max_abs={self.max_abs} is negative; give a bound >= 0 or None.")
+
+    def __str__(self) -> str:
+        text = f"cosine>={self.min_cosine:g}"
+        return text + (f" max_abs<={self.max_abs:g}" if self.max_abs is not None else "")
+
+
+# What an approximate pass may deviate from the original model by.
+ErrorBudget = Tolerance | CosineBudget
+
+
 @dataclass
 class PassResult:
     """What a pass returns: the (possibly new) model, whether it changed, and optionally the
@@ -51,20 +76,25 @@ class PassResult:
     modified: bool
     rewrites: list[Rewrite] | None = None
     message: str = ""
+    # block dropping: the per-block scores and decisions, copied into the PassReport
+    blocks: list[BlockDecision] = field(default_factory=list)
 
 
 @dataclass
 class PassContext:
-    """What a pass may read: the target, the cost model, sample inputs and options.
+    """What a pass may read: the target, the cost model, sample inputs, a model runner and options.
 
     `cost_model` is filled by the cost_model package when one is configured; passes that need a
     trade-off decision must ask it (and fall back to a documented heuristic when it is None).
+    `runner` runs a model on feeds (the validation runner `kiln.optimize` injects, since passes
+    never import a backend); passes that measure outputs (block dropping) use it.
     """
 
     target: Target = field(default_factory=Target)
     cost_model: Any = None
     sample_inputs: Feeds | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    runner: ModelRunner | None = None
 
 
 class Pass(abc.ABC):
@@ -77,8 +107,9 @@ class Pass(abc.ABC):
 
     name: str = ""
     exact: bool = True
-    # Approximate passes: the tolerance they are allowed against the original model.
-    error_budget: Tolerance | None = None
+    # Approximate passes: what they may deviate from the original model by (elementwise
+    # Tolerance, or CosineBudget for passes that change outputs on purpose).
+    error_budget: ErrorBudget | None = None
     # Rule name and reason used when the PassManager infers rewrites from a graph diff.
     rule: str = ""
 
@@ -107,6 +138,9 @@ class Instrument:
     def after_pass(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> str | None:
         """Called after each pass that changed the model. Return a reason to roll it back."""
         return None
+
+    def pass_accepted(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> None:
+        """Called after a pass that changed the model once every instrument accepted it."""
 
 
 def check_structure(model: ir.Model) -> str | None:
@@ -189,6 +223,25 @@ def _flatten_outputs(name: str, ref: Any, got: Any, out: list[tuple[str, np.ndar
     return None
 
 
+def _paired_outputs(names: Sequence[str], reference: Sequence[Any],
+                    actual: Sequence[Any]) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], str | None]:
+    """(name, reference, actual) per tensor, or the structural mismatch (count, sequence, shape,
+    dtype) that makes the outputs incomparable."""
+    if len(reference) != len(actual):
+        return [], f"the model has {len(actual)} outputs instead of {len(reference)}"
+    pairs: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for name, ref, got in zip(names, reference, actual):
+        problem = _flatten_outputs(name, ref, got, pairs)
+        if problem:
+            return [], problem
+    for name, ref, got in pairs:
+        if ref.shape != got.shape:
+            return [], f"output {name!r} has shape {list(got.shape)} instead of {list(ref.shape)}"
+        if ref.dtype != got.dtype:
+            return [], f"output {name!r} has dtype {got.dtype} instead of {ref.dtype}"
+    return pairs, None
+
+
 def compare_outputs(names: Sequence[str], reference: Sequence[Any], actual: Sequence[Any],
                     tolerance: Tolerance) -> tuple[ErrorStats, str | None]:
     """Max abs / rel error of `actual` against `reference` and the first violation, if any.
@@ -196,18 +249,10 @@ def compare_outputs(names: Sequence[str], reference: Sequence[Any], actual: Sequ
     outputs get at least their dtype's precision as tolerance."""
     stats = ErrorStats()
     violation: str | None = None
-    if len(reference) != len(actual):
-        return stats, f"the model has {len(actual)} outputs instead of {len(reference)}"
-    pairs: list[tuple[str, np.ndarray, np.ndarray]] = []
-    for name, ref, got in zip(names, reference, actual):
-        problem = _flatten_outputs(name, ref, got, pairs)
-        if problem:
-            return stats, problem
+    pairs, problem = _paired_outputs(names, reference, actual)
+    if problem:
+        return stats, problem
     for name, ref, got in pairs:
-        if ref.shape != got.shape:
-            return stats, f"output {name!r} has shape {list(got.shape)} instead of {list(ref.shape)}"
-        if ref.dtype != got.dtype:
-            return stats, f"output {name!r} has dtype {got.dtype} instead of {ref.dtype}"
         allowed = tolerance_for(ref.dtype, tolerance)
         if is_ml_dtype(ref.dtype):
             ref, got = ref.astype(np.float32), got.astype(np.float32)
@@ -237,9 +282,75 @@ def compare_outputs(names: Sequence[str], reference: Sequence[Any], actual: Sequ
     return stats, violation
 
 
+def cosine_similarity(reference: np.ndarray, actual: np.ndarray) -> float:
+    """Cosine similarity of two flattened arrays (1.0 when both are zero, 0.0 when one is,
+    NaN when either holds a NaN or an infinity)."""
+    ref = reference.astype(np.float64).ravel()
+    got = actual.astype(np.float64).ravel()
+    if not (np.all(np.isfinite(ref)) and np.all(np.isfinite(got))):
+        return float("nan")
+    norms = float(np.linalg.norm(ref)) * float(np.linalg.norm(got))
+    if norms == 0.0:
+        return 1.0 if not ref.any() and not got.any() else 0.0
+    return float(np.clip(ref @ got / norms, -1.0, 1.0))
+
+
+def cosine_stats(names: Sequence[str], reference: Sequence[Any],
+                 actual: Sequence[Any]) -> tuple[ErrorStats, str | None]:
+    """Min cosine over float outputs (flattened) and max abs / rel error of `actual` against
+    `reference`; the problem is set when the outputs are incomparable (count, shape, dtype) or a
+    non-float output differs, which no cosine can measure."""
+    stats, _ = compare_outputs(names, reference, actual, Tolerance(atol=np.inf, rtol=np.inf))
+    pairs, problem = _paired_outputs(names, reference, actual)
+    if problem:
+        return stats, problem
+    cosines: list[tuple[float, str]] = []
+    for name, ref, got in pairs:
+        if is_ml_dtype(ref.dtype):
+            ref, got = ref.astype(np.float32), got.astype(np.float32)
+        if ref.dtype.kind not in "fc":
+            if problem is None and not np.array_equal(ref, got):
+                problem = f"output {name!r} ({ref.dtype}) differs; a cosine budget covers float outputs only"
+            continue
+        if ref.size:
+            cosines.append((cosine_similarity(np.real(ref), np.real(got)), name))
+    worst = min(cosines, key=lambda item: item[0] if np.isfinite(item[0]) else -np.inf, default=(1.0, ""))
+    stats.min_cosine = worst[0]
+    return stats, problem
+
+
+def compare_cosine(names: Sequence[str], reference: Sequence[Any], actual: Sequence[Any],
+                   budget: CosineBudget) -> tuple[ErrorStats, str | None]:
+    """`cosine_stats` of `actual` against `reference` and the first violation of `budget`."""
+    stats, problem = cosine_stats(names, reference, actual)
+    if problem:
+        return stats, problem
+    assert stats.min_cosine is not None
+    if not stats.min_cosine >= budget.min_cosine:
+        return stats, f"an output has cosine {stats.min_cosine:.6f} with the original (allowed {budget})"
+    if budget.max_abs is not None and stats.max_abs > budget.max_abs:
+        return stats, f"output {stats.worst_output!r} differs by up to {stats.max_abs:.3g} (allowed {budget})"
+    return stats, None
+
+
+def compare_with_budget(names: Sequence[str], reference: Sequence[Any], actual: Sequence[Any],
+                        budget: ErrorBudget) -> tuple[ErrorStats, str | None]:
+    """`compare_cosine` or `compare_outputs`, whichever `budget` asks for."""
+    if isinstance(budget, CosineBudget):
+        return compare_cosine(names, reference, actual, budget)
+    return compare_outputs(names, reference, actual, budget)
+
+
 class NumericValidation(Instrument):
-    """Runs every changed model on the sample inputs and compares against the original model's
-    outputs; vetoes a pass whose cumulative error exceeds its tolerance."""
+    """Runs every changed model on the sample inputs and compares it; vetoes a pass whose error
+    exceeds what it is allowed.
+
+    An approximate pass with an `error_budget` is checked against the original model's outputs
+    with its own budget (a `CosineBudget` compares cosines, not elements). Once one is accepted,
+    the outputs of the model after it become the baseline that later exact passes are checked
+    against, with the exact tolerance: they must preserve the approximated model, not the
+    original one it no longer matches. `final_error` is always measured against the original.
+    """
 
     def __init__(self, runner: ModelRunner, feeds: Feeds, tolerance: Tolerance = Tolerance(),
                  fallback_runner: ModelRunner | None = None):
@@ -247,10 +358,14 @@ class NumericValidation(Instrument):
         self.fallback_runner = fallback_runner
         self.feeds = feeds
         self.tolerance = tolerance
-        self.reference: list[np.ndarray] | None = None
+        self.reference: list[np.ndarray] | None = None  # the original model's outputs
+        self.baseline: list[np.ndarray] | None = None  # what exact passes are compared with
+        self.baseline_pass = ""  # the approximate pass that set the baseline ("" = the original)
+        self.final_error: ErrorStats | None = None  # the last accepted model against the original
         self.output_names: list[str] = []
         self.unavailable_reason = ""
         self.seconds = 0.0
+        self._pending: tuple[list[np.ndarray], ErrorStats] | None = None
 
     def run_before(self, model: ir.Model, ctx: PassContext) -> None:
         started = time.perf_counter()
@@ -269,33 +384,66 @@ class NumericValidation(Instrument):
                     self.unavailable_reason = f"the original model does not run: {exc2}"
         if self.reference is None:
             logger.warning("Numeric validation is off: %s", self.unavailable_reason)
+        else:
+            self.baseline = self.reference
+            self.final_error = ErrorStats()
         self.seconds += time.perf_counter() - started
 
     @property
     def available(self) -> bool:
         return self.reference is not None
 
-    def check(self, model: ir.Model, tolerance: Tolerance) -> tuple[ErrorStats | None, str | None]:
-        """Compare `model` against the original; (stats, violation or None)."""
-        if self.reference is None:
-            return None, None
+    def _run(self, model: ir.Model) -> tuple[list[np.ndarray] | None, str | None]:
         started = time.perf_counter()
         try:
-            outputs = self.runner(model, self.feeds)
+            return self.runner(model, self.feeds), None
         except Exception as exc:
             return None, f"the rewritten model does not run: {str(exc).strip()[:300]}"
         finally:
             self.seconds += time.perf_counter() - started
-        return compare_outputs(self.output_names, self.reference, outputs, tolerance)
+
+    def check(self, model: ir.Model, tolerance: ErrorBudget) -> tuple[ErrorStats | None, str | None]:
+        """Compare `model` against the original; (stats, violation or None)."""
+        if self.reference is None:
+            return None, None
+        outputs, problem = self._run(model)
+        if outputs is None:
+            return None, problem
+        return compare_with_budget(self.output_names, self.reference, outputs, tolerance)
 
     def after_pass(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> str | None:
-        tolerance = self.tolerance if pass_.exact or pass_.error_budget is None else pass_.error_budget
-        report.tolerance = str(tolerance)
+        approximate = not pass_.exact and pass_.error_budget is not None
+        budget: ErrorBudget = pass_.error_budget if approximate else self.tolerance  # type: ignore[assignment]
+        report.tolerance = str(budget)
+        if not approximate and self.baseline_pass:
+            report.tolerance += f" against the model after {self.baseline_pass}"
+        self._pending = None
+        if self.reference is None or self.baseline is None:
+            return None
         started = time.perf_counter()
-        stats, violation = self.check(model, tolerance)
+        outputs, problem = self._run(model)
+        if outputs is None:
+            report.validation_seconds = time.perf_counter() - started
+            return problem
+        reference = self.reference if approximate else self.baseline
+        stats, violation = compare_with_budget(self.output_names, reference, outputs, budget)
+        if reference is self.reference:
+            versus_original = stats
+        else:
+            versus_original, _ = cosine_stats(self.output_names, self.reference, outputs)
         report.validation_seconds = time.perf_counter() - started
         report.error = stats
+        self._pending = (outputs, versus_original)
         return violation
+
+    def pass_accepted(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> None:
+        if self._pending is None:
+            return
+        outputs, versus_original = self._pending
+        self._pending = None
+        self.final_error = versus_original
+        if not pass_.exact and pass_.error_budget is not None:
+            self.baseline, self.baseline_pass = outputs, pass_.name
 
 
 class IRDump(Instrument):
@@ -378,8 +526,7 @@ class PassManager:
         if validation is not None:
             report.validation_seconds = validation.seconds
             report.validated = validation.available
-            last_errors = [p.error for p in report.passes if p.error is not None and p.status == "applied"]
-            report.final_error = last_errors[-1] if last_errors else (ErrorStats() if validation.available else None)
+            report.final_error = validation.final_error
         return model, report
 
     def _checkpoint(self, model: ir.Model) -> _Checkpoint:
@@ -413,6 +560,7 @@ class PassManager:
         entry.seconds = time.perf_counter() - started
         new_model = result.model
         entry.message = result.message
+        entry.blocks = list(result.blocks)
         if not result.modified:
             entry.status = "unchanged"
             entry.nodes_after = entry.nodes_before
@@ -437,6 +585,8 @@ class PassManager:
                 return backup, None
             if veto:
                 raise PassError(f"Pass {pass_.name} failed a check and rollback is off: {veto}")
+        for instrument in self.instruments:
+            instrument.pass_accepted(new_model, pass_, ctx, entry)
         logger.info("Pass %s: %d -> %d nodes, %d rewrites, %.3f s", pass_.name, entry.nodes_before,
                     entry.nodes_after, len(entry.rewrites), entry.seconds)
         return new_model, None

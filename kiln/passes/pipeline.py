@@ -5,12 +5,17 @@ Level 0 runs nothing (capture and validation only). Level 1 runs the exact clean
 and constant folding. Level 2 adds exact layer folding (BatchNorm / affine into Conv and Gemm),
 merging of consecutive linear maps, layout-chain simplification and duplicate-initializer
 merging.
+
+Block dropping (`kiln.passes.block_dropping`) is approximate and opt-in: given a `BlockBudget`,
+it runs first, on the graph as captured (its names and module paths are intact), and the exact
+passes then clean up after it.
 """
 
 from __future__ import annotations
 
 from kiln.errors import PassError
 from kiln.passes.base import Pass
+from kiln.passes.block_dropping import BlockBudget, DropResidualBlocks
 from kiln.passes.cleanup import EliminateCommonSubexpressions, EliminateDeadNodes, EliminateIdentityAndNoOps
 from kiln.passes.folding import FoldConstants
 from kiln.passes.initializers import DeduplicateInitializers
@@ -21,8 +26,13 @@ from kiln.passes.shape_simplification import SimplifyShapeChains
 MAX_LEVEL = 2
 
 
-def passes_for_level(level: int) -> list[Pass]:
-    """The pass list for an optimization level."""
+def passes_for_level(level: int, *, drop_blocks: BlockBudget | None = None) -> list[Pass]:
+    """The pass list for an optimization level, with block dropping first when a budget is given."""
+    passes = _exact_passes(level)
+    return [DropResidualBlocks(drop_blocks), *passes] if drop_blocks is not None else passes
+
+
+def _exact_passes(level: int) -> list[Pass]:
     if level == 0:
         return []
     if level == 1:

@@ -37,6 +37,29 @@ class ErrorStats:
     max_abs: float = 0.0
     max_rel: float = 0.0
     worst_output: str = ""
+    # smallest cosine similarity of a flattened output with the original's (filled when a cosine
+    # budget was checked, i.e. for approximate passes and for the run's final error after one)
+    min_cosine: float | None = None
+
+
+@dataclass
+class BlockDecision:
+    """One residual block a block-dropping pass scored: alone, then (when tried) jointly with the
+    blocks dropped before it. Errors are 1 - cosine of the outputs against the original model."""
+
+    name: str
+    add_node: str
+    nodes: int  # nodes the drop removes (the branch and the Add)
+    solo_cosine: float
+    solo_max_abs: float
+    dropped: bool = False
+    reason: str = ""
+    # after trying this block: sum of the solo errors of the dropped set (the additive
+    # prediction) against the measured joint error and cosine; None when it was not tried
+    predicted_error: float | None = None
+    measured_error: float | None = None
+    measured_cosine: float | None = None
+    measured_max_abs: float | None = None
 
 
 @dataclass
@@ -59,6 +82,8 @@ class PassReport:
     # the cost model's predicted latency of the model before and after this pass (None without one)
     predicted_ms_before: float | None = None
     predicted_ms_after: float | None = None
+    # block dropping: every block scored, in the order they were considered
+    blocks: list[BlockDecision] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -109,9 +134,11 @@ class OptimizationReport:
         return json.dumps(self.to_dict(), indent=indent)
 
     def __rich__(self) -> Any:
-        from kiln.report.render import report_table
+        from rich.console import Group
 
-        return report_table(self)
+        from kiln.report.render import report_renderables
+
+        return Group(*report_renderables(self))
 
     def __str__(self) -> str:
         from kiln.report.render import render_text

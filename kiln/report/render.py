@@ -79,6 +79,33 @@ def report_table(report: OptimizationReport) -> Any:
     return table
 
 
+def block_table(report: PassReport) -> Any:
+    """A rich Table of the blocks a block-dropping pass scored, in the order it considered them:
+    solo score, decision, and after each try the additive prediction next to the measurement."""
+    from rich.table import Table
+
+    table = Table(title=f"{report.name}: blocks scored (error = 1 - cosine of the outputs)")
+    for column, justify in (("block", "left"), ("nodes", "right"), ("solo cosine", "right"),
+                            ("solo max abs", "right"), ("dropped", "left"), ("predicted joint err", "right"),
+                            ("measured joint err", "right"), ("joint cosine", "right"), ("reason", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+
+    def figure(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for block in report.blocks:
+        table.add_row(block.name, str(block.nodes), figure(block.solo_cosine, ".6f"), figure(block.solo_max_abs, ".3g"),
+                      "yes" if block.dropped else "no", figure(block.predicted_error, ".3g"),
+                      figure(block.measured_error, ".3g"), figure(block.measured_cosine, ".6f"), block.reason,
+                      style="green" if block.dropped else "")
+    return table
+
+
+def report_renderables(report: OptimizationReport) -> list[Any]:
+    """The pass table, then a block table for every pass that scored blocks."""
+    return [report_table(report), *(block_table(p) for p in report.passes if p.blocks)]
+
+
 def _predicted_text(before: float | None, after: float | None) -> str:
     """"12.3 -> 11.0" for a prediction (or measurement) before and after, "-" without one."""
     if before is None or after is None:
@@ -91,5 +118,5 @@ def render_text(report: OptimizationReport, width: int = 160) -> str:
     from rich.console import Console
 
     buffer = io.StringIO()
-    Console(file=buffer, width=width, color_system=None, force_terminal=False).print(report_table(report))
+    Console(file=buffer, width=width, color_system=None, force_terminal=False).print(*report_renderables(report))
     return buffer.getvalue()

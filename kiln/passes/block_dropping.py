@@ -1,0 +1,227 @@
+"""Block dropping (issue 4, after LAPTOP-Diff and FoldGPT): skip whole residual blocks whose
+removal barely changes the model's outputs, under an error budget the user gives.
+
+On calibration inputs, each residual block (`kiln.passes.residual_blocks`) is scored alone by
+how far the outputs move when it is skipped (cosine similarity of the flattened outputs with the
+original model's, and max abs diff). Blocks are then dropped greedily, least important first, and
+after every drop the model with all drops so far is run again: a block is kept when the *measured*
+joint cosine would fall below the budget. LAPTOP-Diff assumes the errors add up; the report shows
+the additive prediction (sum of solo errors, error = 1 - cosine) next to the measured joint error
+after each drop, so whether they do is visible model by model.
+
+The pass is approximate (`exact=False`) with a `CosineBudget`: the PassManager checks the
+result against the original with that budget, and later exact passes against the dropped model.
+It is opt-in: ``kiln.optimize(model, example_inputs, drop_blocks=BlockBudget(min_cosine=0.99))``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from kiln.errors import InputError, PassError
+from kiln.ir.inputs import Feeds
+from kiln.passes.base import CosineBudget, ModelRunner, Pass, PassContext, PassResult, cosine_stats
+from kiln.passes.residual_blocks import ResidualBlock, analyze_add, drop_block, find_residual_blocks
+from kiln.passes.tracking import node_ref
+from kiln.report.model import BlockDecision, Rewrite
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BlockBudget", "DropResidualBlocks"]
+
+
+@dataclass(frozen=True)
+class BlockBudget:
+    """How much block dropping may change the outputs, measured against the original model on
+    the calibration (sample) inputs: every float output keeps a cosine similarity of at least
+    `min_cosine` (and, when given, a max abs diff of at most `max_abs`); at most `max_blocks`
+    blocks are dropped (None: no limit)."""
+
+    min_cosine: float = 0.99
+    max_abs: float | None = None
+    max_blocks: int | None = None
+
+    def __post_init__(self) -> None:
+        self.cosine_budget()  # validates min_cosine and max_abs
+        if self.max_blocks is not None and self.max_blocks < 0:
+            raise PassError(f"max_blocks={self.max_blocks} is negative; give a count >= 0 or None.")
+
+    def cosine_budget(self) -> CosineBudget:
+        """The budget the PassManager validates the pass with."""
+        return CosineBudget(min_cosine=self.min_cosine, max_abs=self.max_abs)
+
+
+@dataclass
+class _Score:
+    cosine: float
+    max_abs: float
+    problem: str | None  # why the outputs are incomparable or the model does not run
+
+    @property
+    def error(self) -> float:
+        """1 - cosine; infinite when the model does not run or its outputs changed shape."""
+        return float("inf") if self.problem or not np.isfinite(self.cosine) else 1.0 - self.cosine
+
+
+class DropResidualBlocks(Pass):
+    """Drops residual blocks greedily while the measured output cosine stays within the budget.
+
+    Reads calibration inputs from `calibration` or else `ctx.sample_inputs`, and runs models with
+    `runner` or else `ctx.runner` (kiln.optimize provides both).
+    """
+
+    name = "block_dropping"
+    exact = False
+    rule = "drop_residual_block"
+
+    def __init__(self, budget: BlockBudget, *, calibration: Sequence[Feeds] | None = None,
+                 runner: ModelRunner | None = None):
+        self.budget = budget
+        self.error_budget = budget.cosine_budget()
+        self.calibration = list(calibration) if calibration is not None else None
+        self.runner = runner
+
+    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        runner = self.runner or ctx.runner
+        if runner is None:
+            raise PassError("block_dropping runs the model to score blocks but has no runner: run it through "
+                            "kiln.optimize(..., drop_blocks=...) or give DropResidualBlocks(runner=...).")
+        feeds = self.calibration or ([ctx.sample_inputs] if ctx.sample_inputs is not None else [])
+        if not feeds:
+            raise InputError("block_dropping scores blocks on calibration inputs and none were given: pass "
+                             "sample_inputs={name: array} (or example_inputs) to kiln.optimize, or "
+                             "--sample-inputs NPZ to kiln optimize.")
+        names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
+        reference = [runner(model, f) for f in feeds]
+        blocks = find_residual_blocks(model)
+        if not blocks:
+            return PassResult(model, False, message="no droppable residual blocks found")
+        positions = {node: index for index, node in enumerate(model.graph)}
+        indices = [positions[b.add] for b in blocks]
+
+        def measure(drop: list[int]) -> _Score:
+            trial = model.clone()
+            _drop_by_position(trial, drop)
+            return self._score(runner, trial, feeds, names, reference)
+
+        solo = [measure([index]) for index in indices]
+        decisions = [self._solo(block, score) for block, score in zip(blocks, solo)]
+        solo_errors = [score.error for score in solo]
+        order = sorted(range(len(blocks)), key=lambda i: (solo_errors[i], decisions[i].solo_max_abs, i))
+        dropped: list[int] = []
+        predicted = 0.0
+        for rank, i in enumerate(order):
+            decision = decisions[i]
+            if self.budget.max_blocks is not None and len(dropped) >= self.budget.max_blocks:
+                decision.reason = f"max_blocks={self.budget.max_blocks} reached"
+                continue
+            if not self._within(decision.solo_cosine, decision.solo_max_abs):
+                for j in order[rank:]:  # solo errors only grow from here on
+                    decisions[j].reason = solo[j].problem or "skipping it alone already breaks the budget"
+                break
+            joint = measure([indices[k] for k in [*dropped, i]])
+            decision.predicted_error = predicted + solo_errors[i]
+            decision.measured_error = joint.error
+            decision.measured_cosine = joint.cosine
+            decision.measured_max_abs = joint.max_abs
+            if joint.problem is None and self._within(joint.cosine, joint.max_abs):
+                dropped.append(i)
+                predicted += solo_errors[i]
+                decision.dropped = True
+                decision.reason = f"joint cosine {joint.cosine:.6f} within {self.error_budget}"
+            else:
+                decision.reason = joint.problem or (f"with it the joint cosine would be {joint.cosine:.6f} "
+                                                    f"(budget {self.error_budget})")
+        considered = [decisions[i] for i in order]
+        if not dropped:
+            return PassResult(model, False, message=f"no block fits the budget {self.error_budget} "
+                              f"({len(blocks)} blocks scored)", blocks=considered)
+        rewrites = self._apply(model, [blocks[i] for i in dropped], [decisions[i] for i in dropped])
+        last = decisions[dropped[-1]]
+        message = (f"dropped {len(dropped)} of {len(blocks)} blocks; measured cosine {last.measured_cosine:.6f}, "
+                   f"joint error {last.measured_error:.3g} (sum of solo errors {last.predicted_error:.3g})")
+        logger.info("block_dropping: %s", message)
+        return PassResult(model, True, rewrites=rewrites, message=message, blocks=considered)
+
+    def _within(self, cosine: float, max_abs: float) -> bool:
+        if not cosine >= self.budget.min_cosine:
+            return False
+        return self.budget.max_abs is None or max_abs <= self.budget.max_abs
+
+    @staticmethod
+    def _solo(block: ResidualBlock, score: _Score) -> BlockDecision:
+        return BlockDecision(name=block.name, add_node=block.add.name or "", nodes=len(block.removed_nodes),
+                             solo_cosine=score.cosine if score.problem is None else float("nan"),
+                             solo_max_abs=score.max_abs, reason=score.problem or "")
+
+    @staticmethod
+    def _score(runner: ModelRunner, model: ir.Model, feeds: list[Feeds], names: list[str],
+               reference: list[list[np.ndarray]]) -> _Score:
+        """The worst cosine and max abs diff over the calibration inputs."""
+        cosine, max_abs = 1.0, 0.0
+        for f, ref in zip(feeds, reference):
+            try:
+                outputs = runner(model, f)
+            except Exception as exc:  # a drop that breaks the model scores as unusable
+                return _Score(float("nan"), float("inf"), f"the model does not run: {str(exc).strip()[:200]}")
+            stats, problem = cosine_stats(names, ref, outputs)
+            if problem:
+                return _Score(float("nan"), float("inf"), problem)
+            cosine = min(cosine, stats.min_cosine if stats.min_cosine is not None else 1.0)
+            max_abs = max(max_abs, stats.max_abs)
+        return _Score(cosine, max_abs, None)
+
+    @staticmethod
+    def _apply(model: ir.Model, blocks: list[ResidualBlock], decisions: list[BlockDecision]) -> list[Rewrite]:
+        """Drop `blocks` from `model` in place; one rewrite per block (a block nested in one
+        dropped earlier is already gone and reports no nodes)."""
+        rewrites: list[Rewrite] = []
+        for block, decision in zip(blocks, decisions):
+            if block.add.graph is None:
+                decision.nodes = 0
+                decision.reason += "; already removed with an enclosing block"
+                continue
+            current = analyze_add(model.graph, block.add)
+            if isinstance(current, str):  # cannot happen for a block dropped in the trials
+                raise PassError(f"block {block.name} is no longer droppable: {current}")
+            refs = [node_ref(n) for n in current.removed_nodes]
+            skip = current.skip.name
+            out = current.add.outputs[0].name
+            weights = {id(v): v for n in current.removed_nodes for v in n.inputs if v is not None and v.is_initializer()}
+            drop_block(model.graph, current)
+            _remove_unused_initializers(model.graph, weights.values())
+            decision.nodes = len(refs)
+            rewrites.append(Rewrite(
+                rule=DropResidualBlocks.rule, nodes=refs,
+                reason=(f"{decision.name}: skipped alone the outputs keep cosine {decision.solo_cosine:.6f}; "
+                        f"with the blocks dropped before it, measured cosine {decision.measured_cosine:.6f} "
+                        f"(1 - sum of solo errors predicted {1 - (decision.predicted_error or 0):.6f})"),
+                result=f"consumers of {out!r} read {skip!r}",
+            ))
+        return rewrites
+
+
+def _remove_unused_initializers(graph: ir.Graph, values: Iterable[ir.Value]) -> None:
+    """Remove the initializers among `values` that nothing reads any more."""
+    for value in values:
+        if not value.uses() and not value.is_graph_input() and not value.is_graph_output() and value.name:
+            graph.initializers.pop(value.name, None)
+
+
+def _drop_by_position(model: ir.Model, positions: list[int]) -> None:
+    """Drop the blocks whose Adds sit at `positions` of the graph's node order (node identity
+    does not survive `Model.clone()`, positions do). Each block is analysed again on the current
+    graph, so nested blocks can be dropped in any order."""
+    nodes = list(model.graph)
+    for add in [nodes[p] for p in positions]:
+        if add.graph is None:  # removed with an enclosing block
+            continue
+        block = analyze_add(model.graph, add)
+        if isinstance(block, str):
+            raise PassError(f"Add {add.name!r} is no longer a droppable block: {block}")
+        drop_block(model.graph, block)
