@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import cost_model
 
         return cost_model.main(argv[1:])
+    if argv[:1] == ["block-dropping"]:  # its own parser: python -m benchmarks block-dropping --help
+        from benchmarks import block_dropping
+
+        return block_dropping.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="kiln side-by-side benchmarks")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     fold.add_argument("--out", help="also write the table to this markdown file")
     fold.set_defaults(func=cmd_folding)
     sub.add_parser("cost-model", help="cost model accuracy: fit on some zoo models, test on the others")
+    sub.add_parser("block-dropping", help="approximate block dropping at several cosine budgets (MiniLM, BERT-base)")
     cell = sub.add_parser("cell", help=argparse.SUPPRESS)
     cell.add_argument("--model", required=True)
     cell.add_argument("--batch", type=int, required=True)
