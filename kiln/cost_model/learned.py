@@ -3,7 +3,7 @@
 Two layers, both fitted to `Sample`s (one per measured kernel: its roofline terms and the
 measured median):
 
-1. per-op-class efficiencies and the per-kernel launch overhead, fitted in log space (a kernel
+1. per-op-class efficiencies and fixed per-kernel overheads, fitted in log space (a kernel
    twice too slow and one twice too fast weigh the same; kernels weigh by the square root of
    their time, so the few long GEMMs that make a model's latency are not outvoted by hundreds
    of tiny kernels): what fraction of the roofline ONNX Runtime's GEMMs, convs, element-wise
@@ -42,8 +42,11 @@ __all__ = ["LearnedCorrection", "Sample", "correction_path", "fit", "load_correc
 _FORMAT = "kiln.learned_correction/1"
 #: Efficiency search range: below 1 the kernels reach part of the roofline; above 1 they beat
 #: the roofline *as modelled* (activations reused from a cache level the model did not assume).
-_EFFICIENCY_GRID = np.logspace(-3, 1, 241)
-_LAUNCH_GRID_US = np.concatenate([[0.0], np.logspace(-1, 2, 121)])
+_EFFICIENCY_GRID = np.logspace(-3, 1, 321)
+_LAUNCH_GRID_US = np.concatenate([[0.0], np.logspace(-1, 2.0, 141)])  # fixed costs 0.1-100 us
+#: Weight of the efficiency prior (the calibrated or preset efficiency) against the data, in
+#: units of one average kernel's squared log error.
+_PRIOR_WEIGHT = 4.0
 #: Residual model size: small on purpose (a few thousand kernels train it).
 _GBM_PARAMS = {"n_estimators": 150, "num_leaves": 15, "learning_rate": 0.05, "min_child_samples": 5,
                "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.9, "verbose": -1, "random_state": 0}
@@ -102,7 +105,8 @@ class LearnedCorrection:
     """Fitted efficiencies and launch overhead, plus an optional residual booster."""
 
     efficiency: dict[str, float]
-    launch_overhead_us: float
+    launch_overhead_us: float  # fixed cost of a kernel of a class that was not in the training data
+    overhead_us: dict[str, float] = field(default_factory=dict)  # fitted fixed cost per op class
     ops: list[str] = field(default_factory=list)  # vocabulary of the op feature
     booster_text: str = ""  # LightGBM model_to_string(); "" when no residual model
     trained_on: list[str] = field(default_factory=list)
@@ -117,7 +121,8 @@ class LearnedCorrection:
         """Roofline time with the fitted efficiency and launch overhead."""
         s = sample_or_estimate
         body = 0.0 if s.op_class in ("view", "shape") else max(s.compute_ms, s.memory_ms)
-        return body / self.efficiency.get(s.op_class, 1.0) + self.launch_overhead_us / 1e3
+        overhead = self.overhead_us.get(s.op_class, self.launch_overhead_us)
+        return body / self.efficiency.get(s.op_class, 1.0) + overhead / 1e3
 
     def _residual(self, rows: list[list[float]]) -> np.ndarray:
         if not self.booster_text:
@@ -195,42 +200,51 @@ def _weights(measured: np.ndarray) -> np.ndarray:
     return w / w.mean()
 
 
-def _fit_efficiencies(samples: Sequence[Sample], launch_ms: float, prior: dict[str, float]) -> dict[str, float]:
-    by_class: dict[str, list[Sample]] = defaultdict(list)
-    for s in samples:
-        by_class[s.op_class].append(s)
-    fitted = dict(prior)
-    for cls, members in by_class.items():
-        body = np.array([s.body_ms for s in members])
-        measured = np.array([s.measured_ms for s in members])
-        if not body.any():  # views and shape ops: only the launch, no efficiency to fit
-            continue
-        w = _weights(measured)
-        errors = [np.sum(w * (np.log(body / e + launch_ms) - np.log(measured)) ** 2) for e in _EFFICIENCY_GRID]
-        fitted[cls] = float(_EFFICIENCY_GRID[int(np.argmin(errors))])
-    return fitted
+def _fit_class(body: np.ndarray, measured: np.ndarray, prior_efficiency: float) -> tuple[float, float]:
+    """(efficiency, fixed overhead in ms) of one op class: argmin over a grid of
+    sum w (log(body / e + o) - log measured)^2 + PRIOR_WEIGHT (log e - log prior)^2.
+
+    The prior matters when the class's kernels are all small (overhead-bound: their data cannot
+    tell the efficiency apart from the overhead) and fades when large kernels are measured: a
+    class fitted on 128-token models then still prices a 1500-token Softmax near the bandwidth
+    the calibration measured, instead of extrapolating a tiny kernel's slowness to it."""
+    w = _weights(measured)
+    e = _EFFICIENCY_GRID[:, None, None]
+    o = (_LAUNCH_GRID_US / 1e3)[None, :, None]
+    errors = np.sum(w * (np.log(body / e + o + 1e-9) - np.log(measured)) ** 2, axis=2)
+    errors += _PRIOR_WEIGHT * (np.log(_EFFICIENCY_GRID) - math.log(prior_efficiency))[:, None] ** 2
+    i, j = np.unravel_index(int(np.argmin(errors)), errors.shape)
+    return float(_EFFICIENCY_GRID[i]), float(_LAUNCH_GRID_US[j] / 1e3)
 
 
-def _fit_launch(samples: Sequence[Sample], efficiency: dict[str, float]) -> float:
-    body = np.array([s.body_ms / efficiency.get(s.op_class, 1.0) for s in samples])
-    measured = np.array([s.measured_ms for s in samples])
-    errors = [np.sum((np.log(body + us / 1e3 + 1e-9) - np.log(measured)) ** 2) for us in _LAUNCH_GRID_US]
-    return float(_LAUNCH_GRID_US[int(np.argmin(errors))])
+def _fit_overhead(measured: np.ndarray) -> float:
+    """Fixed time (ms) of a class with no work to price (views, shape ops): log-space fit of a constant."""
+    return float(np.exp(np.average(np.log(measured), weights=_weights(measured))))
 
 
 def fit(samples: Sequence[Sample], profile: HardwareProfile, *, residual: bool = True) -> LearnedCorrection:
-    """Fit efficiencies + launch overhead (alternating, three rounds), then the residual booster."""
+    """Fit each op class's efficiency and fixed overhead, then the residual booster."""
     samples = [s for s in samples if s.measured_ms > 0 and math.isfinite(s.measured_ms)]
     if len(samples) < 10:
         raise ProfileError(f"Need at least 10 measured kernels to fit a correction, got {len(samples)}.")
+    by_class: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_class[sample.op_class].append(sample)
     efficiency = dict(profile.efficiency)
-    launch_us = profile.launch_overhead_us
-    for _ in range(3):
-        efficiency = _fit_efficiencies(samples, launch_us / 1e3, efficiency)
-        launch_us = _fit_launch(samples, efficiency)
+    overhead_us: dict[str, float] = {}
+    for cls, members in by_class.items():
+        body = np.array([m.body_ms for m in members])
+        measured = np.array([m.measured_ms for m in members])
+        if body.any():
+            efficiency[cls], overhead_ms = _fit_class(body, measured, profile.efficiency_of(cls))
+        else:  # views and shape ops: only a fixed cost
+            overhead_ms = _fit_overhead(measured)
+        overhead_us[cls] = overhead_ms * 1e3
+    launch_us = float(np.median(list(overhead_us.values())))
     correction = LearnedCorrection(
         efficiency=efficiency,
         launch_overhead_us=launch_us,
+        overhead_us=overhead_us,
         ops=sorted({s.op for s in samples}),
         trained_on=sorted({s.model for s in samples if s.model}),
         samples=len(samples),
