@@ -6,6 +6,7 @@
 """
 
 from kiln.api import OptimizedModel, optimize
+from kiln.cost_model import CostModel
 from kiln.errors import (
     BackendError,
     CaptureError,
@@ -16,13 +17,16 @@ from kiln.errors import (
     UnsupportedOperatorError,
 )
 from kiln.ir.capture import capture, load
+from kiln.passes.block_dropping import BlockBudget
 from kiln.target import Target
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "BlockBudget",
     "CaptureError",
+    "CostModel",
     "InputError",
     "InvalidModelError",
     "KilnError",
