@@ -6,8 +6,9 @@ measure every kernel with ORT's profiler (`kiln.cost_model.measure`, medians ove
 whole model with the profiler off. Then fit the learned correction on the training models and,
 on each held-out model, print
 
-    MODEL analytical spearman=<x> model_error=<y>
-    MODEL learned spearman=<x> model_error=<y>
+    MODEL analytical spearman=<x> model_error=<y>      (calibrated profile, no fitting)
+    MODEL efficiencies spearman=<x> model_error=<y>    (fitted per-class efficiencies + overheads)
+    MODEL learned spearman=<x> model_error=<y>         (+ the boosted residual model)
 
 spearman: rank correlation over the model's kernels of predicted vs measured time;
 model_error: |predicted - measured| / measured of the whole-model latency. ``--save`` refits on
@@ -191,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in test:
         d = data[name]
         analytical = evaluate(d, np.array([_analytical_ms(s, profile) for s in d.samples]), 0.0)
+        fitted = evaluate(d, correction.predict_samples(d.samples, residual=False), gap)
         learned = evaluate(d, correction.predict_samples(d.samples), gap)
         diagnostics.append(_by_class(d, correction.predict_samples(d.samples)))
-        for label, result in (("analytical", analytical), ("learned", learned)):
+        for label, result in (("analytical", analytical), ("efficiencies", fitted), ("learned", learned)):
             lines.append(f"{name} {label} spearman={result['spearman']:.3f} model_error={result['model_error']:.3f}")
             rows.append(f"| {name} | {label} | {len(d.samples)} | {result['spearman']:.3f} | "
                         f"{result['predicted_ms']:.1f} | {result['measured_ms']:.1f} | {result['model_error']:.3f} |")

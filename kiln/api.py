@@ -180,7 +180,10 @@ def optimize(
     if dump_ir is not None:
         instruments.append(IRDump(dump_ir))
     if cost_model == "default":
-        cost_model = CostModel.default(target.intra_op_threads or 2)
+        # Per pass, models are priced as written (ORT lowering after every pass would cost more
+        # than the passes): the calibrated roofline, without the correction fitted to ORT's
+        # *fused* kernels, whose per-kernel overheads would bill every unfused node.
+        cost_model = CostModel.default(target.intra_op_threads or 2, learned=False)
     prediction = CostPrediction(cost_model) if cost_model is not None else None
     if prediction is not None:
         instruments.append(prediction)  # last: it sees only the passes every check accepted
@@ -190,6 +193,13 @@ def optimize(
     optimized, report = PassManager(pipeline, instruments).run(ir_model, ctx, report)
     if original is not None:
         report.measured_ms_before, report.measured_ms_after = _measure_both(original, optimized, target, feeds)
+        # next to the measurement: the prediction for the graphs ORT really ran, with the full
+        # learned correction
+        threads = target.intra_op_threads or 2
+        compiled_model = CostModel.default(threads)
+        report.compiled_cost_model = repr(compiled_model)
+        report.predicted_compiled_ms_before = compiled_model.model_cost(original, compiled=True).latency_ms
+        report.predicted_compiled_ms_after = compiled_model.model_cost(optimized, compiled=True).latency_ms
     if prediction is not None and prediction.initial is not None and prediction.latest is not None:
         report.cost_model = repr(cost_model)
         report.predicted_ms_before = prediction.initial.latency_ms

@@ -126,8 +126,13 @@ def peak_memory_bytes(graph: ir.Graph, dims: Mapping[str, int] | None = None) ->
 class CostModel:
     """Predicts kernel, group and model latency on a hardware profile (see the module doc)."""
 
-    def __init__(self, profile: HardwareProfile, correction: LearnedCorrection | None = None) -> None:
+    def __init__(self, profile: HardwareProfile, correction: LearnedCorrection | None = None, *,
+                 residual: bool = True) -> None:
+        """`residual=False` uses only the correction's fitted efficiencies and overheads, not its
+        boosted residual model: importing LightGBM costs ~2 s per process (it imports
+        scikit-learn), which `kiln.optimize` should not pay for a report column."""
         self.correction = correction
+        self.residual = residual
         self.base_profile = profile
         # the fitted efficiencies replace the profile's (its peaks and bandwidths stay measured)
         self.profile = (
@@ -138,11 +143,13 @@ class CostModel:
         )
 
     def __repr__(self) -> str:
-        learned = ", learned correction" if self.correction is not None else ""
+        learned = ""
+        if self.correction is not None:
+            learned = ", learned correction" if self.residual else ", fitted efficiencies"
         return f"CostModel({self.profile.name!r}{learned})"
 
     @classmethod
-    def from_file(cls, path: str | Path, *, learned: bool = True) -> CostModel:
+    def from_file(cls, path: str | Path, *, learned: bool = True, residual: bool = True) -> CostModel:
         """A cost model from a saved profile and, if one is saved beside it, its correction."""
         from kiln.cost_model.learned import correction_path, load_correction
 
@@ -150,15 +157,15 @@ class CostModel:
         correction = None
         if learned and correction_path(path).exists():
             correction = load_correction(correction_path(path))
-        return cls(profile, correction)
+        return cls(profile, correction, residual=residual)
 
     @classmethod
-    def default(cls, threads: int = 2) -> CostModel:
-        """The calibrated profile at `default_profile_path()` (with its correction) when there is
-        one for `threads` threads, else the preset for this CPU."""
+    def default(cls, threads: int = 2, *, learned: bool = True, residual: bool = True) -> CostModel:
+        """The calibrated profile at `default_profile_path()` (with its correction unless
+        ``learned=False``) when there is one for `threads` threads, else the preset for this CPU."""
         path = default_profile_path()
         if path.exists():
-            model = cls.from_file(path)
+            model = cls.from_file(path, learned=learned, residual=residual)
             if model.profile.threads == threads:
                 return model
             logger.info("cost model: %s is for %d threads, not %d; using a preset", path, model.profile.threads,
@@ -170,7 +177,8 @@ class CostModel:
     def _corrected(self, estimate: Estimate, op: str, group_size: int) -> Estimate:
         if self.correction is None:
             return estimate
-        return dataclasses.replace(estimate, ms=self.correction.predict_ms(estimate, op, group_size))
+        ms = self.correction.predict_many([estimate], [op], [group_size], residual=self.residual)[0]
+        return dataclasses.replace(estimate, ms=float(ms))
 
     def node_cost(self, node: ir.Node, *, weights_resident: bool = True,
                   dims: Mapping[str, int] | None = None) -> Estimate:
@@ -198,10 +206,14 @@ class CostModel:
         costs = analytical_model_cost(model, dims=dims, infer_shapes=infer_shapes or compiled)
         weight_total = sum(value_nbytes(v, dims) or 0 for v in model.graph.initializers.values())
         resident = weight_total <= self.profile.memory[-2].capacity_bytes if len(self.profile.memory) > 1 else False
-        per_node = []
-        for node, cost in costs.per_node:
-            estimate = node_estimate(node, self.profile, cost=cost, weights_resident=resident, dims=dims)
-            per_node.append((node, self._corrected(estimate, op_key(node), 1)))
+        nodes = [node for node, _ in costs.per_node]
+        estimates = [node_estimate(node, self.profile, cost=cost, weights_resident=resident, dims=dims)
+                     for node, cost in costs.per_node]
+        if self.correction is not None and estimates:
+            corrected = self.correction.predict_many(estimates, [op_key(n) for n in nodes], [1] * len(nodes),
+                                                     residual=self.residual)
+            estimates = [dataclasses.replace(e, ms=float(ms)) for e, ms in zip(estimates, corrected)]
+        per_node = list(zip(nodes, estimates))
         peak, weights = peak_memory_bytes(model.graph, dims)
         executor_ms = self.correction.executor_overhead_us / 1e3 if self.correction is not None else 0.0
         return ModelEstimate(

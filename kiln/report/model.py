@@ -121,6 +121,10 @@ class OptimizationReport:
     predicted_peak_bytes_after: int | None = None
     measured_ms_before: float | None = None
     measured_ms_after: float | None = None
+    # with a measurement: the prediction for the graphs ONNX Runtime ran (after its fusions)
+    compiled_cost_model: str = ""
+    predicted_compiled_ms_before: float | None = None
+    predicted_compiled_ms_after: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
