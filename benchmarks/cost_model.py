@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         f"Hardware profile: {profile.source}",
         f"Trained on {', '.join(train)} ({correction.samples} kernels; fit log-RMSE {correction.fit_log_rmse}); "
-        f"executor gap {gap * 1e3:.1f} us per kernel; fitted launch {correction.launch_overhead_us:.1f} us",
+        f"executor gap {gap * 1e3:.1f} us per kernel; fitted per-kernel overhead (median over classes) "
+        f"{correction.launch_overhead_us:.1f} us",
         "Fitted efficiencies: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(correction.efficiency.items())),
         "",
         "| model | predictor | kernels | spearman | predicted ms | measured ms | model error |",
