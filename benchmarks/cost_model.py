@@ -70,21 +70,14 @@ def collect(name: str, profile: Any, repeats: int) -> ModelData:
     import onnx_ir as ir
 
     from benchmarks import zoo
-    from kiln.cost_model.analytical import model_cost, op_key
     from kiln.cost_model.learned import Sample
-    from kiln.cost_model.lowering import ort_compiled_model
     from kiln.cost_model.measure import profile_model
-    from kiln.cost_model.roofline import node_estimate
+    from kiln.cost_model.model import CostModel
 
     case = zoo.load_case(name, 1, calibration_samples=0, trust_cache=True)
     model = ir.load(case.onnx_path)
-    compiled = ort_compiled_model(model, threads=profile.threads)
-    costs = model_cost(compiled)
-    weights = sum(int(v.const_value.nbytes) if v.const_value is not None else 0
-                  for v in compiled.graph.initializers.values())
-    resident = weights <= profile.memory[-2].capacity_bytes
-    estimates = {node.name: (node, node_estimate(node, profile, cost=cost, weights_resident=resident))
-                 for node, cost in costs.per_node}
+    # the roofline terms of every kernel ORT will run (no correction: that is what is fitted)
+    estimates = {node.name: estimate for node, estimate in CostModel(profile).model_cost(model, compiled=True).per_node}
     before = _cpu_jiffies()
     measured = profile_model(model, case.inputs, repeats=repeats, threads=profile.threads)
     foreign = _foreign_cpu_pct(before, _cpu_jiffies())
@@ -95,8 +88,8 @@ def collect(name: str, profile: Any, repeats: int) -> ModelData:
         if kernel.ort_name not in estimates:
             unmatched.append(kernel.ort_name)
             continue
-        node, estimate = estimates[kernel.ort_name]
-        samples.append(Sample.from_estimate(estimate, op_key(node), max(1, len(kernel.node_names)),
+        estimate = estimates[kernel.ort_name]
+        samples.append(Sample.from_estimate(estimate, estimate.op, max(1, len(kernel.node_names)),
                                             kernel.median_us / 1e3, name))
     return ModelData(name, samples, measured.model_median_ms, measured.kernel_sum_ms, len(estimates), unmatched,
                      foreign)
@@ -104,12 +97,17 @@ def collect(name: str, profile: Any, repeats: int) -> ModelData:
 
 def _cpu_jiffies() -> tuple[int, int]:
     """(busy jiffies of the whole machine, jiffies of this process), from /proc."""
+    from kiln.cost_model.microbench import cpu_times
+
+    machine = cpu_times()
     try:
-        fields_ = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
         own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(fields_[:8]) - fields_[3] - fields_[4], int(own[11]) + int(own[12])  # minus idle, iowait
+        own_jiffies = int(own[11]) + int(own[12])  # utime + stime, all threads
     except (OSError, ValueError, IndexError):
         return 0, 0
+    if not machine or len(machine) < 8:
+        return 0, 0
+    return sum(machine[:8]) - machine[3] - machine[4], own_jiffies  # busy = all minus idle and iowait
 
 
 def _foreign_cpu_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
@@ -247,5 +245,4 @@ def _by_class(data: ModelData, predicted: np.ndarray) -> str:
 
 def _analytical_ms(sample: Any, profile: Any) -> float:
     """The calibrated profile's roofline time of a sample (no fitted correction)."""
-    body = 0.0 if sample.op_class in ("view", "shape") else max(sample.compute_ms, sample.memory_ms)
-    return body / profile.efficiency_of(sample.op_class) + profile.launch_overhead_us / 1e3
+    return sample.body_ms / profile.efficiency_of(sample.op_class) + profile.launch_overhead_us / 1e3

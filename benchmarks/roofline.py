@@ -61,8 +61,6 @@ PACKAGES = (
     "tvm",
     "kiln",
 )
-#: CPU flags that matter for kernels (amx: any amx_* flag).
-FLAGS_OF_INTEREST = ("fma", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx")
 #: The physical limits BENCHMARKS.md lists for 2 threads (for comparison in reports).
 BENCHMARKS_MD_PEAKS = {"fp32_gflops_fma": 524.0, "fp32_gflops_gemm": 406.0, "int8_gops": 2101.0, "dram_gbps": 38.0}
 #: Precisions `roofline_ms` understands, and the MachinePeaks field each one reads.
@@ -92,10 +90,8 @@ def _version(distribution: str) -> str:
 
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, flags of interest, caches, Python and package versions."""
-    facts = cpu_facts()
-    facts["flags"] = {name: facts["flags"].get(name, False) for name in FLAGS_OF_INTEREST}
     return {
-        **facts,
+        **cpu_facts(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {name: _version(name) for name in PACKAGES},

@@ -102,6 +102,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
+    from kiln.cost_model.analytical import op_key
     from kiln.cost_model.model import CostModel
     from kiln.ir.capture import load
 
@@ -123,8 +124,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
                   f"{len(estimate.per_node)} kernels")
     by_op: dict[str, list] = {}
     for node, e in estimate.per_node:
-        row = by_op.setdefault(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}",
-                               [0, 0, 0, 0.0, 0.0, {}])
+        row = by_op.setdefault(op_key(node), [0, 0, 0, 0.0, 0.0, {}])
         row[0] += 1
         row[1] += e.flops
         row[2] += e.bytes

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 from conftest import make_model, tensor_info
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import kiln
 from kiln.ir.analysis import op_histogram

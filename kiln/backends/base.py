@@ -38,14 +38,21 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 5, repeats: int = 30, min
     samples: list[float] = []
     started = time.perf_counter()
     while len(samples) < repeats or time.perf_counter() - started < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    samples.sort()
-    p90 = float(np.percentile(samples, 90))
+        samples.append(_timed_ms(fn))
+    return _summary(samples, warmup)
+
+
+def _timed_ms(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _summary(samples: list[float], warmup: int) -> BenchmarkResult:
+    ordered = sorted(samples)
     return BenchmarkResult(
-        median_ms=float(statistics.median(samples)), p90_ms=p90, mean_ms=float(statistics.fmean(samples)),
-        min_ms=samples[0], repeats=len(samples), warmup=warmup,
+        median_ms=float(statistics.median(ordered)), p90_ms=float(np.percentile(ordered, 90)),
+        mean_ms=float(statistics.fmean(ordered)), min_ms=ordered[0], repeats=len(ordered), warmup=warmup,
     )
 
 
@@ -58,20 +65,12 @@ def time_alternately(a: Callable[[], Any], b: Callable[[], Any], *, warmup: int 
     for _ in range(warmup):
         a()
         b()
-    samples: tuple[list[float], list[float]] = ([], [])
+    a_ms: list[float] = []
+    b_ms: list[float] = []
     for _ in range(repeats):
-        for fn, times in zip((a, b), samples):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    results = []
-    for times in samples:
-        times.sort()
-        results.append(BenchmarkResult(
-            median_ms=float(statistics.median(times)), p90_ms=float(np.percentile(times, 90)),
-            mean_ms=float(statistics.fmean(times)), min_ms=times[0], repeats=len(times), warmup=warmup,
-        ))
-    return results[0], results[1]
+        a_ms.append(_timed_ms(a))
+        b_ms.append(_timed_ms(b))
+    return _summary(a_ms, warmup), _summary(b_ms, warmup)
 
 
 class Executable(Protocol):

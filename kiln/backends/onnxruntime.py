@@ -52,6 +52,21 @@ def session_options(target: Target) -> ort.SessionOptions:
     return options
 
 
+#: Weights at least this large go to a side file when ORT saves its optimized graph, so the graph
+#: stays small to parse and models over protobuf's 2 GiB limit can be saved at all.
+OPTIMIZED_EXTERNAL_MIN_BYTES = 1024
+
+
+def save_optimized_graph(options: ort.SessionOptions, path: str | Path) -> None:
+    """Make the session built with `options` save the graph ORT optimized to `path` (weights of
+    at least `OPTIMIZED_EXTERNAL_MIN_BYTES` to ``<path>.data`` beside it)."""
+    path = Path(path)
+    options.optimized_model_filepath = str(path)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{path.name}.data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                     str(OPTIMIZED_EXTERNAL_MIN_BYTES))
+
+
 def _translate_error(exc: Exception) -> Exception:
     text = str(exc)
     match = _NO_KERNEL.search(text)

@@ -170,30 +170,6 @@ class HardwareProfile:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
         return path
 
-    def scaled_to(self, threads: int) -> HardwareProfile:
-        """This profile for another thread count: per-core peaks and private caches scale
-        linearly, the last shared cache and DRAM do not (a rough rule; calibrate for real)."""
-        factor = threads / self.threads
-        memory = [
-            MemoryLevel(m.name, int(m.capacity_bytes * factor), m.bandwidth_gbps * factor)
-            if m.name in ("L1", "L2")
-            else m
-            for m in self.memory
-        ]
-        return HardwareProfile(
-            name=f"{self.name} (scaled to {threads} threads)",
-            threads=threads,
-            peak_gflops={k: v * factor for k, v in self.peak_gflops.items()},
-            gemm_gflops={k: v * factor for k, v in self.gemm_gflops.items()},
-            memory=memory,
-            launch_overhead_us=self.launch_overhead_us,
-            efficiency=dict(self.efficiency),
-            source=f"{self.source}; scaled from {self.threads} to {threads} threads",
-            cpu_model=self.cpu_model,
-            flags=list(self.flags),
-            details=dict(self.details),
-        )
-
 
 def load(path: str | os.PathLike) -> HardwareProfile:
     """Read a profile written by `HardwareProfile.save` or `kiln calibrate -o`."""

@@ -37,7 +37,7 @@ from kiln.cost_model.roofline import Estimate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LearnedCorrection", "Sample", "correction_path", "fit", "load_correction"]
+__all__ = ["LearnedCorrection", "Sample", "body_ms", "correction_path", "fit", "load_correction"]
 
 _FORMAT = "kiln.learned_correction/1"
 #: Efficiency search range: below 1 the kernels reach part of the roofline; above 1 they beat
@@ -50,6 +50,12 @@ _PRIOR_WEIGHT = 4.0
 #: Residual model size: small on purpose (a few thousand kernels train it).
 _GBM_PARAMS = {"n_estimators": 150, "num_leaves": 15, "learning_rate": 0.05, "min_child_samples": 5,
                "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.9, "verbose": -1, "random_state": 0}
+
+
+def body_ms(terms: Sample | Estimate) -> float:
+    """A kernel's roofline time at efficiency 1 without launch: the slower of its compute and
+    memory terms; views and shape ops do no work."""
+    return 0.0 if terms.op_class in ("view", "shape") else max(terms.compute_ms, terms.memory_ms)
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class Sample:
     @property
     def body_ms(self) -> float:
         """The roofline time at efficiency 1, without launch."""
-        return 0.0 if self.op_class in ("view", "shape") else max(self.compute_ms, self.memory_ms)
+        return body_ms(self)
 
 
 def _features(op: str, op_class: str, precision: str, group_size: int, flops: int, activation_bytes: int,
@@ -120,9 +126,8 @@ class LearnedCorrection:
     def roofline_ms(self, sample_or_estimate: Sample | Estimate) -> float:
         """Roofline time with the fitted efficiency and launch overhead."""
         s = sample_or_estimate
-        body = 0.0 if s.op_class in ("view", "shape") else max(s.compute_ms, s.memory_ms)
         overhead = self.overhead_us.get(s.op_class, self.launch_overhead_us)
-        return body / self.efficiency.get(s.op_class, 1.0) + overhead / 1e3
+        return body_ms(s) / self.efficiency.get(s.op_class, 1.0) + overhead / 1e3
 
     def _residual(self, rows: list[list[float]]) -> np.ndarray:
         if not self.booster_text:
@@ -137,15 +142,11 @@ class LearnedCorrection:
             self._booster = lightgbm.Booster(model_str=self.booster_text)
         return np.asarray(self._booster.predict(np.asarray(rows, dtype=np.float64)))
 
-    def predict_ms(self, estimate: Estimate, op: str, group_size: int) -> float:
-        """Corrected time of a kernel whose roofline terms are `estimate` (its ``ms`` is not used:
-        the fitted efficiency replaces the profile's)."""
-        return float(self.predict_many([estimate], [op], [group_size])[0])
-
     def predict_many(self, estimates: Sequence[Estimate], ops: Sequence[str],
                      group_sizes: Sequence[int], residual: bool = True) -> np.ndarray:
-        """`predict_ms` for many kernels with one call of the booster (a call costs ~0.1 ms
-        whatever its size: a model's 400 kernels priced one by one took seconds). With
+        """Corrected times of kernels whose roofline terms are `estimates` (their ``ms`` is not
+        used: the fitted efficiencies replace the profile's), with one call of the booster (a call
+        costs ~0.1 ms whatever its size: 400 kernels priced one by one took seconds). With
         ``residual=False`` only the fitted efficiencies and overheads apply."""
         base = np.array([self.roofline_ms(e) for e in estimates])
         if not residual or not self.booster_text or not len(base):

@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx_ir as ir
 import onnxruntime as ort
 
-from kiln.backends.onnxruntime import session_options
+from kiln.backends.onnxruntime import save_optimized_graph, session_options
 from kiln.errors import BackendError
 from kiln.ir.serialization import save_model
 from kiln.target import Target
@@ -29,11 +29,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["infer_nchwc_shapes", "ort_compiled_model"]
 
 _NCHWC = "com.microsoft.nchwc"
-
-#: Initializers at least this large go to the external file of the lowered model, and are
-#: dropped with it: pricing needs their shape and dtype, never their values.
-_EXTERNAL_MIN_BYTES = 1024
-
 
 def ort_compiled_model(model: ir.Model, *, threads: int = 2, level: str = "all") -> ir.Model:
     """`model` lowered by ONNX Runtime's graph optimizer at `level` for `threads` threads.
@@ -45,11 +40,9 @@ def ort_compiled_model(model: ir.Model, *, threads: int = 2, level: str = "all")
     with tempfile.TemporaryDirectory(prefix="kiln-lower-") as tmp:
         source = save_model(model, Path(tmp, "model.onnx"))
         options = session_options(target)
-        options.optimized_model_filepath = str(Path(tmp, "compiled.onnx"))
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                          "compiled.onnx.data")
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                          str(_EXTERNAL_MIN_BYTES))
+        # large weights go to a side file that goes with the temporary folder: pricing needs
+        # their shape and dtype, never their values
+        save_optimized_graph(options, Path(tmp, "compiled.onnx"))
         try:
             ort.InferenceSession(str(source), options, providers=list(target.providers))
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types

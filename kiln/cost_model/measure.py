@@ -58,7 +58,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx_ir.passes.common import NameFixPass
 
-from kiln.backends.onnxruntime import session_options, to_ort_value
+from kiln.backends.onnxruntime import save_optimized_graph, session_options, to_ort_value
 from kiln.errors import BackendError, InputError
 from kiln.ir.capture import capture
 from kiln.ir.inputs import Feeds, make_feeds, random_inputs
@@ -75,9 +75,6 @@ KERNEL_EVENT_SUFFIX = "_kernel_time"
 PROFILER_MAX_EVENTS = 1_000_000
 #: Name ORT gives a node its NCHWc layout transformer rewrote: the original output tensor + this.
 NCHWC_SUFFIX = "_nchwc"
-#: Weights at least this large go to a side file when ORT saves its optimized graph, so the graph
-#: stays small to parse and models over protobuf's 2 GiB limit can be saved at all.
-OPTIMIZED_EXTERNAL_MIN_BYTES = 1024
 _UNCOMPARED_ATTRS = frozenset({ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS, ir.AttributeType.TENSOR,
                                ir.AttributeType.TENSORS, ir.AttributeType.SPARSE_TENSOR,
                                ir.AttributeType.SPARSE_TENSORS, ir.AttributeType.TYPE_PROTO,
@@ -711,11 +708,7 @@ def profile_model(
         options = session_options(target)
         options.enable_profiling = True
         options.profile_file_prefix = str(workdir / "profile")
-        options.optimized_model_filepath = str(workdir / "optimized.onnx")
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                         "optimized.onnx.data")
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                         str(OPTIMIZED_EXTERNAL_MIN_BYTES))
+        save_optimized_graph(options, workdir / "optimized.onnx")
         profiled = source.session(options, target.providers)
         plain = source.session(session_options(target), target.providers)
         run_profiled, run_plain = _runner(profiled, inputs), _runner(plain, inputs)

@@ -28,7 +28,7 @@ import onnx_ir as ir
 from kiln.cost_model.analytical import model_cost as analytical_model_cost
 from kiln.cost_model.analytical import op_key, value_nbytes
 from kiln.cost_model.hardware import HardwareProfile, default_profile_path, load, preset_for_this_cpu
-from kiln.cost_model.roofline import Estimate, group_estimate, node_estimate
+from kiln.cost_model.roofline import Estimate, group_estimate, is_weight, node_estimate
 
 if TYPE_CHECKING:
     from kiln.cost_model.learned import LearnedCorrection
@@ -85,10 +85,6 @@ class Comparison:
         return self.before_ms - self.after_ms
 
 
-def _is_weight(value: ir.Value) -> bool:
-    return value.const_value is not None or value.is_initializer()
-
-
 def peak_memory_bytes(graph: ir.Graph, dims: Mapping[str, int] | None = None) -> tuple[int, int]:
     """(peak bytes, weight bytes) of running `graph` in its node order: weights stay resident; an
     activation lives from its producer (graph inputs: from the start) to its last consumer (graph
@@ -109,7 +105,7 @@ def peak_memory_bytes(graph: ir.Graph, dims: Mapping[str, int] | None = None) ->
         events[last + 1] -= size
 
     for value in graph.inputs:
-        if not _is_weight(value):
+        if not is_weight(value):
             live(value, 0)
     for node, index in order.items():
         for value in node.outputs:
@@ -174,24 +170,25 @@ class CostModel:
 
     # --- pricing ---------------------------------------------------------------------------
 
-    def _corrected(self, estimate: Estimate, op: str, group_size: int) -> Estimate:
-        if self.correction is None:
-            return estimate
-        ms = self.correction.predict_many([estimate], [op], [group_size], residual=self.residual)[0]
-        return dataclasses.replace(estimate, ms=float(ms))
+    def _corrected(self, estimates: list[Estimate], group_sizes: list[int]) -> list[Estimate]:
+        """The estimates with the learned correction's times (one booster call for all)."""
+        if self.correction is None or not estimates:
+            return estimates
+        corrected = self.correction.predict_many(estimates, [e.op for e in estimates], group_sizes,
+                                                 residual=self.residual)
+        return [dataclasses.replace(e, ms=float(ms)) for e, ms in zip(estimates, corrected)]
 
     def node_cost(self, node: ir.Node, *, weights_resident: bool = True,
                   dims: Mapping[str, int] | None = None) -> Estimate:
         """Predicted time of one node run as its own kernel (shapes read off its values)."""
-        return self._corrected(node_estimate(node, self.profile, weights_resident=weights_resident, dims=dims),
-                               op_key(node), 1)
+        return self._corrected([node_estimate(node, self.profile, weights_resident=weights_resident, dims=dims)],
+                               [1])[0]
 
     def group_cost(self, nodes: Sequence[ir.Node], *, weights_resident: bool = True,
                    dims: Mapping[str, int] | None = None) -> Estimate:
         """Predicted time of `nodes` fused into one kernel (boundary tensors only, one launch)."""
         estimate = group_estimate(nodes, self.profile, weights_resident=weights_resident, dims=dims)
-        leader = max(nodes, key=lambda n: node_estimate(n, self.profile, dims=dims).flops)
-        return self._corrected(estimate, op_key(leader), len(nodes))
+        return self._corrected([estimate], [len(nodes)])[0]
 
     def model_cost(self, model: ir.Model, *, dims: Mapping[str, int] | None = None,
                    compiled: bool = False, infer_shapes: bool = True) -> ModelEstimate:
@@ -204,17 +201,11 @@ class CostModel:
 
             model = ort_compiled_model(model, threads=self.profile.threads)
         costs = analytical_model_cost(model, dims=dims, infer_shapes=infer_shapes or compiled)
-        weight_total = sum(value_nbytes(v, dims) or 0 for v in model.graph.initializers.values())
-        resident = weight_total <= self.profile.memory[-2].capacity_bytes if len(self.profile.memory) > 1 else False
-        nodes = [node for node, _ in costs.per_node]
+        peak, weights = peak_memory_bytes(model.graph, dims)
+        resident = weights <= self.profile.memory[-2].capacity_bytes if len(self.profile.memory) > 1 else False
         estimates = [node_estimate(node, self.profile, cost=cost, weights_resident=resident, dims=dims)
                      for node, cost in costs.per_node]
-        if self.correction is not None and estimates:
-            corrected = self.correction.predict_many(estimates, [op_key(n) for n in nodes], [1] * len(nodes),
-                                                     residual=self.residual)
-            estimates = [dataclasses.replace(e, ms=float(ms)) for e, ms in zip(estimates, corrected)]
-        per_node = list(zip(nodes, estimates))
-        peak, weights = peak_memory_bytes(model.graph, dims)
+        per_node = list(zip([node for node, _ in costs.per_node], self._corrected(estimates, [1] * len(estimates))))
         executor_ms = self.correction.executor_overhead_us / 1e3 if self.correction is not None else 0.0
         return ModelEstimate(
             latency_ms=sum(e.ms for _, e in per_node) + executor_ms * len(per_node),

@@ -24,7 +24,7 @@ import onnx_ir as ir
 from kiln.cost_model.analytical import DATA_MOVEMENT_OPS, OpCost, node_cost, op_key, value_nbytes
 from kiln.cost_model.hardware import HardwareProfile
 
-__all__ = ["Estimate", "group_estimate", "node_estimate", "op_class", "roofline"]
+__all__ = ["Estimate", "group_estimate", "is_weight", "node_estimate", "op_class", "roofline"]
 
 _GEMM = frozenset(
     """MatMul Gemm Einsum MatMulInteger QLinearMatMul Attention com.microsoft::FusedMatMul com.microsoft::FusedGemm
@@ -107,6 +107,7 @@ class Estimate:
     efficiency: float
     ms: float  # the prediction
     known: bool  # False when a formula or a shape was missing (then priced conservatively)
+    op: str = ""  # op key of the node, or of a group's leader (what a learned correction keys on)
 
     @property
     def bytes(self) -> int:
@@ -136,6 +137,7 @@ def roofline(
     weight_bytes: int = 0,
     weights_resident: bool = True,
     known: bool = True,
+    op: str = "",
 ) -> Estimate:
     """The roofline time of a kernel with these totals (see the module docstring)."""
     launch_ms = profile.launch_overhead_us / 1e3
@@ -164,15 +166,17 @@ def roofline(
         efficiency=efficiency,
         ms=ms,
         known=known,
+        op=op,
     )
 
 
-def _is_weight(value: ir.Value | None) -> bool:
+def is_weight(value: ir.Value | None) -> bool:
+    """An initializer or a constant: read from wherever weights live, not from activations."""
     return value is not None and (value.const_value is not None or value.is_initializer())
 
 
 def _weight_bytes(values: Iterable[ir.Value | None], dims: Mapping[str, int] | None) -> int:
-    return sum(value_nbytes(v, dims) or 0 for v in values if _is_weight(v))
+    return sum(value_nbytes(v, dims) or 0 for v in values if is_weight(v))
 
 
 def node_estimate(
@@ -195,6 +199,7 @@ def node_estimate(
         weight_bytes=weights,
         weights_resident=weights_resident,
         known=cost.known,
+        op=op_key(node),
     )
 
 
@@ -228,13 +233,11 @@ def group_estimate(
             if escapes:
                 outputs.append(value)
     weights = _weight_bytes(inputs, dims)
-    activations = sum(value_nbytes(v, dims) or 0 for v in inputs if not _is_weight(v))
+    activations = sum(value_nbytes(v, dims) or 0 for v in inputs if not is_weight(v))
     activations += sum(value_nbytes(v, dims) or 0 for v in outputs)
     classes = {op_class(n) for n in nodes}
     group_class = op_class(leader)
-    if classes <= {"view", "shape"}:
-        group_class = op_class(leader)
-    elif group_class in ("view", "shape"):  # a group that does work is not free
+    if group_class in ("view", "shape") and not classes <= {"view", "shape"}:  # a group that does work is not free
         group_class = next(c for c in classes if c not in ("view", "shape"))
     return roofline(
         profile,
@@ -245,4 +248,5 @@ def group_estimate(
         weight_bytes=weights,
         weights_resident=weights_resident,
         known=all(c.known for _, c in priced),
+        op=op_key(leader),
     )
