@@ -1,6 +1,17 @@
 """`python -m benchmarks folding`: kiln's exact folding (level 2) beside onnxsim, onnxslim and
 onnxoptimizer on the zoo (batch 1): node count, folding wall time, ORT ENABLE_ALL latency of
-each result (all four run round-robin in one process), and max abs diff against PyTorch.
+each result, and max abs diff against PyTorch.
+
+Latency is measured in two phases in one process, so that picking the fastest peer does not
+bias the ratio against kiln:
+
+1. selection: the four results run round-robin; each tool's median fills the table's ORT ms
+   column and the peer with the lowest median is "the fastest peer";
+2. confirmation: a fresh run alternates kiln and that peer call by call (A, B, A, B ...);
+   ``latency_vs_best_peer`` is the median of those per-pair ratios kiln / peer.
+
+Taking the ratio from the selection rounds would compare kiln with the minimum of three noisy
+medians, which favours the peers even when ORT runs the same kernels for all four.
 
 Prints a table and, per model, one line
 ``MODEL kiln_nodes=<n> best_peer_nodes=<n> time_vs_onnxsim=<ratio> latency_vs_best_peer=<ratio>``.
@@ -8,15 +19,25 @@ Prints a table and, per model, one line
 
 from __future__ import annotations
 
+import logging
 import statistics
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from benchmarks.accuracy import max_abs_diff
 from benchmarks.base import Prepared
+from benchmarks.timing import PairedTiming, alternate, round_robin
+
+logger = logging.getLogger(__name__)
+
+PHASES_NOTE = ("ORT ms: median of the selection phase (all four tools round-robin), which picks the fastest peer. "
+               "latency_vs_best_peer: median of the per-pair ratios kiln / fastest peer in a separate phase that "
+               "alternates only those two, call by call.")
 
 KILN = "kiln-l2"
 PEERS = ("onnxsim+ort", "onnxslim+ort", "onnxoptimizer+ort")
@@ -36,8 +57,9 @@ class ToolResult:
 class FoldingComparison:
     model: str
     tools: list[ToolResult] = field(default_factory=list)
-    latency_vs_best_peer: float | None = None  # median of per-round ratios kiln / fastest peer
+    latency_vs_best_peer: float | None = None  # median of per-pair ratios kiln / fastest peer (confirmation)
     best_peer: str = ""
+    confirmation: PairedTiming | None = None  # kiln (a) alternated with the fastest peer (b)
 
     def tool(self, name: str) -> ToolResult:
         return next(t for t in self.tools if t.tool == name)
@@ -57,11 +79,41 @@ class FoldingComparison:
                 f"time_vs_onnxsim={fmt(time_ratio)} latency_vs_best_peer={fmt(self.latency_vs_best_peer)}")
 
 
+@dataclass(frozen=True)
+class LatencyPhases:
+    """The two timing phases: round-robin selection over every tool, then kiln alternated
+    with the peer the selection found fastest."""
+
+    selection_ms: dict[str, list[float]]  # tool -> ms of its round-robin calls
+    best_peer: str  # "" when no peer ran
+    confirmation: PairedTiming | None  # kiln (a) vs best_peer (b); None without kiln or a peer
+
+    @property
+    def latency_vs_best_peer(self) -> float | None:
+        return statistics.median(self.confirmation.ratios) if self.confirmation else None
+
+
+def time_phases(runners: Mapping[str, Callable[[], Any]], *, warmup: int = 5, repeats: int = 30,
+                min_seconds: float = 3.0) -> LatencyPhases:
+    """Time `runners` (tool name -> one inference) round-robin, pick the peer with the lowest
+    median, then alternate kiln with it in a fresh phase (see the module docstring)."""
+    names = list(runners)
+    times = round_robin([runners[n] for n in names], warmup=warmup, repeats=repeats, min_seconds=min_seconds)
+    selection = dict(zip(names, times))
+    peers = [p for p in PEERS if p in selection]
+    best = min(peers, key=lambda p: statistics.median(selection[p])) if peers else ""
+    confirmation = None
+    if KILN in runners and best:
+        logger.info("fastest peer in the selection phase: %s; alternating it with %s", best, KILN)
+        confirmation = alternate(runners[KILN], runners[best], warmup=warmup, repeats=repeats,
+                                 min_seconds=min_seconds)
+    return LatencyPhases(selection, best, confirmation)
+
+
 def compare(model: str, *, warmup: int = 5, repeats: int = 30, min_seconds: float = 3.0) -> FoldingComparison:
-    """Fold `model` (batch 1) with kiln and each peer, then time the four results round-robin."""
+    """Fold `model` (batch 1) with kiln and each peer, then time the results (`time_phases`)."""
     from benchmarks import zoo
     from benchmarks.configs import CONFIGS
-    from benchmarks.timing import round_robin
 
     case = zoo.load_case(model, 1, calibration_samples=0)
     result = FoldingComparison(model)
@@ -78,17 +130,13 @@ def compare(model: str, *, warmup: int = 5, repeats: int = 30, min_seconds: floa
             prepared[tool] = ready
             entry.nodes, entry.seconds = ready.node_count, ready.optimize_seconds
             entry.max_abs_diff = max_abs_diff(case.reference, np.asarray(ready.outputs(), np.float32))
-        names = list(prepared)
-        times = round_robin([prepared[n].run for n in names], warmup=warmup, repeats=repeats, min_seconds=min_seconds)
-    by_tool = dict(zip(names, times))
+        phases = time_phases({name: ready.run for name, ready in prepared.items()}, warmup=warmup, repeats=repeats,
+                             min_seconds=min_seconds)
     for entry in result.tools:
-        if entry.tool in by_tool:
-            entry.median_ms = statistics.median(by_tool[entry.tool])
-    peers = [p for p in PEERS if p in by_tool]
-    if KILN in by_tool and peers:
-        result.best_peer = min(peers, key=lambda p: statistics.median(by_tool[p]))
-        ratios = [k / p for k, p in zip(by_tool[KILN], by_tool[result.best_peer])]
-        result.latency_vs_best_peer = statistics.median(ratios)
+        if entry.tool in phases.selection_ms:
+            entry.median_ms = statistics.median(phases.selection_ms[entry.tool])
+    result.best_peer, result.confirmation = phases.best_peer, phases.confirmation
+    result.latency_vs_best_peer = phases.latency_vs_best_peer
     return result
 
 
@@ -102,4 +150,14 @@ def render(results: list[FoldingComparison]) -> str:
                 f"{'' if t.median_ms is None else f'{t.median_ms:.2f}'} | "
                 f"{'' if t.max_abs_diff is None else f'{t.max_abs_diff:.1e}'} | {t.error.replace('|', '/')} |"
             )
+    lines += ["", PHASES_NOTE, "",
+              "| model | fastest peer | pairs | kiln ms | peer ms | median ratio | ratio p10-p90 |",
+              "|---|---|---:|---:|---:|---:|---|"]
+    for r in results:
+        if r.confirmation is not None:
+            c = r.confirmation
+            p10, p90 = np.percentile(c.ratios, [10, 90])
+            lines.append(f"| {r.model} | {r.best_peer} | {len(c.ratios)} | {statistics.median(c.a_ms):.2f} | "
+                         f"{statistics.median(c.b_ms):.2f} | {statistics.median(c.ratios):.3f} | "
+                         f"{p10:.3f}-{p90:.3f} |")
     return "\n".join(lines + [""] + [r.summary_line() for r in results])

@@ -1,0 +1,74 @@
+"""The folding benchmark's latency protocol: a round-robin selection phase picks the fastest
+peer, then a separate alternating phase gives the kiln / peer ratio (fake runners, fake times)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from benchmarks import folding, timing
+
+SELECTION_CALLS = 1 + 4  # warmup=1, repeats=4 below
+
+
+@pytest.fixture
+def fake_ms(monkeypatch):
+    """Make the timing helpers take a runner's return value as its milliseconds."""
+    monkeypatch.setattr(timing, "_timed", lambda fn: float(fn()))
+
+
+def _runners(costs: dict[str, tuple[float, float]], calls: list[str]) -> dict[str, Callable[[], float]]:
+    """Runners costing costs[name][0] ms during the selection phase and costs[name][1] after it."""
+    counts: Counter[str] = Counter()
+
+    def runner(name: str) -> Callable[[], float]:
+        def run() -> float:
+            counts[name] += 1
+            calls.append(name)
+            return costs[name][0 if counts[name] <= SELECTION_CALLS else 1]
+        return run
+
+    return {name: runner(name) for name in costs}
+
+
+def test_fastest_peer_is_chosen_by_selection_and_ratio_comes_from_a_fresh_alternation(fake_ms):
+    calls: list[str] = []
+    costs = {folding.KILN: (10.0, 22.0), "onnxsim+ort": (12.0, 9.0), "onnxslim+ort": (11.0, 20.0),
+             "onnxoptimizer+ort": (13.0, 1.0)}
+    phases = folding.time_phases(_runners(costs, calls), warmup=1, repeats=4, min_seconds=0.0)
+
+    assert phases.best_peer == "onnxslim+ort"  # lowest selection median, not the cheapest afterwards
+    assert {name: len(ms) for name, ms in phases.selection_ms.items()} == dict.fromkeys(costs, 4)
+    assert phases.selection_ms[folding.KILN] == [10.0] * 4
+    confirmation = calls[4 * SELECTION_CALLS:]
+    assert confirmation == [folding.KILN, "onnxslim+ort"] * 5  # only the pair, alternated call by call
+    assert phases.confirmation is not None
+    assert phases.confirmation.a_ms == [22.0] * 4 and phases.confirmation.b_ms == [20.0] * 4
+    assert phases.latency_vs_best_peer == pytest.approx(1.1)  # the selection rounds would say 10/11
+
+
+def test_without_kiln_or_peers_there_is_no_ratio(fake_ms):
+    only_peers = folding.time_phases(_runners({"onnxsim+ort": (2.0, 2.0), "onnxslim+ort": (1.0, 1.0)}, []),
+                                     warmup=1, repeats=4, min_seconds=0.0)
+    assert only_peers.best_peer == "onnxslim+ort" and only_peers.confirmation is None
+    assert only_peers.latency_vs_best_peer is None
+    only_kiln = folding.time_phases(_runners({folding.KILN: (1.0, 1.0)}, []), warmup=1, repeats=4, min_seconds=0.0)
+    assert only_kiln.best_peer == "" and only_kiln.latency_vs_best_peer is None
+
+
+def test_render_keeps_the_summary_line_and_explains_the_phases(fake_ms):
+    calls: list[str] = []
+    phases = folding.time_phases(_runners({folding.KILN: (10.0, 9.0), "onnxsim+ort": (11.0, 10.0)}, calls),
+                                 warmup=1, repeats=4, min_seconds=0.0)
+    result = folding.FoldingComparison("m", [folding.ToolResult(folding.KILN, nodes=5, seconds=1.0),
+                                             folding.ToolResult("onnxsim+ort", nodes=6, seconds=2.0),
+                                             folding.ToolResult("onnxslim+ort", error="boom"),
+                                             folding.ToolResult("onnxoptimizer+ort", nodes=7, seconds=1.0)],
+                                       latency_vs_best_peer=phases.latency_vs_best_peer, best_peer=phases.best_peer,
+                                       confirmation=phases.confirmation)
+    text = folding.render([result])
+    assert text.splitlines()[-1] == "m kiln_nodes=5 best_peer_nodes=6 time_vs_onnxsim=0.500 latency_vs_best_peer=0.900"
+    assert "separate phase that alternates only those two" in text
+    assert "| m | onnxsim+ort | 4 | 9.00 | 10.00 | 0.900 | 0.900-0.900 |" in text
