@@ -1,4 +1,4 @@
-"""Exact folds added for issue 4: parallel MatMul merging, Reshape sinking through elementwise
+"""Exact folds added for issue 4: parallel MatMuls left apart, Reshape sinking through elementwise
 regions and Splits, size-neutral folding of rearranging ops, and Add of a Where mask that masks
 nothing. Each rule has a case where it fires and one where it must not."""
 
@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from conftest import make_model, tensor_info
 from onnx import TensorProto, helper, numpy_helper
 
 import kiln
 from kiln.ir.analysis import op_histogram
-from kiln.passes.linear_merging import MergeLinearMaps
 
 RNG = np.random.default_rng(0)
 
@@ -27,13 +27,12 @@ def _weights(widths: tuple[int, ...], inner: int = 8, bias: bool = True) -> list
     return inits
 
 
-def _projections(widths: tuple[int, ...], bias: bool = True, shared_weight: bool = False) -> onnx.ModelProto:
+def _projections(widths: tuple[int, ...], bias: bool = True) -> onnx.ModelProto:
     """y_i = x @ W_i (+ b_i) for each width: an attention block's query/key/value."""
     nodes, outputs = [], []
     for i, n in enumerate(widths):
-        weight = "W0" if shared_weight else f"W{i}"
         product = f"m{i}" if bias else f"y{i}"
-        nodes.append(helper.make_node("MatMul", ["x", weight], [product]))
+        nodes.append(helper.make_node("MatMul", ["x", f"W{i}"], [product]))
         if bias:
             nodes.append(helper.make_node("Add", [product, f"b{i}"], [f"y{i}"]))
         outputs.append(tensor_info(f"y{i}", [2, 5, n]))
@@ -45,40 +44,17 @@ def _outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
-def test_parallel_matmuls_with_biases_merge_into_one_matmul_add_and_split():
-    model = _projections((8, 8, 4))
+@pytest.mark.parametrize("bias", [False, True])
+def test_parallel_matmuls_stay_apart(bias):
+    # One MatMul on the joined weights and a Split saves no FLOPs or weight bytes, adds the
+    # Split's copy, and ONNX Runtime ran the joined GEMM no faster: kiln leaves them apart.
+    model = _projections((8, 8, 4), bias=bias)
     optimized = kiln.optimize(model, level=2)
-    assert op_histogram(optimized.model) == {"MatMul": 1, "Add": 1, "Split": 1}
-    assert [v.name for v in optimized.model.graph.outputs] == ["y0", "y1", "y2"]
-    merging = next(p for p in optimized.report.passes if p.name == "linear_map_merging")
-    (rewrite,) = merging.rewrites
-    assert rewrite.rule == "merge_parallel_matmuls" and len(rewrite.nodes) == 6
-    split = next(n for n in optimized.model.graph if n.op_type == "Split")
-    assert "kiln.provenance" in split.metadata_props
+    histogram = op_histogram(optimized.model)
+    assert "Split" not in histogram and histogram["Gemm" if bias else "MatMul"] == 3
     x = RNG.standard_normal((2, 5, 8)).astype(np.float32)
     for got, want in zip(optimized(x), _outputs(model, {"x": x})):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-def test_parallel_matmuls_without_bias_merge():
-    optimized = kiln.optimize(_projections((8, 4), bias=False), level=2)
-    assert op_histogram(optimized.model) == {"MatMul": 1, "Split": 1}
-
-
-def test_parallel_matmuls_sharing_a_weight_do_not_merge():
-    # The joined weight would copy W0 (still read elsewhere): the model would grow.
-    model = _projections((8, 8), bias=False, shared_weight=True)
-    optimized = kiln.optimize(model, passes=[MergeLinearMaps()])
-    assert op_histogram(optimized.model) == {"MatMul": 2}
-
-
-def test_matmuls_on_different_inputs_or_a_dynamic_weight_do_not_merge():
-    nodes = [helper.make_node("MatMul", ["x", "W0"], ["y0"]), helper.make_node("MatMul", ["z", "W1"], ["y1"]),
-             helper.make_node("MatMul", ["x", "w"], ["y2"])]
-    model = make_model(nodes, [tensor_info("x", [2, 8]), tensor_info("z", [2, 8]), tensor_info("w", [8, 4])],
-                       [tensor_info("y0", [2, 8]), tensor_info("y1", [2, 4]), tensor_info("y2", [2, 4])],
-                       _weights((8, 4), bias=False))
-    assert op_histogram(kiln.optimize(model, level=2).model) == {"MatMul": 3}
 
 
 def _gelu_between_flat_rows(exit_shape: list[int]) -> onnx.ModelProto:

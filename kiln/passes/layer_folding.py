@@ -1,8 +1,11 @@
 """Exact layer folding: BatchNormalization and per-channel affine ops folded into the Conv,
-ConvTranspose or Gemm next to them (their weights and bias absorb the scale and shift).
+ConvTranspose or Gemm next to them (their weights and bias absorb the scale and shift), and
+scalar multiplications folded into the weights of the linear layer they scale
+(kiln.passes.scale_folding: attention's score scaling).
 
-The rules are onnxscript's (pattern / check / rewrite); they match only a direct
-producer-consumer pair, so a BatchNorm after a ReLU never folds into the conv before the ReLU.
+The BatchNorm / affine rules are onnxscript's (pattern / check / rewrite); they match only a
+direct producer-consumer pair, so a BatchNorm after a ReLU never folds into the conv before the
+ReLU. The scale fold follows only linear ops (layout ops, MatMuls), never a ReLU.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from onnxscript.rewriter.rules import common as common_rules
 
 from kiln.passes.adapters import run_ir_passes
 from kiln.passes.base import Pass, PassContext, PassResult
+from kiln.passes.scale_folding import fold_scales_into_weights
+from kiln.passes.tracking import GraphSnapshot
 
 _LAYER_FOLDING_RULES = (
     common_rules.fuse_batchnorm_into_conv_rule,
@@ -25,7 +30,7 @@ _LAYER_FOLDING_RULES = (
 
 class FoldLayers(Pass):
     """Fold BatchNormalization and constant per-channel Mul/Add into a neighbouring
-    Conv, ConvTranspose or Gemm."""
+    Conv, ConvTranspose or Gemm, then scalar Muls into the linear weights they scale."""
 
     name = "layer_folding"
     rule = "fold_into_layer"
@@ -36,4 +41,8 @@ class FoldLayers(Pass):
         return f"{', '.join(folded) or 'affine op'} folded into the weights and bias of {', '.join(into) or 'its layer'}"
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        return run_ir_passes(model, [rewriter.RewritePass(rewriter.RewriteRuleSet(list(_LAYER_FOLDING_RULES)))])
+        snapshot = GraphSnapshot(model)
+        layers = run_ir_passes(model, [rewriter.RewritePass(rewriter.RewriteRuleSet(list(_LAYER_FOLDING_RULES)))])
+        rewrites = snapshot.diff(model, rule=self.rule, explain=self.explain) if layers.modified else []
+        rewrites += fold_scales_into_weights(model)
+        return PassResult(model, layers.modified or bool(rewrites), rewrites=rewrites)

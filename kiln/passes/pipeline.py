@@ -18,6 +18,7 @@ from kiln.passes.base import Pass
 from kiln.passes.block_dropping import BlockBudget, DropResidualBlocks
 from kiln.passes.cleanup import EliminateCommonSubexpressions, EliminateDeadNodes, EliminateIdentityAndNoOps
 from kiln.passes.folding import FoldConstants
+from kiln.passes.gemm_flattening import FlattenLinearsToGemm
 from kiln.passes.initializers import DeduplicateInitializers
 from kiln.passes.layer_folding import FoldLayers
 from kiln.passes.linear_merging import MergeLinearMaps
@@ -50,6 +51,7 @@ def _exact_passes(level: int) -> list[Pass]:
             FoldConstants(),
             FoldLayers(),
             MergeLinearMaps(),
+            FlattenLinearsToGemm(),
             SimplifyShapeChains(),
             EliminateIdentityAndNoOps(),
             FoldConstants(),
