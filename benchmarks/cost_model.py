@@ -2,13 +2,14 @@
 
 For every zoo model (batch 1): lower it through ONNX Runtime's graph optimizer
 (`kiln.cost_model.lowering`), price every kernel with the calibrated hardware profile, and
-measure every kernel with ORT's profiler (`kiln.cost_model.measure`, medians over repeats) and the
-whole model with the profiler off. Then fit the learned correction on the training models and,
+measure every kernel with ORT's profiler (`kiln.cost_model.measure`) and the whole model with
+the profiler off, in ``--passes`` rounds over all models (training and held-out models
+interleaved, so the machine's drift hits them alike; medians pool every round). Then fit the learned correction on the training models and,
 on each held-out model, print
 
     MODEL analytical spearman=<x> model_error=<y>      (calibrated profile, no fitting)
     MODEL efficiencies spearman=<x> model_error=<y>    (fitted per-class efficiencies + overheads)
-    MODEL learned spearman=<x> model_error=<y>         (+ the boosted residual model)
+    MODEL learned spearman=<x> model_error=<y>         (+ the boosted residual, cross-validated weight)
 
 spearman: rank correlation over the model's kernels of predicted vs measured time;
 model_error: |predicted - measured| / measured of the whole-model latency. ``--save`` refits on
@@ -65,34 +66,80 @@ def _profile(cache_dir: Path, recalibrate: bool, threads: int) -> Any:
     return profile
 
 
-def collect(name: str, profile: Any, repeats: int) -> ModelData:
-    """Price and measure the kernels of zoo model `name` at batch 1."""
+@dataclass
+class _Priced:
+    """A zoo model lowered and priced once; its profiles accumulate pass after pass."""
+
+    name: str
+    model: Any  # onnx_ir.Model of the export
+    inputs: dict[str, Any]
+    estimates: dict[str, Any]  # ORT kernel name -> roofline Estimate (no fitted correction)
+    profiles: list[Any] = field(default_factory=list)  # kiln.cost_model.measure.ModelProfile per pass
+    busy_jiffies: int = 0
+    own_jiffies: int = 0
+
+
+def _price(name: str, profile: Any) -> _Priced:
     import onnx_ir as ir
 
     from benchmarks import zoo
-    from kiln.cost_model.learned import Sample
-    from kiln.cost_model.measure import profile_model
     from kiln.cost_model.model import CostModel
 
     case = zoo.load_case(name, 1, calibration_samples=0, trust_cache=True)
     model = ir.load(case.onnx_path)
     # the roofline terms of every kernel ORT will run (no correction: that is what is fitted)
     estimates = {node.name: estimate for node, estimate in CostModel(profile).model_cost(model, compiled=True).per_node}
+    return _Priced(name, model, case.inputs, estimates)
+
+
+def _measure_pass(priced: _Priced, repeats: int, threads: int) -> None:
+    from kiln.cost_model.measure import profile_model
+
     before = _cpu_jiffies()
-    measured = profile_model(model, case.inputs, repeats=repeats, threads=profile.threads)
-    foreign = _foreign_cpu_pct(before, _cpu_jiffies())
+    priced.profiles.append(profile_model(priced.model, priced.inputs, repeats=repeats, threads=threads))
+    after = _cpu_jiffies()
+    priced.busy_jiffies += after[0] - before[0]
+    priced.own_jiffies += after[1] - before[1]
+
+
+def _model_data(priced: _Priced) -> ModelData:
+    """Pool the passes: each kernel's median over the runs of every pass, and the median of the
+    passes' whole-model medians."""
+    from kiln.cost_model.learned import Sample
+
+    pooled: dict[str, list[float]] = {}
+    for measured in priced.profiles:
+        for kernel in measured.kernels:
+            if kernel.parent is None:  # a subgraph kernel: its parent's time includes it
+                pooled.setdefault(kernel.ort_name, []).extend(kernel.samples_us)
+    first = priced.profiles[0]
     samples, unmatched = [], []
-    for kernel in measured.kernels:
-        if kernel.parent is not None:  # a subgraph kernel: its parent's time includes it
+    for kernel in first.kernels:
+        if kernel.parent is not None:
             continue
-        if kernel.ort_name not in estimates:
+        if kernel.ort_name not in priced.estimates:
             unmatched.append(kernel.ort_name)
             continue
-        estimate = estimates[kernel.ort_name]
+        estimate = priced.estimates[kernel.ort_name]
         samples.append(Sample.from_estimate(estimate, estimate.op, max(1, len(kernel.node_names)),
-                                            kernel.median_us / 1e3, name))
-    return ModelData(name, samples, measured.model_median_ms, measured.kernel_sum_ms, len(estimates), unmatched,
-                     foreign)
+                                            statistics.median(pooled[kernel.ort_name]) / 1e3, priced.name))
+    busy = priced.busy_jiffies
+    foreign = 100.0 * max(0, busy - priced.own_jiffies) / busy if busy > 0 else 0.0
+    return ModelData(priced.name, samples, statistics.median(p.model_median_ms for p in priced.profiles),
+                     statistics.median(p.kernel_sum_ms for p in priced.profiles), len(priced.estimates),
+                     unmatched, foreign)
+
+
+def collect(names: list[str], profile: Any, repeats: int, passes: int = 1) -> dict[str, ModelData]:
+    """Price, then measure the kernels of the zoo models `names` at batch 1: `passes` rounds over
+    all of them, `repeats` profiled runs of each model per round. Interleaving the models spreads
+    the machine's drift (its speed moved by 1.8x within an hour here) over all of them alike, so
+    efficiencies fitted on some models still hold for the others."""
+    priced = [_price(name, profile) for name in names]
+    for _ in range(passes):
+        for entry in priced:
+            _measure_pass(entry, repeats, profile.threads)
+    return {entry.name: _model_data(entry) for entry in priced}
 
 
 def _cpu_jiffies() -> tuple[int, int]:
@@ -110,30 +157,31 @@ def _cpu_jiffies() -> tuple[int, int]:
     return sum(machine[:8]) - machine[3] - machine[4], own_jiffies  # busy = all minus idle and iowait
 
 
-def _foreign_cpu_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
-    """Share of the CPU time spent while measuring that belonged to other processes."""
-    busy, own = after[0] - before[0], after[1] - before[1]
-    return 100.0 * max(0, busy - own) / busy if busy > 0 else 0.0
-
-
-def _collect_cached(name: str, profile: Any, repeats: int, cache_dir: Path, reuse: bool) -> ModelData:
-    """`collect`, saving the result under ``cache_dir/cost_model/``; with `reuse`, a saved result
-    measured against the same profile is read back instead of measuring again."""
+def _collect_cached(names: list[str], profile: Any, repeats: int, passes: int, cache_dir: Path,
+                    reuse: bool) -> dict[str, ModelData]:
+    """`collect`, saving each model's result under ``cache_dir/cost_model/``; with `reuse`, saved
+    results measured against the same profile are read back instead of measuring again (all or
+    none: models measured in different windows would not be interleaved)."""
     from dataclasses import asdict
 
     from kiln.cost_model.learned import Sample
 
-    path = cache_dir / "cost_model" / f"{name}.json"
-    if reuse and path.exists():
-        saved = json.loads(path.read_text())
-        if saved.get("profile_source") == profile.source:
-            saved["samples"] = [Sample(**s) for s in saved["samples"]]
-            saved.pop("profile_source")
-            return ModelData(**saved)
-        logger.warning("measurements of %s were made with another profile; measuring again", name)
-    data = collect(name, profile, repeats)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**asdict(data), "profile_source": profile.source}))
+    paths = {name: cache_dir / "cost_model" / f"{name}.json" for name in names}
+    if reuse:
+        saved = {name: json.loads(path.read_text()) for name, path in paths.items() if path.exists()}
+        if len(saved) == len(names) and all(d.get("profile_source") == profile.source for d in saved.values()):
+            out = {}
+            for name, d in saved.items():
+                d = {k: v for k, v in d.items() if k in ModelData.__dataclass_fields__}
+                d["samples"] = [Sample(**s) for s in d["samples"]]
+                out[name] = ModelData(**d)
+            return out
+        logger.warning("no saved measurements of all of %s with this profile; measuring again", ", ".join(names))
+    data = collect(names, profile, repeats, passes)
+    for name, result in data.items():
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        paths[name].write_text(json.dumps({**asdict(result), "profile_source": profile.source,
+                                           "passes": passes, "repeats": repeats}))
     return data
 
 
@@ -163,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", default=",".join(TRAIN), help="zoo models to fit on (comma-separated)")
     parser.add_argument("--test", default=",".join(TEST), help="held-out zoo models (comma-separated)")
-    parser.add_argument("--repeats", type=int, default=20, help="profiled runs per model")
+    parser.add_argument("--repeats", type=int, default=10, help="profiled runs of each model per pass")
+    parser.add_argument("--passes", type=int, default=3,
+                        help="rounds over all models (train and test interleaved, so machine drift hits all alike)")
     parser.add_argument("--threads", type=int, default=THREADS)
     parser.add_argument("--recalibrate", action="store_true", help="measure the hardware profile again")
     parser.add_argument("--save", action="store_true",
@@ -181,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     train, test = args.train.split(","), args.test.split(",")
     if set(train) & set(test):
         parser.error(f"train and test overlap: {sorted(set(train) & set(test))}")
-    data = {name: _collect_cached(name, profile, args.repeats, cache_dir, args.reuse) for name in [*train, *test]}
+    data = _collect_cached([*train, *test], profile, args.repeats, args.passes, cache_dir, args.reuse)
     correction = fit([s for name in train for s in data[name].samples], profile)
     gap = executor_gap_ms([data[name] for name in train])
     correction.executor_overhead_us = gap * 1e3
@@ -199,10 +249,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"{result['predicted_ms']:.1f} | {result['measured_ms']:.1f} | {result['model_error']:.3f} |")
     header = [
         f"Hardware profile: {profile.source}",
-        f"Trained on {', '.join(train)} ({correction.samples} kernels; fit log-RMSE {correction.fit_log_rmse}); "
-        f"executor gap {gap * 1e3:.1f} us per kernel; fitted per-kernel overhead (median over classes) "
-        f"{correction.launch_overhead_us:.1f} us",
+        (f"Trained on {', '.join(train)} ({correction.samples} kernels; fit log-RMSE {correction.fit_log_rmse}); "
+         f"executor gap {gap * 1e3:.1f} us per kernel; fitted per-kernel overhead (median over classes) "
+         f"{correction.launch_overhead_us:.1f} us"),
         "Fitted efficiencies: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(correction.efficiency.items())),
+        (f"Booster weight {correction.residual_weight:g}, chosen by leave-one-model-out cross-validation over the "
+         f"training models (score per weight, lower is better: {correction.residual_weight_scores})"),
         "",
         "| model | predictor | kernels | spearman | predicted ms | measured ms | model error |",
         "|---|---|---:|---:|---:|---:|---:|",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import onnx_ir as ir
@@ -281,6 +282,47 @@ def test_correction_round_trips_and_is_used_by_the_cost_model(tmp_path):
     (tmp_path / "hw.learned.json").write_text("\x80\x04pickle")
     with pytest.raises(ProfileError, match="Cannot read learned correction"):
         CostModel.from_file(profile_path)
+
+
+def _models_with_an_op_effect(model_effect: bool) -> list[Sample]:
+    """Samples of four models whose data-movement kernels are half Transposes, half Gathers. The
+    Transposes run 3x slower than the Gathers in every model (a rule the booster should learn), or,
+    with `model_effect`, kernels are off by random per-kernel and per-model factors instead (noise
+    no feature explains: a booster only overfits it)."""
+    rng = np.random.default_rng(1)
+    samples = []
+    for m in range(4):
+        slow_model = float(np.exp(rng.normal(0, 0.1)))
+        for i, base in enumerate(_synthetic_samples({"gemm": 0.5, "elementwise": 0.5, "data_movement": 0.5}, 5.0,
+                                                    n=90)):
+            if base.op == "Transpose" and i % 2:
+                base = replace(base, op="Gather")
+            if model_effect:
+                factor = slow_model * float(np.exp(rng.normal(0, 0.5)))
+            else:
+                factor = 3.0 if base.op == "Transpose" else 1.0
+            samples.append(replace(base, measured_ms=base.measured_ms * factor, model=f"model{m}"))
+    return samples
+
+
+def test_booster_weight_is_cross_validated_over_models(tmp_path):
+    pytest.importorskip("lightgbm")
+    rule = fit(_models_with_an_op_effect(model_effect=False), _profile())
+    noise = fit(_models_with_an_op_effect(model_effect=True), _profile())
+    for correction in (rule, noise):
+        assert set(correction.residual_weight_scores) == {"0", "0.25", "0.5", "0.75", "1"}
+        best = min(correction.residual_weight_scores.values())
+        assert correction.residual_weight_scores[f"{correction.residual_weight:g}"] == best
+    assert rule.residual_weight >= 0.75  # a shared effect survives on held-out models
+    assert noise.residual_weight <= 0.25  # noise does not
+    again = load_correction(rule.save(tmp_path / "c.learned.json"))
+    assert again.residual_weight == rule.residual_weight
+
+
+def test_booster_weight_needs_three_models():
+    pytest.importorskip("lightgbm")
+    correction = fit(_synthetic_samples({"gemm": 0.8, "elementwise": 0.25, "data_movement": 0.1}, 5.0), _profile())
+    assert correction.residual_weight == 1.0 and not correction.residual_weight_scores
 
 
 def test_correction_without_residual_uses_fitted_efficiencies_only():

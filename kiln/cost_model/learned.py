@@ -10,7 +10,11 @@ measured median):
    kernels... really reach on this machine;
 2. a small gradient-boosted residual model (LightGBM) over kernel features (op type, class,
    precision, FLOPs, bytes, intensity, group size, the roofline time) that predicts the log of
-   measured / roofline-with-fitted-efficiencies.
+   measured / roofline-with-fitted-efficiencies. Its prediction is scaled by a weight in [0, 1]
+   chosen by leave-one-model-out cross-validation when the samples come from three or more
+   models: a booster fitted on a few models can learn one model's odd kernel (a 65 MB-weight
+   LM head that ran 40 % below the GEMM roofline) as a rule and misprice every other model's,
+   and the weight is how much of it survives on models it has not seen.
 
 The correction is saved as JSON beside the hardware profile (``<profile>.learned.json``): the
 efficiencies, the launch overhead and the booster in LightGBM's own text format - never a
@@ -104,6 +108,8 @@ def _features(op: str, op_class: str, precision: str, group_size: int, flops: in
 
 
 _CATEGORICAL = [0, 1, 2]
+#: Candidate weights of the booster's log-residual, tried by cross-validation.
+_RESIDUAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass
@@ -121,6 +127,10 @@ class LearnedCorrection:
     # time the executor spends outside kernels, per kernel, fitted from whole-model wall times
     # (profiled kernel sums miss it); added once per kernel to whole-model latency
     executor_overhead_us: float = 0.0
+    # share of the booster's log-residual applied (cross-validated over models; see fit)
+    residual_weight: float = 1.0
+    # per candidate weight, the cross-validation score (lower is better) it was chosen by
+    residual_weight_scores: dict[str, float] = field(default_factory=dict)
     _booster: Any = field(default=None, repr=False, compare=False)
 
     def roofline_ms(self, sample_or_estimate: Sample | Estimate) -> float:
@@ -153,7 +163,7 @@ class LearnedCorrection:
             return base
         rows = [_features(op, e.op_class, e.precision, size, e.flops, e.activation_bytes, e.weight_bytes, b,
                           self.ops) for e, op, size, b in zip(estimates, ops, group_sizes, base)]
-        return base * np.exp(self._residual(rows))
+        return base * np.exp(self.residual_weight * self._residual(rows))
 
     def predict_samples(self, samples: Sequence[Sample], residual: bool = True) -> np.ndarray:
         """Corrected times of many samples at once (ms)."""
@@ -162,7 +172,7 @@ class LearnedCorrection:
             return base
         rows = [_features(s.op, s.op_class, s.precision, s.group_size, s.flops, s.activation_bytes,
                           s.weight_bytes, b, self.ops) for s, b in zip(samples, base)]
-        return base * np.exp(self._residual(rows))
+        return base * np.exp(self.residual_weight * self._residual(rows))
 
     # --- persistence -----------------------------------------------------------------------
 
@@ -232,11 +242,8 @@ def _fit_overhead(measured: np.ndarray) -> float:
     return float(np.exp(np.average(np.log(measured), weights=_weights(measured))))
 
 
-def fit(samples: Sequence[Sample], profile: HardwareProfile, *, residual: bool = True) -> LearnedCorrection:
-    """Fit each op class's efficiency and fixed overhead, then the residual booster."""
-    samples = [s for s in samples if s.measured_ms > 0 and math.isfinite(s.measured_ms)]
-    if len(samples) < 10:
-        raise ProfileError(f"Need at least 10 measured kernels to fit a correction, got {len(samples)}.")
+def _fit_layers(samples: Sequence[Sample], profile: HardwareProfile, residual: bool) -> LearnedCorrection:
+    """Both layers fitted to `samples` (the booster only with `residual` and LightGBM installed)."""
     by_class: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
         by_class[sample.op_class].append(sample)
@@ -275,4 +282,51 @@ def fit(samples: Sequence[Sample], profile: HardwareProfile, *, residual: bool =
         model.fit(rows, target, sample_weight=_weights(measured), categorical_feature=_CATEGORICAL)
         correction.booster_text = model.booster_.model_to_string()
         correction.fit_log_rmse["residual"] = _log_error(correction.predict_samples(samples), measured)
+    return correction
+
+
+def _held_out_score(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """How wrong a prediction of a model nobody fitted on is, in log units: the kernels'
+    time-weighted log-RMSE (what the booster minimises) plus the log error of their sum (the
+    whole-model latency passes compare)."""
+    w = _weights(measured)
+    per_kernel = float(np.sqrt(np.average((np.log(np.maximum(predicted, 1e-9)) - np.log(measured)) ** 2, weights=w)))
+    return per_kernel + abs(math.log(float(predicted.sum()) / float(measured.sum())))
+
+
+def _cross_validated_weight(samples: Sequence[Sample], profile: HardwareProfile) -> dict[float, float]:
+    """Mean held-out score of each candidate residual weight, leaving one model out at a time."""
+    models = sorted({s.model for s in samples})
+    scores: dict[float, list[float]] = {w: [] for w in _RESIDUAL_WEIGHTS}
+    for held in models:
+        train = [s for s in samples if s.model != held]
+        test = [s for s in samples if s.model == held]
+        if len(train) < 10:
+            continue
+        correction = _fit_layers(train, profile, residual=True)
+        if not correction.booster_text:
+            return {}
+        measured = np.array([s.measured_ms for s in test])
+        base = correction.predict_samples(test, residual=False)
+        log_residual = np.log(correction.predict_samples(test)) - np.log(base)
+        for weight in _RESIDUAL_WEIGHTS:
+            scores[weight].append(_held_out_score(base * np.exp(weight * log_residual), measured))
+    return {w: float(np.mean(v)) for w, v in scores.items() if v}
+
+
+def fit(samples: Sequence[Sample], profile: HardwareProfile, *, residual: bool = True) -> LearnedCorrection:
+    """Fit each op class's efficiency and fixed overhead, then the residual booster; with samples
+    of three or more models, the booster's weight is cross-validated over models (see the module
+    docstring), else it applies in full."""
+    samples = [s for s in samples if s.measured_ms > 0 and math.isfinite(s.measured_ms)]
+    if len(samples) < 10:
+        raise ProfileError(f"Need at least 10 measured kernels to fit a correction, got {len(samples)}.")
+    correction = _fit_layers(samples, profile, residual)
+    if correction.booster_text and len({s.model for s in samples}) >= 3:
+        scores = _cross_validated_weight(samples, profile)
+        if scores:
+            correction.residual_weight = min(scores, key=lambda w: (round(scores[w], 6), -w))
+            correction.residual_weight_scores = {f"{w:g}": round(v, 4) for w, v in scores.items()}
+            logger.info("booster weight %.2f by leave-one-model-out cross-validation (scores %s)",
+                        correction.residual_weight, correction.residual_weight_scores)
     return correction
