@@ -92,9 +92,13 @@ class MergeLinearMaps(Pass):
     """Merge chains of constant-weight MatMuls (with an optional bias between) into one.
 
     Parallel MatMuls on one input (query, key, value) are not joined into one MatMul and a
-    Split: that saves no FLOPs or weight bytes, adds the Split's copy, and ONNX Runtime ran the
-    joined GEMM no faster (BERT-base, 2 threads on a loaded 2-core machine: 6.2-7.0 ms for one
-    768x2304 against 4.2-4.3 ms for three 768x768, plus 0.14-0.16 ms for the Split)."""
+    Split: that saves no FLOPs or weight bytes and adds the Split's copy. In ONNX Runtime (2
+    threads, loaded 2-core machine) the joined GEMM was slower at the zoo's 128-197-row shapes
+    (BERT-base: 6.2-7.0 ms for one 768x2304 against 4.2-4.3 ms for three 768x768, plus 0.14-0.16
+    ms for the Split), at 512x384, 1024x384 and 1500x768 (rows x width), and faster at
+    Whisper-tiny's 1500x384 (by 9-20 %) and, in one run, at 512x768. The gain depends on the GEMM
+    shape in ways FLOPs and bytes do not capture: a decision for the cost model once it can price
+    it, not a rule applied everywhere."""
 
     name = "linear_map_merging"
     rule = "merge_linear_maps"
