@@ -17,6 +17,7 @@ from kiln.backends import compile_model
 from kiln.backends import onnxruntime as ort_backend
 from kiln.backends import reference as reference_backend
 from kiln.backends.base import BenchmarkResult, Executable
+from kiln.cost_model.measured_choice import MeasuredChoices
 from kiln.cost_model.model import CostModel
 from kiln.errors import BackendError, InputError
 from kiln.ir.capture import capture, split_example_inputs
@@ -96,6 +97,13 @@ def _measure_both(before: ir.Model, after: ir.Model, target: Target, feeds: Feed
     return first.median_ms, second.median_ms
 
 
+def _default_measured_choices(target: Target) -> MeasuredChoices | None:
+    """Measured choices on this machine when the model will run in ONNX Runtime on its CPU."""
+    if target.backend != "onnxruntime" or target.providers[:1] != ("CPUExecutionProvider",):
+        return None
+    return MeasuredChoices.default(target)
+
+
 def optimize(
     model: Any,
     example_inputs: Any = None,
@@ -113,6 +121,7 @@ def optimize(
     cost_model: CostModel | None | Literal["default"] = "default",
     measure: bool = False,
     drop_blocks: BlockBudget | None = None,
+    measured_choices: MeasuredChoices | None | Literal["default"] = "default",
 ) -> OptimizedModel:
     """Optimize a PyTorch or ONNX model.
 
@@ -142,6 +151,11 @@ def optimize(
             ``BlockBudget(min_cosine=0.99)`` (``from kiln.passes.block_dropping import
             BlockBudget``). Runs before the level's passes (or the given `passes`); needs real
             inputs: `sample_inputs` or `example_inputs`. The report lists every block scored.
+        measured_choices: settles choices no model predicts (joining parallel MatMuls) by timing
+            both forms on this machine, once per shape (``PassContext.measured_choices``).
+            "default": for ONNX Runtime on the CPU, measured on the target and cached in
+            ``~/.cache/kiln/measured_choices.json`` (``$KILN_MEASURED_CHOICES``); None: such
+            choices are not made.
     """
     if target is None:
         target = Target(backend=backend)  # type: ignore[arg-type]
@@ -184,11 +198,13 @@ def optimize(
         # than the passes): the calibrated roofline, without the correction fitted to ORT's
         # *fused* kernels, whose per-kernel overheads would bill every unfused node.
         cost_model = CostModel.default(target.intra_op_threads or 2, learned=False)
+    if measured_choices == "default":
+        measured_choices = _default_measured_choices(target)
     prediction = CostPrediction(cost_model) if cost_model is not None else None
     if prediction is not None:
         instruments.append(prediction)  # last: it sees only the passes every check accepted
     ctx = PassContext(target=target, cost_model=cost_model, sample_inputs=feeds, options=dict(options or {}),
-                      runner=runner)
+                      runner=runner, measured_choices=measured_choices)
     original = ir_model.clone() if measure else None  # the clone shares weight tensors
     optimized, report = PassManager(pipeline, instruments).run(ir_model, ctx, report)
     if original is not None:

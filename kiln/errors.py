@@ -60,3 +60,8 @@ class PassError(KilnError):
 
 class ValidationError(KilnError):
     """The optimized model could not be validated against the original."""
+
+
+class MeasurementError(KilnError):
+    """A measurement on this machine could not be made (the alternatives do not match, a shape is
+    not static, or the runtime failed to load or run one of them)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -9,6 +11,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 IR_VERSION = 10
 OPSET = 20
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_measured_choices_cache(tmp_path_factory):
+    """kiln.optimize remembers measured choices in ~/.cache/kiln; tests keep theirs in a temp file."""
+    previous = os.environ.get("KILN_MEASURED_CHOICES")
+    os.environ["KILN_MEASURED_CHOICES"] = str(tmp_path_factory.mktemp("kiln-cache") / "measured_choices.json")
+    yield
+    if previous is None:
+        os.environ.pop("KILN_MEASURED_CHOICES", None)
+    else:
+        os.environ["KILN_MEASURED_CHOICES"] = previous
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset: int = OPSET, name: str = "g") -> onnx.ModelProto:

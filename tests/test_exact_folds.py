@@ -1,4 +1,4 @@
-"""Exact folds added for issue 4: parallel MatMuls left apart, Reshape sinking through elementwise
+"""Exact folds added for issue 4: small parallel MatMuls left apart, Reshape sinking through elementwise
 regions and Splits, size-neutral folding of rearranging ops, and Add of a Where mask that masks
 nothing. Each rule has a case where it fires and one where it must not."""
 
@@ -45,9 +45,9 @@ def _outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_parallel_matmuls_stay_apart(bias):
-    # One MatMul on the joined weights and a Split saves no FLOPs or weight bytes, adds the
-    # Split's copy, and ONNX Runtime ran the joined GEMM no faster: kiln leaves them apart.
+def test_small_parallel_matmuls_stay_apart(bias):
+    # Joining is decided by measuring both forms (tests/test_parallel_linear_merging.py); a group
+    # this small is below the measuring floor, so kiln leaves it apart without timing anything.
     model = _projections((8, 8, 4), bias=bias)
     optimized = kiln.optimize(model, level=2)
     histogram = op_histogram(optimized.model)

@@ -88,6 +88,10 @@ class PassContext:
     trade-off decision must ask it (and fall back to a documented heuristic when it is None).
     `runner` runs a model on feeds (the validation runner `kiln.optimize` injects, since passes
     never import a backend); passes that measure outputs (block dropping) use it.
+    `measured_choices` times two small alternatives on the target and remembers the ratio
+    (`kiln.cost_model.measured_choice.MeasuredChoices`, given by `kiln.optimize` for ONNX Runtime
+    on this machine); choices no model predicts (joining parallel MatMuls) ask it, and are not
+    made when it is None.
     """
 
     target: Target = field(default_factory=Target)
@@ -95,6 +99,7 @@ class PassContext:
     sample_inputs: Feeds | None = None
     options: dict[str, Any] = field(default_factory=dict)
     runner: ModelRunner | None = None
+    measured_choices: Any = None
 
 
 class Pass(abc.ABC):

@@ -15,6 +15,9 @@ from onnxscript.rewriter import pattern as orp
 
 from kiln.passes.adapters import run_ir_passes
 from kiln.passes.base import Pass, PassContext, PassResult
+from kiln.passes.parallel_linear_choice import MAX_MERGED_RATIO, MIN_GROUP_FLOPS
+from kiln.passes.parallel_linear_merging import merge_parallel_matmuls
+from kiln.passes.tracking import GraphSnapshot
 
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
@@ -89,16 +92,20 @@ _RULES = rewriter.RewriteRuleSet([MergeMatMulChain.rule(), MergeMatMulBiasMatMul
 
 
 class MergeLinearMaps(Pass):
-    """Merge chains of constant-weight MatMuls (with an optional bias between) into one.
+    """Merge chains of constant-weight MatMuls (with an optional bias between) into one, then
+    join parallel constant-weight MatMuls on one input (query, key, value) into one MatMul and a
+    Split where that was measured clearly faster on the target
+    (kiln.passes.parallel_linear_merging).
 
-    Parallel MatMuls on one input (query, key, value) are not joined into one MatMul and a
-    Split: that saves no FLOPs or weight bytes and adds the Split's copy. In ONNX Runtime (2
-    threads, loaded 2-core machine) the joined GEMM was slower at the zoo's 128-197-row shapes
-    (BERT-base: 6.2-7.0 ms for one 768x2304 against 4.2-4.3 ms for three 768x768, plus 0.14-0.16
-    ms for the Split), at 512x384, 1024x384 and 1500x768 (rows x width), and faster at
-    Whisper-tiny's 1500x384 (by 9-20 %) and, in one run, at 512x768. The gain depends on the GEMM
-    shape in ways FLOPs and bytes do not capture: a decision for the cost model once it can price
-    it, not a rule applied everywhere."""
+    Joining saves no FLOPs or weight bytes and adds the Split's copy; in ONNX Runtime (2 threads,
+    loaded 2-core machine) the joined GEMM was slower at the zoo's 128-197-row shapes (BERT-base:
+    6.2-7.0 ms for one 768x2304 against 4.2-4.3 ms for three 768x768), at 512x384, 1024x384 and
+    1500x768 (rows x width), and faster at Whisper-tiny's 1500x384 (by 9-20 %). No FLOPs / bytes
+    rule fits that, so each shape is timed both ways (``PassContext.measured_choices``); without
+    measured choices nothing is joined.
+
+    Options: ``merge_parallel_max_ratio`` (default 0.95: join when joined/separate time is at
+    most this) and ``merge_parallel_min_flops`` (default 50e6: smaller groups stay apart)."""
 
     name = "linear_map_merging"
     rule = "merge_linear_maps"
@@ -107,4 +114,13 @@ class MergeLinearMaps(Pass):
         return "consecutive linear maps with nothing non-linear between them; the merged weight is no larger"
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        return run_ir_passes(model, [rewriter.RewritePass(_RULES)])
+        snapshot = GraphSnapshot(model)
+        chains = run_ir_passes(model, [rewriter.RewritePass(_RULES)])
+        rewrites = snapshot.diff(model, rule=self.rule, explain=self.explain) if chains.modified else []
+        joined, kept = merge_parallel_matmuls(
+            model, ctx.measured_choices,
+            max_ratio=float(ctx.options.get("merge_parallel_max_ratio", MAX_MERGED_RATIO)),
+            min_flops=float(ctx.options.get("merge_parallel_min_flops", MIN_GROUP_FLOPS)),
+        )
+        message = f"parallel MatMuls left apart: {'; '.join(kept)}" if kept else ""
+        return PassResult(model, chains.modified or bool(joined), rewrites=rewrites + joined, message=message)

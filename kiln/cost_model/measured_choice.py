@@ -1,0 +1,273 @@
+"""Choices settled by measuring both alternatives on this machine, like an autotuner (TVM
+MetaSchedule, cuDNN's benchmark mode), and remembered per machine.
+
+Some trade-offs have no model that predicts them. Joining the query, key and value projections
+into one MatMul and a Split keeps FLOPs and bytes the same, yet ONNX Runtime's MLAS GEMM (2
+threads, this 2-core VM) ran the joined GEMM 6-46 % slower at BERT's 128x768 -> 3x768 and at
+197x768, 512x384, 1024x384 and 1500x768, and 9-20 % faster at Whisper-tiny's 1500x384: MLAS
+picks its blocking and thread partition by shape, and no rows / bytes rule or roofline fits that.
+So the caller builds the two alternatives as small ONNX models and this module times them on the
+target: alternately in one process (so load drift hits both), a few warm-up calls, at least 15
+pairs, and returns the median of the per-pair ratios candidate / baseline.
+
+Results are cached as JSON beside the hardware profile (``~/.cache/kiln/measured_choices.json``,
+or ``$KILN_MEASURED_CHOICES``), keyed by the CPU model, the thread count, the ONNX Runtime version
+and its optimization level, and the caller's key (op shapes and dtype), so each shape is measured
+once per machine. A damaged cache file is ignored with a warning and rewritten.
+
+This is a measuring module: like `kiln.cost_model.measure`, it runs the backend (ONNX Runtime
+session options from `kiln.backends.onnxruntime`); passes reach it only through
+``PassContext.measured_choices``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+from onnx import helper
+
+from kiln.backends.onnxruntime import session_options
+from kiln.cost_model.hardware import default_profile_path
+from kiln.cost_model.machine import cpuinfo
+from kiln.errors import MeasurementError
+from kiln.ir.serialization import to_proto
+from kiln.target import Target
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+#: Timed pairs per choice: the alternatives are one or a few ops, milliseconds each, so 15 pairs
+#: cost well under a second on the zoo's shapes while the median ratio settles to a few percent.
+DEFAULT_PAIRS = 15
+DEFAULT_WARMUP = 3
+
+Alternative = ir.Model | onnx.ModelProto
+# (baseline, candidate, pairs) -> one (baseline_ms, candidate_ms) tuple per pair
+PairTimer = Callable[[onnx.ModelProto, onnx.ModelProto, int], list[tuple[float, float]]]
+
+
+def default_cache_path() -> Path:
+    """``$KILN_MEASURED_CHOICES``, else ``measured_choices.json`` beside the hardware profile."""
+    env = os.environ.get("KILN_MEASURED_CHOICES")
+    return Path(env) if env else default_profile_path().parent / "measured_choices.json"
+
+
+@dataclass(frozen=True)
+class ChoiceMeasurement:
+    """How the candidate compared with the baseline: `ratio` is the median per-pair
+    candidate_ms / baseline_ms (below 1: the candidate is faster)."""
+
+    key: str
+    ratio: float
+    pairs: int
+    baseline_ms: float
+    candidate_ms: float
+    cached: bool = False
+
+    def __str__(self) -> str:
+        source = "cached" if self.cached else "measured"
+        return (f"candidate/baseline {self.ratio:.3f} (median of {self.pairs} pairs, {self.candidate_ms:.3f} vs "
+                f"{self.baseline_ms:.3f} ms; {source})")
+
+
+def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Standard-normal (or small integer) inputs of the declared static shapes."""
+    rng = np.random.default_rng(0)
+    initializers = {t.name for t in model.graph.initializer}
+    feeds: dict[str, np.ndarray] = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        if not tensor.HasField("shape") or any(d <= 0 for d in shape):
+            raise MeasurementError(f"Input {value.name!r} has no static shape ({shape}); measure alternatives "
+                                   "whose inputs have fixed sizes.")
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[value.name] = rng.integers(0, 2, size=shape).astype(dtype)
+    return feeds
+
+
+def _signature(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [str(v).replace("\n", " ") for v in model.graph.input if v.name not in initializers]
+    return inputs, [str(v).replace("\n", " ") for v in model.graph.output]
+
+
+class OrtPairTimer:
+    """Times two models alternately in ONNX Runtime, with idle spinning off (an idle session's
+    spinning threads would take the cores from the running one, `Target.allow_spinning`). The
+    order inside a pair alternates too, so neither model always runs on a warmer cache."""
+
+    def __init__(self, target: Target, warmup: int = DEFAULT_WARMUP):
+        self.target = Target(intra_op_threads=target.intra_op_threads, inter_op_threads=1,
+                             graph_optimization_level=target.graph_optimization_level,
+                             providers=target.providers, allow_spinning=False)
+        self.warmup = warmup
+
+    def _runner(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> Callable[[], Any]:
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), session_options(self.target),
+                                           providers=list(self.target.providers))
+        except Exception as exc:
+            raise MeasurementError(f"ONNX Runtime could not load an alternative to time: {str(exc)[:300]}") from exc
+        names = [o.name for o in session.get_outputs()]
+        values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+        return lambda: session.run_with_ort_values(names, values)
+
+    def __call__(self, baseline: onnx.ModelProto, candidate: onnx.ModelProto, pairs: int) -> list[tuple[float, float]]:
+        feeds = _feeds(baseline)
+        runs = (self._runner(baseline, feeds), self._runner(candidate, feeds))
+        try:
+            for _ in range(self.warmup):
+                runs[0]()
+                runs[1]()
+            timed: list[tuple[float, float]] = []
+            for index in range(pairs):
+                ms = [0.0, 0.0]
+                for which in ((0, 1) if index % 2 == 0 else (1, 0)):
+                    started = time.perf_counter()
+                    runs[which]()
+                    ms[which] = (time.perf_counter() - started) * 1e3
+                timed.append((ms[0], ms[1]))
+        except Exception as exc:
+            raise MeasurementError(f"ONNX Runtime failed to run an alternative: {str(exc)[:300]}") from exc
+        return timed
+
+
+class MeasuredChoices:
+    """Measure two alternatives on this machine once per key; remember the ratio on disk.
+
+    `timer` times the pairs (default: `OrtPairTimer` for `target`); tests pass a fake one.
+    `cache_path=None` keeps results in memory only; `MeasuredChoices.default(target)` uses
+    `default_cache_path()`.
+    """
+
+    def __init__(self, target: Target | None = None, *, cache_path: str | os.PathLike | None = None,
+                 timer: PairTimer | None = None, pairs: int = DEFAULT_PAIRS):
+        if pairs < 1:
+            raise MeasurementError(f"pairs={pairs}: time at least one pair (kiln uses {DEFAULT_PAIRS}).")
+        self.target = target or Target()
+        self.timer: PairTimer = timer or OrtPairTimer(self.target)
+        self.pairs = pairs
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self._entries: dict[str, dict[str, Any]] | None = None  # this machine's, loaded on first use
+
+    @classmethod
+    def default(cls, target: Target) -> MeasuredChoices:
+        """Measured on `target` (ONNX Runtime on this CPU), cached at `default_cache_path()`."""
+        return cls(target, cache_path=default_cache_path())
+
+    @property
+    def machine(self) -> str:
+        """What the cache is keyed by besides the choice: CPU, threads, ORT version and level."""
+        cpu = cpuinfo().get("model name", "unknown cpu")
+        return (f"{cpu} | threads={self.target.intra_op_threads} | onnxruntime {ort.__version__} | "
+                f"level={self.target.graph_optimization_level}")
+
+    def _read_file(self, warn: bool = True) -> dict[str, Any]:
+        """The whole cache file; {} (with a warning) when it is missing or damaged."""
+        if self.cache_path is None or not self.cache_path.exists():
+            return {}
+        try:
+            data = json.loads(self.cache_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if warn:
+                logger.warning("Ignoring the measured-choices cache %s (%s); its shapes are measured again and the "
+                               "file rewritten.", self.cache_path, exc)
+            return {}
+        if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(
+                data.get("machines"), dict):
+            if warn:
+                logger.warning("Ignoring the measured-choices cache %s: not a version-%d cache; its shapes are "
+                               "measured again and the file rewritten.", self.cache_path, CACHE_VERSION)
+            return {}
+        return data
+
+    def _machine_entries(self) -> dict[str, dict[str, Any]]:
+        if self._entries is None:
+            stored = self._read_file().get("machines", {}).get(self.machine, {})
+            self._entries = {k: v for k, v in stored.items() if _valid_entry(v)} if isinstance(stored, dict) else {}
+            if isinstance(stored, dict) and len(self._entries) != len(stored):
+                logger.warning("Dropped %d malformed entries of the measured-choices cache %s.",
+                               len(stored) - len(self._entries), self.cache_path)
+        return self._entries
+
+    def _save(self, key: str, entry: dict[str, Any]) -> None:
+        if self.cache_path is None:
+            return
+        data = self._read_file(warn=False) or {"version": CACHE_VERSION, "machines": {}}
+        machines = data["machines"]
+        if not isinstance(machines.get(self.machine), dict):
+            machines[self.machine] = {}
+        machines[self.machine][key] = entry
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=self.cache_path.parent, suffix=".tmp", delete=False) as tmp:
+                json.dump(data, tmp, indent=1, sort_keys=True)
+            os.replace(tmp.name, self.cache_path)
+        except OSError as exc:
+            logger.warning("Could not write the measured-choices cache %s (%s); the result is kept for this "
+                           "process only. Set KILN_MEASURED_CHOICES to a writable file.", self.cache_path, exc)
+
+    def cached(self, key: str) -> ChoiceMeasurement | None:
+        """The remembered measurement for `key` on this machine, if any."""
+        entry = self._machine_entries().get(key)
+        if entry is None:
+            return None
+        return ChoiceMeasurement(key=key, ratio=entry["ratio"], pairs=entry["pairs"], baseline_ms=entry["baseline_ms"],
+                                 candidate_ms=entry["candidate_ms"], cached=True)
+
+    def measure(self, key: str, baseline: Alternative, candidate: Alternative) -> ChoiceMeasurement:
+        """How `candidate` runs against `baseline` (same inputs and outputs) on this machine:
+        from the cache, else timed now and remembered."""
+        if not isinstance(key, str) or not key:
+            raise MeasurementError("A measured choice needs a non-empty key (the op shapes and dtype).")
+        found = self.cached(key)
+        if found is not None:
+            logger.debug("measured choice %s: %s", key, found)
+            return found
+        protos = [to_proto(m) if isinstance(m, ir.Model) else m for m in (baseline, candidate)]
+        if not all(isinstance(p, onnx.ModelProto) for p in protos):
+            raise MeasurementError("Alternatives must be onnx_ir.Model or onnx.ModelProto objects.")
+        if _signature(protos[0]) != _signature(protos[1]):
+            raise MeasurementError(f"The alternatives for {key!r} differ in their inputs or outputs; build both "
+                                   "with the same names, dtypes and shapes.")
+        timed = self.timer(protos[0], protos[1], self.pairs)
+        if not timed or not all(len(p) == 2 and all(math.isfinite(t) and t > 0 for t in p) for p in timed):
+            raise MeasurementError(f"The timer returned no usable pairs for {key!r}: {timed[:3]!r}.")
+        result = ChoiceMeasurement(
+            key=key, ratio=float(statistics.median(c / b for b, c in timed)), pairs=len(timed),
+            baseline_ms=float(statistics.median(b for b, _ in timed)),
+            candidate_ms=float(statistics.median(c for _, c in timed)),
+        )
+        logger.info("measured choice %s: %s", key, result)
+        entry = {k: v for k, v in asdict(result).items() if k not in ("key", "cached")}
+        self._machine_entries()[key] = entry
+        self._save(key, entry)
+        return result
+
+
+def _valid_entry(entry: Any) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    numbers = [entry.get(k) for k in ("ratio", "baseline_ms", "candidate_ms")]
+    return (all(isinstance(n, (int, float)) and math.isfinite(n) and n > 0 for n in numbers)
+            and isinstance(entry.get("pairs"), int) and entry["pairs"] > 0)
