@@ -16,6 +16,7 @@ import pytest
 from conftest import make_model, tensor_info
 from onnx import helper, numpy_helper
 
+from kiln.cost_model import learned
 from kiln.cost_model.hardware import (
     HardwareProfile,
     MemoryLevel,
@@ -317,6 +318,16 @@ def test_booster_weight_is_cross_validated_over_models(tmp_path):
     assert noise.residual_weight <= 0.25  # noise does not
     again = load_correction(rule.save(tmp_path / "c.learned.json"))
     assert again.residual_weight == rule.residual_weight
+
+
+def test_a_booster_fitted_on_other_features_is_dropped_not_misread(caplog):
+    pytest.importorskip("lightgbm")
+    samples = _synthetic_samples({"gemm": 0.8, "elementwise": 0.25, "data_movement": 0.1}, 5.0)
+    correction = fit(samples, _profile())
+    assert correction.features == learned.FEATURES == len(learned._features(samples[0], "MatMul", 1, 1.0, []))
+    old = replace(correction, features=learned.FEATURES - 1)  # saved by an older kiln
+    np.testing.assert_allclose(old.predict_samples(samples), correction.predict_samples(samples, residual=False))
+    assert "refit" in caplog.text and not old.booster_text
 
 
 def test_booster_weight_needs_three_models():

@@ -77,13 +77,14 @@ class Sample:
     memory_ms: float
     measured_ms: float
     model: str = ""
+    output_bytes: int = 0
 
     @classmethod
     def from_estimate(cls, estimate: Estimate, op: str, group_size: int, measured_ms: float,
                       model: str = "") -> Sample:
         return cls(op, estimate.op_class, estimate.precision, group_size, estimate.flops,
                    estimate.activation_bytes, estimate.weight_bytes, estimate.compute_ms, estimate.memory_ms,
-                   measured_ms, model)
+                   measured_ms, model, estimate.output_bytes)
 
     @property
     def body_ms(self) -> float:
@@ -91,22 +92,28 @@ class Sample:
         return body_ms(self)
 
 
-def _features(op: str, op_class: str, precision: str, group_size: int, flops: int, activation_bytes: int,
-              weight_bytes: int, roofline_ms: float, ops: Sequence[str]) -> list[float]:
-    total = activation_bytes + weight_bytes
+def _features(terms: Sample | Estimate, op: str, group_size: int, roofline_ms: float,
+              ops: Sequence[str]) -> list[float]:
+    total = terms.activation_bytes + terms.weight_bytes
     return [
         float(ops.index(op)) if op in ops else float(len(ops)),  # categorical: unseen ops share a code
-        float(OP_CLASSES.index(op_class)) if op_class in OP_CLASSES else float(len(OP_CLASSES)),
-        float(PRECISIONS.index(precision)) if precision in PRECISIONS else float(len(PRECISIONS)),
+        float(OP_CLASSES.index(terms.op_class)) if terms.op_class in OP_CLASSES else float(len(OP_CLASSES)),
+        float(PRECISIONS.index(terms.precision)) if terms.precision in PRECISIONS else float(len(PRECISIONS)),
         float(group_size),
-        math.log1p(flops),
-        math.log1p(activation_bytes),
-        math.log1p(weight_bytes),
-        math.log1p(flops / total) if total else 0.0,
+        math.log1p(terms.flops),
+        math.log1p(terms.activation_bytes),
+        math.log1p(terms.weight_bytes),
+        math.log1p(terms.flops / total) if total else 0.0,
         math.log(max(roofline_ms, 1e-6)),
+        # written vs read: BERT's 768->3072 and 3072->768 GEMMs have the same FLOPs and bytes,
+        # and the second ran 25 % slower
+        math.log1p(terms.output_bytes),
     ]
 
 
+#: Length of a `_features` row; a correction saved with another length keeps its efficiencies
+#: and drops the booster (which cannot read these rows) until refitted.
+FEATURES = 10
 _CATEGORICAL = [0, 1, 2]
 #: Candidate weights of the booster's log-residual, tried by cross-validation.
 _RESIDUAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -124,13 +131,17 @@ class LearnedCorrection:
     trained_on: list[str] = field(default_factory=list)
     samples: int = 0
     fit_log_rmse: dict[str, float] = field(default_factory=dict)  # training error per layer
-    # time the executor spends outside kernels, per kernel, fitted from whole-model wall times
-    # (profiled kernel sums miss it); added once per kernel to whole-model latency
+    # time the executor spends outside kernels, per kernel (corrections saved before
+    # executor_scale; added once per kernel to whole-model latency)
     executor_overhead_us: float = 0.0
+    # whole-model wall time / summed kernel medians on the training models: the executor's own
+    # time net of what ORT's profiler adds to each kernel; scales the summed kernel times
+    executor_scale: float = 1.0
     # share of the booster's log-residual applied (cross-validated over models; see fit)
     residual_weight: float = 1.0
     # per candidate weight, the cross-validation score (lower is better) it was chosen by
     residual_weight_scores: dict[str, float] = field(default_factory=dict)
+    features: int = 9  # length of the booster's feature rows (9 before output bytes were one)
     _booster: Any = field(default=None, repr=False, compare=False)
 
     def roofline_ms(self, sample_or_estimate: Sample | Estimate) -> float:
@@ -141,6 +152,12 @@ class LearnedCorrection:
 
     def _residual(self, rows: list[list[float]]) -> np.ndarray:
         if not self.booster_text:
+            return np.zeros(len(rows))
+        if self.features != FEATURES:
+            logger.warning("the learned correction's booster was fitted on %d features, kiln now computes %d; "
+                           "using its efficiencies only (refit: python -m benchmarks cost-model --save)",
+                           self.features, FEATURES)
+            self.booster_text = ""
             return np.zeros(len(rows))
         if self._booster is None:
             try:
@@ -161,8 +178,7 @@ class LearnedCorrection:
         base = np.array([self.roofline_ms(e) for e in estimates])
         if not residual or not self.booster_text or not len(base):
             return base
-        rows = [_features(op, e.op_class, e.precision, size, e.flops, e.activation_bytes, e.weight_bytes, b,
-                          self.ops) for e, op, size, b in zip(estimates, ops, group_sizes, base)]
+        rows = [_features(e, op, size, b, self.ops) for e, op, size, b in zip(estimates, ops, group_sizes, base)]
         return base * np.exp(self.residual_weight * self._residual(rows))
 
     def predict_samples(self, samples: Sequence[Sample], residual: bool = True) -> np.ndarray:
@@ -170,8 +186,7 @@ class LearnedCorrection:
         base = np.array([self.roofline_ms(s) for s in samples])
         if not residual or not self.booster_text:
             return base
-        rows = [_features(s.op, s.op_class, s.precision, s.group_size, s.flops, s.activation_bytes,
-                          s.weight_bytes, b, self.ops) for s, b in zip(samples, base)]
+        rows = [_features(s, s.op, s.group_size, b, self.ops) for s, b in zip(samples, base)]
         return base * np.exp(self.residual_weight * self._residual(rows))
 
     # --- persistence -----------------------------------------------------------------------
@@ -275,12 +290,12 @@ def _fit_layers(samples: Sequence[Sample], profile: HardwareProfile, residual: b
         except ImportError:
             logger.warning("lightgbm is not installed (pip install 'kiln[cost]'): fitting efficiencies only")
             return correction
-        rows = np.array([_features(s.op, s.op_class, s.precision, s.group_size, s.flops, s.activation_bytes,
-                                   s.weight_bytes, b, correction.ops) for s, b in zip(samples, base)])
+        rows = np.array([_features(s, s.op, s.group_size, b, correction.ops) for s, b in zip(samples, base)])
         target = np.log(measured) - np.log(np.maximum(base, 1e-9))
         model = lightgbm.LGBMRegressor(**_GBM_PARAMS)
         model.fit(rows, target, sample_weight=_weights(measured), categorical_feature=_CATEGORICAL)
         correction.booster_text = model.booster_.model_to_string()
+        correction.features = FEATURES
         correction.fit_log_rmse["residual"] = _log_error(correction.predict_samples(samples), measured)
     return correction
 

@@ -108,6 +108,7 @@ class Estimate:
     ms: float  # the prediction
     known: bool  # False when a formula or a shape was missing (then priced conservatively)
     op: str = ""  # op key of the node, or of a group's leader (what a learned correction keys on)
+    output_bytes: int = 0  # the activation bytes written (a GEMM's N side; the rest is read)
 
     @property
     def bytes(self) -> int:
@@ -138,8 +139,11 @@ def roofline(
     weights_resident: bool = True,
     known: bool = True,
     op: str = "",
+    output_bytes: int = 0,
 ) -> Estimate:
-    """The roofline time of a kernel with these totals (see the module docstring)."""
+    """The roofline time of a kernel with these totals (see the module docstring); `output_bytes`
+    (the part of `activation_bytes` written) does not change the time but tells a learned
+    correction a GEMM's shape apart from its transpose."""
     launch_ms = profile.launch_overhead_us / 1e3
     efficiency = max(profile.efficiency_of(op_class), 1e-3)
     act_level = profile.level_for(activation_bytes)
@@ -167,6 +171,7 @@ def roofline(
         ms=ms,
         known=known,
         op=op,
+        output_bytes=int(output_bytes),
     )
 
 
@@ -200,6 +205,7 @@ def node_estimate(
         weights_resident=weights_resident,
         known=cost.known,
         op=op_key(node),
+        output_bytes=cost.bytes_written,
     )
 
 
@@ -249,4 +255,5 @@ def group_estimate(
         weights_resident=weights_resident,
         known=all(c.known for _, c in priced),
         op=op_key(leader),
+        output_bytes=sum(value_nbytes(v, dims) or 0 for v in outputs),
     )
