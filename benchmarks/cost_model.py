@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", action="store_true",
                         help="refit on all models and save the correction beside the profile")
     parser.add_argument("--out", type=Path, help="also write the table and lines as markdown here")
+    parser.add_argument("--leave-one-out", action="store_true",
+                        help="also fit on all models but one, for each model, and test on that one")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse the kernels measured by the last run with the same profile (refit only)")
     args = parser.parse_args(argv)
@@ -266,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, d in data.items():
         if d.unmatched:
             header.insert(3, f"{name}: {len(d.unmatched)} profiled kernels not in the lowered graph: {d.unmatched[:5]}")
-    text = "\n".join([*header, *rows, "", *diagnostics, "", *lines, "", f"({time.perf_counter() - started:.0f} s)"])
+    footer = ["", *_leave_one_model_out(data, profile)] if args.leave_one_out else []
+    text = "\n".join([*header, *rows, "", *diagnostics, "", *lines, *footer, "",
+                      f"({time.perf_counter() - started:.0f} s)"])
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -281,6 +285,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"profile and correction fitted on {len(data)} models written to {default_profile_path()}, {path}")
     print(json.dumps({"train": train, "test": test}))
     return 0
+
+
+def _leave_one_model_out(data: dict[str, ModelData], profile: Any) -> list[str]:
+    """For every measured model: the learned correction fitted on all the others, tested on it -
+    how far the held-out accuracy of the chosen split carries to other splits."""
+    from kiln.cost_model.learned import fit
+
+    lines = ["Leave one model out (learned correction fitted on the other models):"]
+    for name, held in data.items():
+        others = [d for other, d in data.items() if other != name]
+        correction = fit([s for d in others for s in d.samples], profile)
+        result = evaluate(held, correction.predict_samples(held.samples), executor_scale(others))
+        lines.append(f"{name} leave-one-out spearman={result['spearman']:.3f} model_error={result['model_error']:.3f} "
+                     f"(predicted {result['predicted_ms']:.1f} ms, measured {result['measured_ms']:.1f} ms, "
+                     f"booster weight {correction.residual_weight:g})")
+    return lines
 
 
 def _by_class(data: ModelData, predicted: np.ndarray) -> str:
