@@ -169,7 +169,7 @@ class LearnedCorrection:
             self._booster = lightgbm.Booster(model_str=self.booster_text)
         return np.asarray(self._booster.predict(np.asarray(rows, dtype=np.float64)))
 
-    def predict_many(self, estimates: Sequence[Estimate], ops: Sequence[str],
+    def predict_many(self, estimates: Sequence[Estimate | Sample], ops: Sequence[str],
                      group_sizes: Sequence[int], residual: bool = True) -> np.ndarray:
         """Corrected times of kernels whose roofline terms are `estimates` (their ``ms`` is not
         used: the fitted efficiencies replace the profile's), with one call of the booster (a call
@@ -183,11 +183,7 @@ class LearnedCorrection:
 
     def predict_samples(self, samples: Sequence[Sample], residual: bool = True) -> np.ndarray:
         """Corrected times of many samples at once (ms)."""
-        base = np.array([self.roofline_ms(s) for s in samples])
-        if not residual or not self.booster_text:
-            return base
-        rows = [_features(s, s.op, s.group_size, b, self.ops) for s, b in zip(samples, base)]
-        return base * np.exp(self.residual_weight * self._residual(rows))
+        return self.predict_many(samples, [s.op for s in samples], [s.group_size for s in samples], residual)
 
     # --- persistence -----------------------------------------------------------------------
 
