@@ -45,6 +45,9 @@ class FakeOracle:
     def __init__(self, ratio: float | None = None, error: Exception | None = None, trials: tuple = ()):
         self.ratio, self.error, self.trials, self.keys = ratio, error, trials or (ratio,) * 3, []
 
+    def cached(self, key):
+        return None
+
     def measure(self, key, baseline, candidate):
         self.keys.append(key)
         if self.error is not None:
@@ -173,6 +176,16 @@ def test_join_only_when_measured_clearly_faster(ratio, merge):
     assert decision.merge is merge and decision.ratio == pytest.approx(ratio)
     assert f"{ratio:.3f}" in decision.reason
     assert oracle.keys == ["parallel_matmul x=1x1500x384 widths=384+384+384 bias=b-b FLOAT"]
+
+
+def test_a_cached_choice_is_used_without_building_the_alternatives(tmp_path, monkeypatch):
+    choices = MeasuredChoices(cache_path=tmp_path / "c.json", timer=FakeTimer(0.8))
+    first = decide(WHISPER, choices)
+    built = []
+    monkeypatch.setattr("kiln.passes.parallel_linear_choice.alternatives", lambda *a, **k: built.append(a))
+    again = decide(WHISPER, MeasuredChoices(cache_path=tmp_path / "c.json", timer=FakeTimer(1.5)))
+    assert first.merge and again.merge and again.ratio == pytest.approx(0.8) and "cached" in again.reason
+    assert built == []
 
 
 def test_no_oracle_a_small_group_or_a_symbolic_shape_stays_apart_unmeasured():

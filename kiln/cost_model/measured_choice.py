@@ -37,16 +37,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from onnx import helper
 
-from kiln.backends.onnxruntime import session_options
+from kiln.backends.onnxruntime import session_options, to_ort_value
 from kiln.cost_model.hardware import default_profile_path
 from kiln.cost_model.machine import cpuinfo
 from kiln.errors import MeasurementError
+from kiln.ir.inputs import Feeds, random_inputs
 from kiln.ir.serialization import to_proto
 from kiln.target import Target
 
@@ -95,25 +94,17 @@ class ChoiceMeasurement:
                 f"{self.candidate_ms:.3f} vs {self.baseline_ms:.3f} ms; {source})")
 
 
-def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Standard-normal (or small integer) inputs of the declared static shapes."""
-    rng = np.random.default_rng(0)
+def _feeds(model: onnx.ModelProto) -> Feeds:
+    """Random inputs (`kiln.ir.inputs.random_inputs`) of the declared static shapes: a symbolic
+    dim would be timed at a size nobody chose."""
     initializers = {t.name for t in model.graph.initializer}
-    feeds: dict[str, np.ndarray] = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
-        if not tensor.HasField("shape") or any(d <= 0 for d in shape):
-            raise MeasurementError(f"Input {value.name!r} has no static shape ({shape}); measure alternatives "
+    inputs = [ir.serde.deserialize_value_info_proto(v, None) for v in model.graph.input if v.name not in initializers]
+    for value in inputs:
+        dims = list(value.shape) if value.shape is not None else None
+        if dims is None or not all(isinstance(d, int) and d > 0 for d in dims):
+            raise MeasurementError(f"Input {value.name!r} has no static shape ({dims}); measure alternatives "
                                    "whose inputs have fixed sizes.")
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
-        if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[value.name] = rng.integers(0, 2, size=shape).astype(dtype)
-    return feeds
+    return random_inputs(inputs)
 
 
 def _signature(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
@@ -133,14 +124,14 @@ class OrtPairTimer:
                              providers=target.providers, allow_spinning=False)
         self.warmup = warmup
 
-    def _runner(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> Callable[[], Any]:
+    def _runner(self, model: onnx.ModelProto, feeds: Feeds) -> Callable[[], Any]:
         try:
             session = ort.InferenceSession(model.SerializeToString(), session_options(self.target),
                                            providers=list(self.target.providers))
         except Exception as exc:
             raise MeasurementError(f"ONNX Runtime could not load an alternative to time: {str(exc)[:300]}") from exc
         names = [o.name for o in session.get_outputs()]
-        values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+        values = {k: to_ort_value(v) for k, v in feeds.items()}
         return lambda: session.run_with_ort_values(names, values)
 
     def __call__(self, baseline: onnx.ModelProto, candidate: onnx.ModelProto, pairs: int) -> list[tuple[float, float]]:

@@ -41,6 +41,10 @@ _OPSET = 17
 class ChoiceOracle(Protocol):
     """What the decision needs from `PassContext.measured_choices` (MeasuredChoices has it)."""
 
+    def cached(self, key: str) -> Any:
+        """The remembered result for `key`, or None (asked first: building the alternatives
+        draws their random weights, wasted when the answer is known)."""
+
     def measure(self, key: str, baseline: ir.Model, candidate: ir.Model) -> Any:
         """A result with `.ratio` (candidate / baseline time), `.worst_trial`, `.trial_ratios`,
         `.pairs` and `.cached` (kiln.cost_model.measured_choice.ChoiceMeasurement)."""
@@ -152,7 +156,7 @@ def decide(shape: GroupShape, oracle: ChoiceOracle | None, *, max_ratio: float =
         return MergeDecision(False, f"{shape.flops / 1e6:.1f} MFLOP is below {min_flops / 1e6:g} MFLOP: too small "
                                     "to measure a difference")
     try:
-        measured = oracle.measure(shape.key, *alternatives(shape))
+        measured = oracle.cached(shape.key) or oracle.measure(shape.key, *alternatives(shape))
     except KilnError as exc:
         logger.info("parallel linear group %s not measured: %s", shape, exc)
         return MergeDecision(False, f"not measured: {exc}")
