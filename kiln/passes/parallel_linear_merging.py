@@ -26,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
+from kiln.passes.graph_queries import initializer_array
 from kiln.passes.parallel_linear_choice import (
     MAX_MERGED_RATIO,
     MIN_GROUP_FLOPS,
@@ -62,26 +63,13 @@ class _Branch:
         return [self.matmul] + ([self.add] if self.add is not None else [])
 
 
-def _sole_reader(value: ir.Value, node: ir.Node) -> bool:
-    return all(user is node for user, _ in value.uses())
-
-
-def _constant(value: ir.Value | None, reader: ir.Node, private: bool = True) -> np.ndarray | None:
-    """The value of a constant initializer (that only `reader` reads, when `private`), else None."""
-    if value is None or value.const_value is None or not value.is_initializer():
-        return None
-    if value.is_graph_input() or value.is_graph_output() or (private and not _sole_reader(value, reader)):
-        return None
-    return value.const_value.numpy()
-
-
 def _branch(matmul: ir.Node, x: ir.Value) -> _Branch | None:
     """The branch `matmul` starts when it multiplies `x` by a private 2-D float weight."""
     if matmul.op_type != "MatMul" or matmul.domain not in ("", "ai.onnx") or len(matmul.inputs) != 2:
         return None
     if matmul.inputs[0] is not x or matmul.inputs[1] is x or matmul.inputs[1] is None:
         return None
-    weight = _constant(matmul.inputs[1], matmul)
+    weight = initializer_array(matmul.inputs[1], private_to=matmul)
     if weight is None or weight.ndim != 2 or matmul.inputs[1].dtype not in _FLOAT_TYPES:
         return None
     if x.dtype is not None and x.dtype != matmul.inputs[1].dtype:
@@ -100,7 +88,7 @@ def _branch(matmul: ir.Node, x: ir.Value) -> _Branch | None:
     # A bias may be shared (random-init exports share one zero bias among many Adds): the joined
     # copy is one row, small beside the weights. A 1-D bias of the output width broadcasts along
     # the last axis only, as after the merge.
-    bias = _constant(other, add, private=False)
+    bias = initializer_array(other)
     if bias is not None and bias.ndim == 1 and bias.shape[0] == weight.shape[1] and other.dtype == matmul.inputs[1].dtype:
         branch.add, branch.bias = add, bias
     return branch

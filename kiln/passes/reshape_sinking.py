@@ -22,6 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
+from kiln.passes.graph_queries import is_onnx
 from kiln.passes.tracking import node_ref
 from kiln.report.model import Rewrite
 
@@ -44,10 +45,6 @@ def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     if value is None or value.shape is None or not all(isinstance(d, int) for d in value.shape):
         return None
     return tuple(int(d) for d in value.shape)
-
-
-def _is_onnx(node: ir.Node, op_type: str | None = None) -> bool:
-    return node.domain in ("", "ai.onnx") and (op_type is None or node.op_type == op_type)
 
 
 def _reshape_target(node: ir.Node) -> np.ndarray | None:
@@ -101,7 +98,7 @@ def _elementwise_region(reshape: ir.Node) -> tuple[list[ir.Node], list[ir.Node]]
         for user, _ in value.uses():
             if id(user) in region or id(user) in exits:
                 continue
-            if user.graph is not reshape.graph or not _is_onnx(user):
+            if user.graph is not reshape.graph or not is_onnx(user):
                 return None
             if user.op_type == "Reshape" and user.inputs[0] is value and resolved_reshape_shape(user, inner) == outer:
                 if not _no_graph_output(user.outputs) or any(v is not None and id(v) in values for v in user.inputs[1:]):
@@ -175,7 +172,7 @@ def _sink_through_split(reshape: ir.Node) -> Rewrite | None:
     if outer is None or inner is None or len(users) != 1 or middle.is_graph_output():
         return None
     split = users[0]
-    if not _is_onnx(split, "Split") or split.inputs[0] is not middle or split.graph is not reshape.graph:
+    if not is_onnx(split, "Split") or split.inputs[0] is not middle or split.graph is not reshape.graph:
         return None
     axis = _split_axis(split, len(inner))
     kept = len(inner) - axis if axis is not None else 0
@@ -184,7 +181,7 @@ def _sink_through_split(reshape: ir.Node) -> Rewrite | None:
     reshapes = []
     for piece in split.outputs:
         piece_users = [user for user, _ in piece.uses()]
-        if piece.is_graph_output() or len(piece_users) != 1 or not _is_onnx(piece_users[0], "Reshape"):
+        if piece.is_graph_output() or len(piece_users) != 1 or not is_onnx(piece_users[0], "Reshape"):
             return None
         after = piece_users[0]
         target, allow_zero = _reshape_target(after), after.attributes.get("allowzero")
@@ -213,7 +210,7 @@ def sink_reshapes(model: ir.Model) -> list[Rewrite]:
     """Apply both rules to every Reshape of the main graph until none applies; the rewrites."""
     rewrites: list[Rewrite] = []
     for node in list(model.graph):
-        if node.graph is None or not _is_onnx(node, "Reshape") or len(node.inputs) < 1 or node.inputs[0] is None:
+        if node.graph is None or not is_onnx(node, "Reshape") or len(node.inputs) < 1 or node.inputs[0] is None:
             continue
         rewrite = _sink_through_split(node) or _sink_through_elementwise(node)
         if rewrite is not None:

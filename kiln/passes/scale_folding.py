@@ -23,6 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
+from kiln.passes.graph_queries import initializer_array, is_onnx, sole_reader
 from kiln.passes.tracking import node_ref
 from kiln.report.model import Rewrite
 
@@ -36,21 +37,11 @@ _LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatte
 _MAX_PATH = 8
 
 
-def _is_onnx(node: ir.Node, op_type: str) -> bool:
-    return node.op_type == op_type and node.domain in ("", "ai.onnx")
-
-
-def _sole_reader(value: ir.Value, node: ir.Node) -> bool:
-    return not value.is_graph_output() and all(user is node for user, _ in value.uses())
-
-
-def _private_constant(value: ir.Value | None, reader: ir.Node) -> np.ndarray | None:
+def _private_float(value: ir.Value | None, reader: ir.Node) -> np.ndarray | None:
     """The value of a float initializer that only `reader` reads, else None."""
-    if value is None or value.const_value is None or not value.is_initializer() or value.is_graph_input():
+    if value is None or value.dtype not in _FLOAT_TYPES:
         return None
-    if value.dtype not in _FLOAT_TYPES or not _sole_reader(value, reader):
-        return None
-    return value.const_value.numpy()
+    return initializer_array(value, private_to=reader)
 
 
 def _scalar(value: ir.Value | None) -> float | None:
@@ -66,34 +57,34 @@ def _weights(value: ir.Value, depth: int = 0) -> list[ir.Value] | None:
     node = value.producer()
     if node is None or depth > _MAX_PATH or len(node.outputs) != 1:
         return None
-    if _is_onnx(node, "Add") and len(node.inputs) == 2:  # a bias: the MatMul before it and the bias
+    if is_onnx(node, "Add") and len(node.inputs) == 2:  # a bias: the MatMul before it and the bias
         for product, bias in (node.inputs, reversed(node.inputs)):
-            if product is not None and _private_constant(bias, node) is not None and _sole_reader(product, node):
+            if product is not None and _private_float(bias, node) is not None and sole_reader(product, node):
                 found = _weights(product, depth + 1)  # s (p + b) = s p + s b
                 if found is not None:
                     return [*found, bias]
         return None
-    if _is_onnx(node, "MatMul") and len(node.inputs) == 2:
+    if is_onnx(node, "MatMul") and len(node.inputs) == 2:
         weight = node.inputs[1]
-        matrix = _private_constant(weight, node)
+        matrix = _private_float(weight, node)
         if matrix is not None and matrix.ndim == 2:
             return [weight]
         for operand in node.inputs:  # activation x activation: scale one side
-            if operand is not None and _sole_reader(operand, node):
+            if operand is not None and sole_reader(operand, node):
                 found = _weights(operand, depth + 1)
                 if found is not None:
                     return found
         return None
     if node.op_type in _LAYOUT_OPS and node.domain in ("", "ai.onnx") and node.inputs[0] is not None:
         data = node.inputs[0]
-        return _weights(data, depth + 1) if _sole_reader(data, node) else None
+        return _weights(data, depth + 1) if sole_reader(data, node) else None
     return None
 
 
 def _fold(graph: ir.Graph, mul: ir.Node) -> Rewrite | None:
     for scaled, factor in (mul.inputs, reversed(mul.inputs)):
         scale = _scalar(factor)
-        if scaled is None or scale is None or scaled.dtype != factor.dtype or not _sole_reader(scaled, mul):
+        if scaled is None or scale is None or scaled.dtype != factor.dtype or not sole_reader(scaled, mul):
             continue
         if mul.outputs[0].is_graph_output() or scaled.shape is None or len(scaled.shape) < 1:
             continue
@@ -116,7 +107,7 @@ def _fold(graph: ir.Graph, mul: ir.Node) -> Rewrite | None:
 def fold_scales_into_weights(model: ir.Model) -> list[Rewrite]:
     """Fold every foldable scalar Mul of the main graph into weights; the rewrites."""
     graph = model.graph
-    rewrites = [r for mul in [n for n in graph if _is_onnx(n, "Mul") and len(n.inputs) == 2]
+    rewrites = [r for mul in [n for n in graph if is_onnx(n, "Mul") and len(n.inputs) == 2]
                 if (r := _fold(graph, mul)) is not None]
     logger.debug("Folded %d scalar multiplications into weights", len(rewrites))
     return rewrites

@@ -1,0 +1,29 @@
+"""Read-only questions rewrites ask of a graph: is a node a standard ONNX op, is a node a value's
+only reader, what array does a constant initializer hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+
+def is_onnx(node: ir.Node, op_type: str | None = None) -> bool:
+    """`node` is in the default ONNX domain (and of `op_type`, when given)."""
+    return node.domain in ("", "ai.onnx") and (op_type is None or node.op_type == op_type)
+
+
+def sole_reader(value: ir.Value, node: ir.Node) -> bool:
+    """Only `node` reads `value`, and it is not a graph output: a rewrite of `node` may change it."""
+    return not value.is_graph_output() and all(user is node for user, _ in value.uses())
+
+
+def initializer_array(value: ir.Value | None, private_to: ir.Node | None = None) -> np.ndarray | None:
+    """The array of a constant initializer that is neither a graph input nor a graph output (and
+    that only `private_to` reads, when given), else None."""
+    if value is None or value.const_value is None or not value.is_initializer():
+        return None
+    if value.is_graph_input() or value.is_graph_output():
+        return None
+    if private_to is not None and not sole_reader(value, private_to):
+        return None
+    return value.const_value.numpy()
