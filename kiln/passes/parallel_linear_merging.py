@@ -26,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
+from kiln.passes.graph_edits import new_initializer
 from kiln.passes.graph_queries import initializer_array
 from kiln.passes.parallel_linear_choice import (
     MAX_MERGED_RATIO,
@@ -114,17 +115,6 @@ def _groups(graph: ir.Graph) -> list[list[_Branch]]:
     return groups
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """A new initializer named `name` (suffixed until unique)."""
-    unique, counter = name, 1
-    while unique in graph.initializers:
-        unique, counter = f"{name}_{counter}", counter + 1
-    tensor = ir.tensor(array)
-    value = ir.Value(name=unique, type=ir.TensorType(tensor.dtype), shape=ir.Shape(array.shape), const_value=tensor)
-    graph.register_initializer(value)
-    return value
-
-
 def _shape(branches: list[_Branch]) -> GroupShape:
     x = branches[0].matmul.inputs[0]
     dims = tuple(x.shape.dims) if x.shape is not None else (None, branches[0].weight.shape[0])
@@ -139,7 +129,7 @@ def _merge(graph: ir.Graph, branches: list[_Branch], why: str) -> Rewrite:
     widths = [b.weight.shape[1] for b in branches]
     removed = [n for b in branches for n in b.nodes]
     origins = [o for n in removed for o in get_provenance(n)]
-    weight = _initializer(graph, f"{first.inputs[1].name}_merged", np.concatenate([b.weight for b in branches], axis=1))
+    weight = new_initializer(graph, f"{first.inputs[1].name}_merged", np.concatenate([b.weight for b in branches], axis=1))
     matmul = ir.Node("", "MatMul", [x, weight], name=f"{first.name}_merged")
     new_nodes = [matmul]
     joined = matmul.outputs[0]
@@ -147,12 +137,12 @@ def _merge(graph: ir.Graph, branches: list[_Branch], why: str) -> Rewrite:
     biased = next((b for b in branches if b.add is not None), None)
     if biased is not None:
         biases = [b.bias if b.bias is not None else np.zeros(b.weight.shape[1], biased.bias.dtype) for b in branches]
-        bias = _initializer(graph, f"{biased.add.name}_bias_merged", np.concatenate(biases))
+        bias = new_initializer(graph, f"{biased.add.name}_bias_merged", np.concatenate(biases))
         add = ir.Node("", "Add", [joined, bias], name=f"{biased.add.name}_merged")
         new_nodes.append(add)
         joined = add.outputs[0]
         joined.name = f"{add.name}_out"
-    sizes = _initializer(graph, f"{first.name}_split_sizes", np.asarray(widths, np.int64))
+    sizes = new_initializer(graph, f"{first.name}_split_sizes", np.asarray(widths, np.int64))
     split = ir.Node("", "Split", [joined, sizes], attributes=[ir.AttrInt64("axis", -1)],
                     num_outputs=len(branches), name=f"{first.name}_split")
     new_nodes.append(split)
