@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 PHASES_NOTE = ("ORT ms: median of the selection phase (all four tools round-robin), which picks the fastest peer. "
                "latency_vs_best_peer: median of the per-pair ratios kiln / fastest peer in a separate phase that "
-               "alternates only those two, call by call.")
+               "alternates only those two, call by call. 95 % CI: bootstrap interval of that median (pairs "
+               "resampled); the verdict is \"kiln faster\" or \"peer faster\" only when it excludes 1, else \"tie\".")
 
 KILN = "kiln-l2"
 PEERS = ("onnxsim+ort", "onnxslim+ort", "onnxoptimizer+ort")
@@ -151,13 +152,15 @@ def render(results: list[FoldingComparison]) -> str:
                 f"{'' if t.max_abs_diff is None else f'{t.max_abs_diff:.1e}'} | {t.error.replace('|', '/')} |"
             )
     lines += ["", PHASES_NOTE, "",
-              "| model | fastest peer | pairs | kiln ms | peer ms | median ratio | ratio p10-p90 |",
-              "|---|---|---:|---:|---:|---:|---|"]
+              "| model | fastest peer | pairs | kiln ms | peer ms | median ratio | 95 % CI | ratio p10-p90 | verdict |",
+              "|---|---|---:|---:|---:|---:|---|---|---|"]
     for r in results:
         if r.confirmation is not None:
             c = r.confirmation
             p10, p90 = np.percentile(c.ratios, [10, 90])
+            low, high = c.median_ratio_interval()
+            verdict = {"A faster": "kiln faster", "B faster": "peer faster"}.get(c.verdict(), "tie")
             lines.append(f"| {r.model} | {r.best_peer} | {len(c.ratios)} | {statistics.median(c.a_ms):.2f} | "
                          f"{statistics.median(c.b_ms):.2f} | {statistics.median(c.ratios):.3f} | "
-                         f"{p10:.3f}-{p90:.3f} |")
+                         f"{low:.3f}-{high:.3f} | {p10:.3f}-{p90:.3f} | {verdict} |")
     return "\n".join(lines + [""] + [r.summary_line() for r in results])

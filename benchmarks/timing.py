@@ -23,6 +23,21 @@ class PairedTiming:
     def ratios(self) -> list[float]:
         return [a / b for a, b in zip(self.a_ms, self.b_ms)]
 
+    def median_ratio_interval(self, confidence: float = 0.95, resamples: int = 2000,
+                              seed: int = 0) -> tuple[float, float]:
+        """Bootstrap interval of the median per-pair ratio: pairs resampled with replacement."""
+        ratios = np.asarray(self.ratios)
+        picks = np.random.default_rng(seed).integers(0, len(ratios), size=(resamples, len(ratios)))
+        medians = np.median(ratios[picks], axis=1)
+        tail = (1 - confidence) / 2 * 100
+        low, high = np.percentile(medians, [tail, 100 - tail])
+        return float(low), float(high)
+
+    def verdict(self, confidence: float = 0.95) -> str:
+        """"A faster" / "B faster" when the median ratio's interval excludes 1, else "tie"."""
+        low, high = self.median_ratio_interval(confidence)
+        return "A faster" if high < 1 else "B faster" if low > 1 else "tie"
+
     def summary(self) -> dict[str, float | int]:
         return {
             "median_ms": statistics.median(self.a_ms),

@@ -72,3 +72,14 @@ def test_render_keeps_the_summary_line_and_explains_the_phases(fake_ms):
     assert text.splitlines()[-1] == "m kiln_nodes=5 best_peer_nodes=6 time_vs_onnxsim=0.500 latency_vs_best_peer=0.900"
     assert "separate phase that alternates only those two" in text
     assert "| m | onnxsim+ort | 4 | 9.00 | 10.00 | 0.900 | 0.900-0.900 |" in text
+
+
+def test_verdict_is_a_tie_unless_the_median_ratios_interval_excludes_one():
+    faster = timing.PairedTiming(a_ms=[90.0 + i % 3 for i in range(30)], b_ms=[100.0] * 30)
+    assert faster.verdict() == "A faster" and faster.median_ratio_interval()[1] < 1
+    slower = timing.PairedTiming(a_ms=[100.0] * 30, b_ms=[90.0 + i % 3 for i in range(30)])
+    assert slower.verdict() == "B faster"
+    # Ratios spread evenly on both sides of 1: the interval of their median contains 1.
+    noisy = timing.PairedTiming(a_ms=[100.0 + (8 if i % 2 else -8) + i % 5 for i in range(30)], b_ms=[100.0] * 30)
+    low, high = noisy.median_ratio_interval()
+    assert low < 1 < high and noisy.verdict() == "tie"

@@ -11,8 +11,8 @@ runs 12 Transposes instead of 48; the attention MatMuls take the same time.
 
 Exact: the Transpose's output shape and values are unchanged; only the Reshape's unit dims
 move. Static shapes only. Applied when every reader of the Transpose is a MatMul whose other
-operand has the same rank (ORT fuses a batch transpose only then); a plain graph rule, named
-`unit_dim_for_batch_transpose` in the report.
+operand has the same rank (ORT fuses a batch transpose only then); a plain graph rule, run by
+`shape_simplification` and named `unit_dim_for_batch_transpose` in the report.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from kiln.passes.base import Pass, PassContext, PassResult
 from kiln.passes.graph_edits import new_initializer
 from kiln.passes.graph_queries import is_onnx, sole_reader
 from kiln.passes.reshape_sinking import resolved_reshape_shape, static_shape
@@ -86,7 +85,7 @@ def _matmul_readers_of_equal_rank(value: ir.Value) -> bool:
     return True
 
 
-def _relayout(transpose: ir.Node) -> Rewrite | None:
+def _relayout(transpose: ir.Node, targets: dict[tuple[int, ...], ir.Value]) -> Rewrite | None:
     reshape = transpose.inputs[0].producer() if transpose.inputs and transpose.inputs[0] is not None else None
     if reshape is None or not is_onnx(reshape, "Reshape") or reshape.graph is not transpose.graph:
         return None
@@ -108,9 +107,10 @@ def _relayout(transpose: ir.Node) -> Rewrite | None:
         return None
     new_shape, new_perm = found
     ref = node_ref(transpose)
-    target = new_initializer(reshape.graph, f"{reshape.name or middle.name or 'reshape'}_batch_layout",
-                             np.asarray(new_shape, np.int64))
-    reshape.replace_input_with(1, target)
+    if new_shape not in targets:  # one constant per shape: the head splits of every layer share it
+        targets[new_shape] = new_initializer(reshape.graph, f"{reshape.name or middle.name or 'reshape'}_batch_layout",
+                                             np.asarray(new_shape, np.int64))
+    reshape.replace_input_with(1, targets[new_shape])
     reshape.attributes.pop("allowzero", None)  # the new target has no 0 to copy
     middle.shape = ir.Shape(list(new_shape))
     transpose.attributes["perm"] = ir.AttrInt64s("perm", list(new_perm))
@@ -124,19 +124,9 @@ def _relayout(transpose: ir.Node) -> Rewrite | None:
 
 def expose_batch_transposes(model: ir.Model) -> list[Rewrite]:
     """Apply the rule to every Transpose of the main graph; the rewrites."""
-    rewrites = [r for node in list(model.graph) if is_onnx(node, "Transpose") and (r := _relayout(node)) is not None]
+    targets: dict[tuple[int, ...], ir.Value] = {}
+    rewrites = [r for node in list(model.graph)
+                if is_onnx(node, "Transpose") and (r := _relayout(node, targets)) is not None]
     if rewrites:
         logger.debug("Re-laid %d Reshape -> Transpose pairs as batch transposes", len(rewrites))
     return rewrites
-
-
-class ExposeBatchTransposes(Pass):
-    """Move Reshapes' unit dims so Transposes feeding MatMuls become batch transposes (see the
-    module docstring)."""
-
-    name = "batch_transpose_layout"
-    rule = RULE
-
-    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        rewrites = expose_batch_transposes(model)
-        return PassResult(model, bool(rewrites), rewrites=rewrites)

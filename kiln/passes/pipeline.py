@@ -3,8 +3,8 @@
 
 Level 0 runs nothing (capture and validation only). Level 1 runs the exact clean-up passes
 and constant folding. Level 2 adds exact layer folding (BatchNorm / affine into Conv and Gemm),
-Reciprocal into Div, merging of consecutive linear maps, layout-chain simplification,
-batch-transpose layouts for MatMul readers and duplicate-initializer merging.
+Reciprocal into Div, merging of consecutive linear maps, layout-chain simplification (with
+batch-transpose layouts for MatMul readers) and duplicate-initializer merging.
 
 Block dropping (`kiln.passes.block_dropping`) is approximate and opt-in: given a `BlockBudget`,
 it runs first, on the graph as captured (its names and module paths are intact), and the exact
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from kiln.errors import PassError
 from kiln.passes.base import Pass
-from kiln.passes.batch_transpose import ExposeBatchTransposes
 from kiln.passes.block_dropping import BlockBudget, DropResidualBlocks
 from kiln.passes.cleanup import EliminateCommonSubexpressions, EliminateDeadNodes, EliminateIdentityAndNoOps
 from kiln.passes.folding import FoldConstants
@@ -56,7 +55,6 @@ def _exact_passes(level: int) -> list[Pass]:
             MergeLinearMaps(),
             FlattenLinearsToGemm(),
             SimplifyShapeChains(),
-            ExposeBatchTransposes(),
             EliminateIdentityAndNoOps(),
             FoldConstants(),
             DeduplicateInitializers(),

@@ -1,7 +1,8 @@
 """Collapse chains of layout ops: Transpose pairs (cancelled, or composed into one),
 Reshape chains, Unsqueeze chains, Squeeze+Reshape to 1-D, Slices that split a tensor, and
 Cast chains whose intermediate type loses nothing the final type keeps; then remove Reshapes
-around elementwise regions and before Splits (kiln.passes.reshape_sinking).
+around elementwise regions and before Splits (kiln.passes.reshape_sinking), and lay out
+Reshape -> Transpose pairs feeding MatMuls as batch transposes (kiln.passes.batch_transpose).
 
 The chain rules are onnxscript's; kiln names them in the report and validates the result."""
 
@@ -14,6 +15,7 @@ from onnxscript.rewriter.rules import common as common_rules
 
 from kiln.passes.adapters import run_ir_passes
 from kiln.passes.base import Pass, PassContext, PassResult
+from kiln.passes.batch_transpose import expose_batch_transposes
 from kiln.passes.reshape_sinking import sink_reshapes
 from kiln.passes.tracking import GraphSnapshot
 
@@ -42,8 +44,8 @@ _REASONS = {
 
 
 class SimplifyShapeChains(Pass):
-    """Collapse Transpose / Reshape / Unsqueeze / Squeeze / Slice / Cast chains and remove
-    Reshapes that elementwise ops and Splits do not need."""
+    """Collapse Transpose / Reshape / Unsqueeze / Squeeze / Slice / Cast chains, remove
+    Reshapes that elementwise ops and Splits do not need, and expose batch transposes."""
 
     name = "shape_simplification"
     rule = "collapse_chain"
@@ -60,4 +62,5 @@ class SimplifyShapeChains(Pass):
         ])
         rewrites = snapshot.diff(model, rule=self.rule, explain=self.explain) if chains.modified else []
         rewrites += sink_reshapes(model)
+        rewrites += expose_batch_transposes(model)
         return PassResult(model, chains.modified or bool(rewrites), rewrites=rewrites)
