@@ -60,6 +60,15 @@ def test_mul_by_reciprocal_becomes_div_and_ort_fuses_the_norm(tmp_path):
     assert _ort_op_types(optimized.model, tmp_path) == ["SimplifiedLayerNormalization"]
 
 
+def test_a_same_shape_reciprocal_becomes_div():
+    nodes = [helper.make_node("Reciprocal", ["y"], ["inv"]), helper.make_node("Mul", ["inv", "x"], ["z"])]
+    model = make_model(nodes, [tensor_info("x", [3, 4]), tensor_info("y", [3, 4])], [tensor_info("z", [3, 4])])
+    optimized = kiln.optimize(model, level=2)
+    assert op_histogram(optimized.model) == {"Div": 1}
+    x, y = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(optimized(x, y), x / y, rtol=1e-6)
+
+
 def test_a_reciprocal_read_elsewhere_stays():
     optimized = kiln.optimize(_rms_norm(reciprocal_readers=2), level=2)
     assert op_histogram(optimized.model)["Reciprocal"] == 1

@@ -7,6 +7,11 @@ rounds once where the reciprocal-then-multiply rounds twice, so it is at least a
 (``Pow, ReduceMean, Add, Sqrt, Div``, then the scale ``Mul``): on a model whose norm scale is
 not all ones, ORT then runs one ``SimplifiedLayerNormalization`` kernel per norm.
 
+A divide per element where a reciprocal per row and a multiply per element were might be
+slower; measured, it is not: llama-gqa (scale all ones, so no fusion) with the nine norms as
+Div against Reciprocal + Mul ran at a median per-pair ratio of 1.002 and 1.000 (150 pairs
+each, ORT ENABLE_ALL, 2 threads); the norm ops are memory-bound.
+
 Float tensors only; the Reciprocal must have no other reader. Written as an onnxscript
 pattern / check / rewrite rule.
 """
