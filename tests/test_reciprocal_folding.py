@@ -60,6 +60,13 @@ def test_mul_by_reciprocal_becomes_div_and_ort_fuses_the_norm(tmp_path):
     assert _ort_op_types(optimized.model, tmp_path) == ["SimplifiedLayerNormalization"]
 
 
+def test_a_broadcast_reciprocal_without_a_norm_scale_stays():
+    # One reciprocal per row times every element is cheaper than a divide per element.
+    optimized = kiln.optimize(_rms_norm(scale=None), level=2)
+    assert op_histogram(optimized.model)["Reciprocal"] == 1
+    assert not next(p for p in optimized.report.passes if p.name == "reciprocal_folding").rewrites
+
+
 def test_a_same_shape_reciprocal_becomes_div():
     nodes = [helper.make_node("Reciprocal", ["y"], ["inv"]), helper.make_node("Mul", ["inv", "x"], ["z"])]
     model = make_model(nodes, [tensor_info("x", [3, 4]), tensor_info("y", [3, 4])], [tensor_info("z", [3, 4])])

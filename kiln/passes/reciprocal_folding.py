@@ -1,16 +1,20 @@
-"""Fold a Reciprocal into the Mul that reads it: ``Mul(x, Reciprocal(y)) -> Div(x, y)``.
+"""Fold a Reciprocal into the Mul that reads it, ``Mul(x, Reciprocal(y)) -> Div(x, y)``, where
+the division pays.
 
 torch's exporter writes ``rsqrt`` as ``Reciprocal(Sqrt(v))`` and multiplies by it, so every
-RMSNorm (Llama, Mistral, T5) carries one node and one kernel more than it needs. The division
-rounds once where the reciprocal-then-multiply rounds twice, so it is at least as accurate
-(within one ulp of the original). It is also the form ONNX Runtime's RMSNorm fusion matches
-(``Pow, ReduceMean, Add, Sqrt, Div``, then the scale ``Mul``): on a model whose norm scale is
-not all ones, ORT then runs one ``SimplifiedLayerNormalization`` kernel per norm.
+RMSNorm (Llama, Mistral, T5) carries a node more than it needs. The division rounds once where
+the reciprocal-then-multiply rounds twice (within one ulp of the original). It applies when
 
-A divide per element where a reciprocal per row and a multiply per element were might be
-slower; measured, it is not: llama-gqa (scale all ones, so no fusion) with the nine norms as
-Div against Reciprocal + Mul ran at a median per-pair ratio of 1.002 and 1.000 (150 pairs
-each, ORT ENABLE_ALL, 2 threads); the norm ops are memory-bound.
+- y has the product's shape: one divide per element replaces a reciprocal and a multiply per
+  element; or
+- the product is then scaled by a constant vector, as a norm is: ``Pow, ReduceMean, Add, Sqrt,
+  Div, Mul(scale)`` is the form ONNX Runtime fuses into one ``SimplifiedLayerNormalization``
+  kernel (it does not match the Reciprocal form).
+
+Otherwise y is broadcast (one value per row) and a reciprocal per row with a multiply per
+element is the cheaper form: llama-gqa (norm scales all ones, so nothing fuses) ran with the
+nine norms as Div at 1.001, 1.002 and 1.002 times Reciprocal + Mul (median per-pair ratio, 300
+pairs each, ORT ENABLE_ALL, 2 threads). Small, but it is a cost with nothing in return.
 
 Float tensors only; the Reciprocal must have no other reader. Written as an onnxscript
 pattern / check / rewrite rule.
@@ -24,12 +28,25 @@ from onnxscript.rewriter import pattern as orp
 
 from kiln.passes.adapters import run_ir_passes
 from kiln.passes.base import Pass, PassContext, PassResult
+from kiln.passes.graph_queries import is_onnx
+from kiln.passes.reshape_sinking import static_shape
 
 _FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 
 
+def _scaled_by_constant_vector(value: ir.Value) -> bool:
+    """`value` is read only by a Mul with a constant 1-D operand (a norm's scale)."""
+    users = [user for user, _ in value.uses()]
+    if value.is_graph_output() or len(users) != 1 or not is_onnx(users[0], "Mul"):
+        return False
+    other = [v for v in users[0].inputs if v is not value]
+    return (len(other) == 1 and other[0] is not None and other[0].const_value is not None
+            and len(other[0].const_value.shape) == 1)
+
+
 class MulByReciprocalToDiv(orp.RewriteRuleClassBase):
-    """Mul(x, Reciprocal(y)) -> Div(x, y) when nothing else reads the reciprocal."""
+    """Mul(x, Reciprocal(y)) -> Div(x, y) when nothing else reads the reciprocal and y is not
+    broadcast or a norm scale follows."""
 
     def pattern(self, op, x, y):
         return op.Mul(x, op.Reciprocal(y, _outputs=["inverse"]))
@@ -40,7 +57,12 @@ class MulByReciprocalToDiv(orp.RewriteRuleClassBase):
             return result.fail("only float operands of one type are folded")
         if inverse.is_graph_output() or len(inverse.uses()) != 1:
             return result.fail("the reciprocal is read elsewhere")
-        return result
+        product = next(iter(inverse.uses())).node.outputs[0]
+        if static_shape(y) is not None and static_shape(y) == static_shape(product):
+            return result  # not broadcast: one divide instead of a reciprocal and a multiply
+        if _scaled_by_constant_vector(product):
+            return result  # a norm: ORT fuses the Div form with its scale
+        return result.fail("y is broadcast and no norm scale follows: a reciprocal per row and a multiply are cheaper")
 
     def rewrite(self, op, x, y, inverse):
         return op.Div(x, y)
@@ -56,7 +78,7 @@ class FoldReciprocalIntoDivision(Pass):
     rule = "mul_reciprocal_to_div"
 
     def explain(self, removed: list[ir.Node], successors: list[ir.Value]) -> str:
-        return "x * (1 / y) is x / y: one node and one rounding fewer"
+        return "x * (1 / y) is x / y: one node and one rounding fewer (same-shape y, or a norm ORT fuses)"
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
         return run_ir_passes(model, [rewriter.RewritePass(_RULES)])
