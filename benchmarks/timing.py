@@ -57,10 +57,16 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 def round_robin(fns: Sequence[Callable[[], Any]], *, warmup: int = 5, repeats: int = 30, min_seconds: float = 3.0,
                 max_seconds: float = 120.0, min_rounds: int = 3) -> list[list[float]]:
-    """Warm every runner up, then call them in turn (1, 2, ..., n, 1, 2, ...) until each ran
-    `repeats` times and for at least `min_seconds` (but stop adding rounds after `max_seconds`,
-    keeping at least `min_rounds`). Runners that take over a second per call are warmed up once.
-    Returns the milliseconds of each runner's timed calls, round by round."""
+    """Warm every runner up, then call them in turn, each round starting one runner later
+    (1, 2, ..., n; 2, ..., n, 1; ...), until each ran `repeats` times and for at least
+    `min_seconds` (but stop adding rounds after `max_seconds`, keeping at least `min_rounds`).
+    Runners that take over a second per call are warmed up once. Returns the milliseconds of
+    each runner's timed calls, round by round.
+
+    The rotation spreads any cost of a position in the round (first after the loop's own work,
+    or right after a given runner) over all runners instead of charging it to one. Two sessions
+    running the same kernels (llama-gqa) measured 1.003-1.010 apart in A, B order (three runs),
+    1.001 and 1.007 with the order swapped each round, 1.000-1.002 in standalone A/B scripts."""
     for index in range(warmup):
         slow = any(_timed(fn) > 1000.0 for fn in fns)
         if slow and index == 0:
@@ -68,8 +74,9 @@ def round_robin(fns: Sequence[Callable[[], Any]], *, warmup: int = 5, repeats: i
     times: list[list[float]] = [[] for _ in fns]
     started = time.perf_counter()
     while True:
-        for fn, samples in zip(fns, times):
-            samples.append(_timed(fn))
+        start = len(times[0]) % len(fns)
+        for index in [*range(start, len(fns)), *range(start)]:
+            times[index].append(_timed(fns[index]))
         rounds = len(times[0])
         enough = rounds >= repeats and min(sum(t) for t in times) / 1e3 >= min_seconds
         if enough or (time.perf_counter() - started >= max_seconds and rounds >= min_rounds):
@@ -78,7 +85,7 @@ def round_robin(fns: Sequence[Callable[[], Any]], *, warmup: int = 5, repeats: i
 
 def alternate(a: Callable[[], Any], b: Callable[[], Any], *, warmup: int = 5, repeats: int = 30,
               min_seconds: float = 3.0, max_seconds: float = 120.0, min_rounds: int = 3) -> PairedTiming:
-    """A and B called alternately (A, B, A, B ...): `round_robin` of two."""
+    """A and B called alternately, in pairs A, B then B, A (`round_robin` of two)."""
     a_ms, b_ms = round_robin([a, b], warmup=warmup, repeats=repeats, min_seconds=min_seconds, max_seconds=max_seconds,
                              min_rounds=min_rounds)
     return PairedTiming(a_ms, b_ms)

@@ -43,7 +43,8 @@ def test_fastest_peer_is_chosen_by_selection_and_ratio_comes_from_a_fresh_altern
     assert {name: len(ms) for name, ms in phases.selection_ms.items()} == dict.fromkeys(costs, 4)
     assert phases.selection_ms[folding.KILN] == [10.0] * 4
     confirmation = calls[4 * SELECTION_CALLS:]
-    assert confirmation == [folding.KILN, "onnxslim+ort"] * 5  # only the pair, alternated call by call
+    pair = [folding.KILN, "onnxslim+ort"]  # only the pair, alternated call by call, order swapped each round
+    assert confirmation == pair + (pair + pair[::-1]) * 2
     assert phases.confirmation is not None
     assert phases.confirmation.a_ms == [22.0] * 4 and phases.confirmation.b_ms == [20.0] * 4
     assert phases.latency_vs_best_peer == pytest.approx(1.1)  # the selection rounds would say 10/11

@@ -13,7 +13,7 @@ from benchmarks.timing import alternate
 def test_alternate_interleaves_calls_and_pairs_ratios():
     order: list[str] = []
     timing = alternate(lambda: order.append("a"), lambda: order.append("b"), warmup=2, repeats=5, min_seconds=0.0)
-    assert order[:4] == ["a", "b", "a", "b"]
+    assert order[:8] == ["a", "b", "a", "b", "a", "b", "b", "a"]  # 2 warm-up pairs, then A, B / B, A
     assert order.count("a") == order.count("b") == 7  # 2 warm-up + 5 timed each
     assert len(timing.a_ms) == len(timing.b_ms) == len(timing.ratios) == 5
     summary = timing.summary()
