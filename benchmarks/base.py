@@ -54,6 +54,7 @@ class Prepared:
     node_count: int | None = None  # nodes of the model the configuration runs, when it is a graph
     model_bytes: int | None = None  # bytes of that model on disk, when written
     note: str = ""  # e.g. "untuned"
+    model_path: Path | None = None  # the ONNX file the runner's ORT session loaded, when it is one
 
 
 class NotApplicable(Exception):

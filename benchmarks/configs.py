@@ -138,7 +138,8 @@ def ort_prepared(case: ModelCase, model_path: str | os.PathLike, level: str = "a
         return np.asarray(session.run(None, feeds)[0], dtype=np.float32)
 
     return Prepared(run=run, outputs=outputs, optimize_seconds=optimize_seconds,
-                    node_count=node_count(model_path), model_bytes=onnx_file_bytes(model_path), note=note)
+                    node_count=node_count(model_path), model_bytes=onnx_file_bytes(model_path), note=note,
+                    model_path=Path(model_path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,7 +502,7 @@ class Kiln(Config):
 
         return Prepared(run=run, outputs=outputs, optimize_seconds=wall - validation,
                         node_count=optimized.report.nodes_after, model_bytes=onnx_file_bytes(path),
-                        note=f"validation {validation:.2f} s excluded")
+                        note=f"validation {validation:.2f} s excluded", model_path=Path(path))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,3 +84,10 @@ def test_verdict_is_a_tie_unless_the_median_ratios_interval_excludes_one():
     noisy = timing.PairedTiming(a_ms=[100.0 + (8 if i % 2 else -8) + i % 5 for i in range(30)], b_ms=[100.0] * 30)
     low, high = noisy.median_ratio_interval()
     assert low < 1 < high and noisy.verdict() == "tie"
+
+
+def test_compare_on_a_tiny_model_times_every_tool_from_its_saved_file():
+    result = folding.compare("bert-tiny", warmup=1, repeats=2, min_seconds=0.0)
+    assert all(not t.error and t.nodes and t.median_ms for t in result.tools), [t.error for t in result.tools]
+    assert result.best_peer in folding.PEERS and result.latency_vs_best_peer is not None
+    assert result.summary_line().startswith("bert-tiny kiln_nodes=")
