@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,21 +125,29 @@ def session_feeds(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.n
     return feeds
 
 
-def ort_prepared(case: ModelCase, model_path: str | os.PathLike, level: str = "all", *,
-                 optimize_seconds: float = 0.0, note: str = "") -> Prepared:
-    """A Prepared that runs `model_path` in an ORT session on the case's inputs."""
+def ort_runner(case: ModelCase, model_path: str | os.PathLike, level: str = "all") -> Callable[[], Any]:
+    """One inference of `model_path` on the case's inputs, in a new ORT session (`ort_session`)."""
     session = ort_session(model_path, level)
     feeds = session_feeds(session, case.inputs)
 
     def run() -> Any:
         return session.run(None, feeds)
 
+    return run
+
+
+def ort_prepared(case: ModelCase, model_path: str | os.PathLike, level: str = "all", *,
+                 optimize_seconds: float = 0.0, note: str = "", nodes: int | None = None) -> Prepared:
+    """A Prepared that runs `model_path` in an ORT session on the case's inputs (`nodes`: the
+    node count when the caller knows it, else counted from the file)."""
+    run = ort_runner(case, model_path, level)
+
     def outputs() -> np.ndarray:
-        return np.asarray(session.run(None, feeds)[0], dtype=np.float32)
+        return np.asarray(run()[0], dtype=np.float32)
 
     return Prepared(run=run, outputs=outputs, optimize_seconds=optimize_seconds,
-                    node_count=node_count(model_path), model_bytes=onnx_file_bytes(model_path), note=note,
-                    model_path=Path(model_path))
+                    node_count=node_count(model_path) if nodes is None else nodes,
+                    model_bytes=onnx_file_bytes(model_path), note=note, model_path=Path(model_path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,18 +499,8 @@ class Kiln(Config):
         # Time the saved file in a fresh session, as every peer's output is timed: the graph is
         # what is compared, not the session kiln.optimize built among its own allocations
         # (llama-gqa, same kernels: that session ran 1.003x the peer's, a fresh one 1.001x).
-        session = ort_session(path, "all")
-        feeds = session_feeds(session, case.inputs)
-
-        def run() -> Any:
-            return session.run(None, feeds)
-
-        def outputs() -> np.ndarray:
-            return np.asarray(run()[0], dtype=np.float32)
-
-        return Prepared(run=run, outputs=outputs, optimize_seconds=wall - validation,
-                        node_count=optimized.report.nodes_after, model_bytes=onnx_file_bytes(path),
-                        note=f"validation {validation:.2f} s excluded", model_path=Path(path))
+        return ort_prepared(case, path, optimize_seconds=wall - validation, nodes=optimized.report.nodes_after,
+                            note=f"validation {validation:.2f} s excluded")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from benchmarks.accuracy import max_abs_diff
-from benchmarks.base import Prepared
 from benchmarks.timing import PairedTiming, alternate, round_robin
 
 logger = logging.getLogger(__name__)
@@ -112,18 +111,15 @@ def time_phases(runners: Mapping[str, Callable[[], Any]], *, warmup: int = 5, re
     return LatencyPhases(selection, best, confirmation)
 
 
-def _fresh_runners(case: Any, prepared: dict[str, Prepared]) -> dict[str, Callable[[], Any]]:
+def _fresh_runners(case: Any, paths: Mapping[str, Path]) -> dict[str, Callable[[], Any]]:
     """One inference per tool, from sessions opened on the saved files only after every tool ran.
 
     A session opened right after its tool keeps weights placed among that tool's allocations,
     and the first tool's session then lives through the others' runs: llama-gqa timed kiln's
     graph 1.007-1.010x the peer's with the same kernels that way, against 1.000-1.002 standalone."""
-    from benchmarks.configs import ort_prepared
+    from benchmarks.configs import ort_runner
 
-    paths = {name: ready.model_path for name, ready in prepared.items()}
-    prepared.clear()
-    gc.collect()
-    return {name: ort_prepared(case, path).run for name, path in paths.items() if path is not None}
+    return {name: ort_runner(case, path) for name, path in paths.items()}
 
 
 def compare(model: str, *, warmup: int = 5, repeats: int = 30, min_seconds: float = 3.0) -> FoldingComparison:
@@ -133,7 +129,7 @@ def compare(model: str, *, warmup: int = 5, repeats: int = 30, min_seconds: floa
 
     case = zoo.load_case(model, 1, calibration_samples=0)
     result = FoldingComparison(model)
-    prepared: dict[str, Prepared] = {}
+    paths: dict[str, Path] = {}  # tool -> its saved model, timed once every tool ran
     with tempfile.TemporaryDirectory(prefix="kiln-folding-") as workdir:
         for tool in (KILN, *PEERS):
             entry = ToolResult(tool)
@@ -145,8 +141,11 @@ def compare(model: str, *, warmup: int = 5, repeats: int = 30, min_seconds: floa
                 continue
             entry.nodes, entry.seconds = ready.node_count, ready.optimize_seconds
             entry.max_abs_diff = max_abs_diff(case.reference, np.asarray(ready.outputs(), np.float32))
-            prepared[tool] = ready
-        phases = time_phases(_fresh_runners(case, prepared), warmup=warmup, repeats=repeats, min_seconds=min_seconds)
+            if ready.model_path is not None:
+                paths[tool] = ready.model_path
+            del ready  # its session goes before the timed ones open
+        gc.collect()
+        phases = time_phases(_fresh_runners(case, paths), warmup=warmup, repeats=repeats, min_seconds=min_seconds)
     for entry in result.tools:
         if entry.tool in phases.selection_ms:
             entry.median_ms = statistics.median(phases.selection_ms[entry.tool])
