@@ -1,10 +1,13 @@
 """Read-only questions rewrites ask of a graph: is a node a standard ONNX op, is a node a value's
-only reader, what array does a constant initializer hold."""
+only reader, what array does a constant initializer hold; which element types are floats."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+
+# The floating-point element types the float-only rewrites accept.
+FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 
 
 def is_onnx(node: ir.Node, op_type: str | None = None) -> bool:

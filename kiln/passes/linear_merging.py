@@ -15,18 +15,17 @@ from onnxscript.rewriter import pattern as orp
 
 from kiln.passes.adapters import run_ir_passes
 from kiln.passes.base import Pass, PassContext, PassResult
+from kiln.passes.graph_queries import FLOAT_TYPES
 from kiln.passes.parallel_linear_choice import MAX_MERGED_RATIO, MIN_GROUP_FLOPS
 from kiln.passes.parallel_linear_merging import merge_parallel_matmuls
 from kiln.passes.tracking import GraphSnapshot
-
-_FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
 def _constant_matrix(value: ir.Value) -> np.ndarray | None:
     """The value of a 2-D float initializer that is not a graph input, else None."""
     if not value.is_initializer() or value.is_graph_input() or value.const_value is None:
         return None
-    if value.dtype not in _FLOAT_TYPES or value.const_value.shape is None or len(value.const_value.shape) != 2:
+    if value.dtype not in FLOAT_TYPES or value.const_value.shape is None or len(value.const_value.shape) != 2:
         return None
     return value.const_value.numpy()
 

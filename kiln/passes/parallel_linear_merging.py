@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
 from kiln.passes.graph_edits import new_initializer
-from kiln.passes.graph_queries import initializer_array
+from kiln.passes.graph_queries import FLOAT_TYPES, initializer_array
 from kiln.passes.parallel_linear_choice import (
     MAX_MERGED_RATIO,
     MIN_GROUP_FLOPS,
@@ -42,8 +42,6 @@ from kiln.report.model import Rewrite
 logger = logging.getLogger(__name__)
 
 RULE = "merge_parallel_matmuls"
-
-_FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
 @dataclass
@@ -71,7 +69,7 @@ def _branch(matmul: ir.Node, x: ir.Value) -> _Branch | None:
     if matmul.inputs[0] is not x or matmul.inputs[1] is x or matmul.inputs[1] is None:
         return None
     weight = initializer_array(matmul.inputs[1], private_to=matmul)
-    if weight is None or weight.ndim != 2 or matmul.inputs[1].dtype not in _FLOAT_TYPES:
+    if weight is None or weight.ndim != 2 or matmul.inputs[1].dtype not in FLOAT_TYPES:
         return None
     if x.dtype is not None and x.dtype != matmul.inputs[1].dtype:
         return None

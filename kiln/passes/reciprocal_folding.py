@@ -28,10 +28,8 @@ from onnxscript.rewriter import pattern as orp
 
 from kiln.passes.adapters import run_ir_passes
 from kiln.passes.base import Pass, PassContext, PassResult
-from kiln.passes.graph_queries import is_onnx
+from kiln.passes.graph_queries import FLOAT_TYPES, is_onnx
 from kiln.passes.reshape_sinking import static_shape
-
-_FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 
 
 def _scaled_by_constant_vector(value: ir.Value) -> bool:
@@ -53,7 +51,7 @@ class MulByReciprocalToDiv(orp.RewriteRuleClassBase):
 
     def check(self, context, x, y, inverse) -> orp.MatchResult:
         result = orp.MatchResult()
-        if y.dtype not in _FLOATS or x.dtype != y.dtype:
+        if y.dtype not in FLOAT_TYPES or x.dtype != y.dtype:
             return result.fail("only float operands of one type are folded")
         if inverse.is_graph_output() or len(inverse.uses()) != 1:
             return result.fail("the reciprocal is read elsewhere")

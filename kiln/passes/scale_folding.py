@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
-from kiln.passes.graph_queries import initializer_array, is_onnx, sole_reader
+from kiln.passes.graph_queries import FLOAT_TYPES, initializer_array, is_onnx, sole_reader
 from kiln.passes.tracking import node_ref
 from kiln.report.model import Rewrite
 
@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 RULE = "fold_scale_into_weights"
 
-_FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 _LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"})
 # Longest layout chain followed back from the Mul (attention: Transpose, Reshape, Transpose...).
 _MAX_PATH = 8
@@ -39,13 +38,13 @@ _MAX_PATH = 8
 
 def _private_float(value: ir.Value | None, reader: ir.Node) -> np.ndarray | None:
     """The value of a float initializer that only `reader` reads, else None."""
-    if value is None or value.dtype not in _FLOAT_TYPES:
+    if value is None or value.dtype not in FLOAT_TYPES:
         return None
     return initializer_array(value, private_to=reader)
 
 
 def _scalar(value: ir.Value | None) -> float | None:
-    if value is None or value.const_value is None or value.dtype not in _FLOAT_TYPES:
+    if value is None or value.const_value is None or value.dtype not in FLOAT_TYPES:
         return None
     array = value.const_value.numpy()
     return float(array.reshape(())) if array.size == 1 and array.ndim <= 1 else None
