@@ -68,7 +68,7 @@ def run_model(name: str, budgets: list[float], *, repeats: int = 20, min_seconds
     from benchmarks import zoo
     from benchmarks.base import THREADS
     from benchmarks.timing import alternate
-    from kiln.passes.block_dropping import BlockBudget, DropResidualBlocks
+    from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
     from kiln.passes.pipeline import passes_for_level
 
     case = zoo.load_case(name, 1, calibration_samples=CALIBRATION_SEEDS + HELD_OUT)

@@ -1,8 +1,8 @@
 """`python -m benchmarks cost-model`: how well kiln's cost model predicts ORT on this machine.
 
 For every zoo model (batch 1): lower it through ONNX Runtime's graph optimizer
-(`kiln.cost_model.lowering`), price every kernel with the calibrated hardware profile, and
-measure every kernel with ORT's profiler (`kiln.cost_model.measure`) and the whole model with
+(`kiln.cost_model.measure.lowering`), price every kernel with the calibrated hardware profile, and
+measure every kernel with ORT's profiler (`kiln.cost_model.measure.profiling`) and the whole model with
 the profiler off, in ``--passes`` rounds over all models (training and held-out models
 interleaved, so the machine's drift hits them alike; medians pool every round). Then fit the learned correction on the training models and,
 on each held-out model, print
@@ -55,7 +55,7 @@ class ModelData:
 
 
 def _profile(cache_dir: Path, recalibrate: bool, threads: int) -> Any:
-    from kiln.cost_model.calibrate import calibrate
+    from kiln.cost_model.measure.calibration import calibrate
     from kiln.cost_model.hardware import load
 
     path = cache_dir / PROFILE_FILE
@@ -93,7 +93,7 @@ def _price(name: str, profile: Any) -> _Priced:
 
 
 def _measure_pass(priced: _Priced, repeats: int, threads: int) -> None:
-    from kiln.cost_model.measure import profile_model
+    from kiln.cost_model.measure.profiling import profile_model
 
     before = _cpu_jiffies()
     priced.profiles.append(profile_model(priced.model, priced.inputs, repeats=repeats, threads=threads))
@@ -144,7 +144,7 @@ def collect(names: list[str], profile: Any, repeats: int, passes: int = 1) -> di
 
 def _cpu_jiffies() -> tuple[int, int]:
     """(busy jiffies of the whole machine, jiffies of this process), from /proc."""
-    from kiln.cost_model.microbench import cpu_times
+    from kiln.cost_model.measure.microbench import cpu_times
 
     machine = cpu_times()
     try:

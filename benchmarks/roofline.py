@@ -41,7 +41,7 @@ from typing import Any
 
 
 from benchmarks.base import CACHE_DIR, THREADS
-from kiln.cost_model import microbench as mb
+from kiln.cost_model.measure import microbench as mb
 from kiln.cost_model.machine import cpu_facts
 
 logger = logging.getLogger(__name__)

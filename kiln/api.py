@@ -17,15 +17,18 @@ from kiln.backends import compile_model
 from kiln.backends import onnxruntime as ort_backend
 from kiln.backends import reference as reference_backend
 from kiln.backends.base import BenchmarkResult, Executable
-from kiln.cost_model.measured_choice import MeasuredChoices
+from kiln.cost_model.measure.choices import MeasuredChoices
 from kiln.cost_model.model import CostModel
 from kiln.errors import BackendError, InputError
 from kiln.ir.capture import capture, split_example_inputs
 from kiln.ir.inputs import Feeds, make_feeds, random_inputs
 from kiln.ir.serialization import save_model
-from kiln.passes.base import IRDump, NumericValidation, Pass, PassContext, PassManager, StructuralCheck, Tolerance
-from kiln.passes.block_dropping import BlockBudget, DropResidualBlocks
-from kiln.passes.cost_prediction import CostPrediction
+from kiln.passes.infra.contract import Pass, PassContext, Tolerance
+from kiln.passes.infra.instruments import IRDump, StructuralCheck
+from kiln.passes.infra.manager import PassManager
+from kiln.passes.infra.validation import NumericValidation
+from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
+from kiln.passes.infra.cost_prediction import CostPrediction
 from kiln.passes.pipeline import passes_for_level
 from kiln.report.model import OptimizationReport
 from kiln.target import Target
@@ -148,7 +151,7 @@ def optimize(
         drop_blocks: approximate, off by default: drop residual blocks (attention / MLP of a
             transformer layer, identity-shortcut ResNet blocks) while the outputs on the sample
             inputs keep the budget's cosine with the original, e.g.
-            ``BlockBudget(min_cosine=0.99)`` (``from kiln.passes.block_dropping import
+            ``BlockBudget(min_cosine=0.99)`` (``from kiln.passes.approximate.block_dropping import
             BlockBudget``). Runs before the level's passes (or the given `passes`); needs real
             inputs: `sample_inputs` or `example_inputs`. The report lists every block scored.
         measured_choices: settles choices no model predicts (joining parallel MatMuls) by timing

@@ -31,7 +31,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             sample_inputs = {name: data[name] for name in data.files}
     drop_blocks = None
     if args.drop_blocks_min_cosine is not None:
-        from kiln.passes.block_dropping import BlockBudget
+        from kiln.passes.approximate.block_dropping import BlockBudget
 
         drop_blocks = BlockBudget(min_cosine=args.drop_blocks_min_cosine)
     optimized = optimize(args.model, level=args.level, validate=not args.no_validate, dump_ir=args.dump_ir,
@@ -72,7 +72,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from kiln.cost_model.calibrate import calibrate
+    from kiln.cost_model.measure.calibration import calibrate
     from kiln.cost_model.hardware import default_profile_path
 
     output = Path(args.output) if args.output else default_profile_path()
@@ -112,7 +112,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     measured: dict[str, float] = {}
     measured_total = None
     if args.measure:
-        from kiln.cost_model.measure import profile_model
+        from kiln.cost_model.measure.profiling import profile_model
 
         profile = profile_model(model, repeats=args.repeats, threads=cost_model.profile.threads)
         measured = {k.ort_name: k.median_us / 1e3 for k in profile.kernels} if not args.as_written else {

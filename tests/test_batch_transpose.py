@@ -1,4 +1,4 @@
-"""Batch-transpose layouts (kiln.passes.batch_transpose): moving a Reshape's unit dims keeps every
+"""Batch-transpose layouts (kiln.passes.layout.batch_transpose): moving a Reshape's unit dims keeps every
 Transpose output, and at batch 1 ONNX Runtime then reads the attention head splits in place."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from conftest import make_model, tensor_info
 from onnx import helper, numpy_helper
 
 import kiln
-from kiln.passes.batch_transpose import relayout_for_batch_transpose
+from kiln.passes.layout.batch_transpose import relayout_for_batch_transpose
 
 RNG = np.random.default_rng(0)
 

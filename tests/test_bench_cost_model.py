@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.cost_model import _model_data, _Priced
-from kiln.cost_model.measure import KernelGroup, MeasuredKernel, ModelProfile
+from kiln.cost_model.measure.profiling import KernelGroup, MeasuredKernel, ModelProfile
 from kiln.cost_model.roofline import Estimate
 
 

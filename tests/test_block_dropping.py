@@ -15,8 +15,9 @@ import kiln
 from kiln.cli import main
 from kiln.errors import InputError, PassError
 from kiln.passes import Pass, PassContext, PassResult
-from kiln.passes.base import CosineBudget, cosine_similarity
-from kiln.passes.block_dropping import BlockBudget, DropResidualBlocks
+from kiln.passes.infra.contract import CosineBudget
+from kiln.passes.infra.validation import cosine_similarity
+from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
 from kiln.passes.pipeline import passes_for_level
 
 X = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)

@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 import kiln
 from kiln.ir.provenance import Origin, set_provenance
-from kiln.passes.residual_blocks import analyze_add, drop_block, find_residual_blocks
+from kiln.passes.approximate.residual_blocks import analyze_add, drop_block, find_residual_blocks
 
 DIM = 8
 

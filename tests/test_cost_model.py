@@ -17,16 +17,9 @@ from conftest import make_model, tensor_info
 from onnx import helper, numpy_helper
 
 from kiln.cost_model import learned
-from kiln.cost_model.hardware import (
-    HardwareProfile,
-    MemoryLevel,
-    ProfileError,
-    load,
-    preset,
-    preset_for_this_cpu,
-)
+from kiln.cost_model.hardware import HardwareProfile, MemoryLevel, ProfileError, load, preset, preset_for_this_cpu
 from kiln.cost_model.learned import LearnedCorrection, Sample, correction_path, fit, load_correction
-from kiln.cost_model.lowering import ort_compiled_model
+from kiln.cost_model.measure.lowering import ort_compiled_model
 from kiln.cost_model.model import CostModel, peak_memory_bytes
 from kiln.cost_model.roofline import group_estimate, node_estimate, op_class
 
@@ -346,7 +339,7 @@ def test_correction_without_residual_uses_fitted_efficiencies_only():
 
 
 def test_quick_calibration_fills_a_profile(tmp_path):
-    from kiln.cost_model.calibrate import calibrate
+    from kiln.cost_model.measure.calibration import calibrate
 
     steps = []
     profile = calibrate(threads=1, quick=True, progress=lambda step, done, total: steps.append((done, total)))

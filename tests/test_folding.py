@@ -147,7 +147,7 @@ def test_unknown_level_names_the_range():
 def test_deduplication_handles_views_left_by_constant_folding():
     import onnx_ir as ir
 
-    from kiln.passes.initializers import DeduplicateInitializers
+    from kiln.passes.cleanup.initializer_deduplication import DeduplicateInitializers
 
     w = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["x", "A"], ["a"]), helper.make_node("MatMul", ["x", "B"], ["b"]),

@@ -11,7 +11,8 @@ from onnx import TensorProto, helper
 
 import kiln
 from kiln.ir.inputs import make_feeds
-from kiln.passes.base import Tolerance, compare_outputs, tolerance_for
+from kiln.passes.infra.contract import Tolerance
+from kiln.passes.infra.validation import compare_outputs, tolerance_for
 
 
 def test_identity_that_duplicates_a_graph_output_is_kept():

@@ -1,4 +1,4 @@
-"""kiln.cost_model.measure: ORT profiler samples mapped back to the model's nodes."""
+"""kiln.cost_model.measure.profiling: ORT profiler samples mapped back to the model's nodes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from conftest import make_model, tensor_info
 from onnx import TensorProto, helper, numpy_helper
 
-from kiln.cost_model.measure import ModelProfile, profile_model
+from kiln.cost_model.measure.profiling import ModelProfile, profile_model
 from kiln.errors import InputError
 
 RNG = np.random.default_rng(0)

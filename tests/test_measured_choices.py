@@ -1,5 +1,5 @@
-"""Measured choices (kiln.cost_model.measured_choice) and the decision to join parallel MatMuls
-(kiln.passes.parallel_linear_choice), with fake timers: the logic, the cache, the errors. No
+"""Measured choices (kiln.cost_model.measure.choices) and the decision to join parallel MatMuls
+(kiln.passes.fusion.parallel_matmul_choice), with fake timers: the logic, the cache, the errors. No
 assertion depends on how fast anything ran."""
 
 from __future__ import annotations
@@ -11,15 +11,9 @@ import onnx_ir as ir
 import pytest
 
 from kiln.api import _default_measured_choices
-from kiln.cost_model.measured_choice import (
-    CACHE_VERSION,
-    ChoiceMeasurement,
-    MeasuredChoices,
-    OrtPairTimer,
-    default_cache_path,
-)
+from kiln.cost_model.measure.choices import CACHE_VERSION, ChoiceMeasurement, MeasuredChoices, OrtPairTimer, default_cache_path
 from kiln.errors import MeasurementError
-from kiln.passes.parallel_linear_choice import MAX_MERGED_RATIO, GroupShape, alternatives, decide
+from kiln.passes.fusion.parallel_matmul_choice import MAX_MERGED_RATIO, GroupShape, alternatives, decide
 from kiln.target import Target
 
 # Whisper-tiny's query / key / value: 1500 rows of 384, key without a bias.
@@ -97,7 +91,7 @@ def test_a_damaged_cache_file_is_ignored_with_a_warning_and_rewritten(tmp_path, 
     path = tmp_path / "c.json"
     path.write_text(content)
     timer = FakeTimer(0.7)
-    with caplog.at_level(logging.WARNING, logger="kiln.cost_model.measured_choice"):
+    with caplog.at_level(logging.WARNING, logger="kiln.cost_model.measure.choices"):
         result = MeasuredChoices(cache_path=path, timer=timer).measure("k", *pair)
     assert timer.calls == 3 and result.ratio == pytest.approx(0.7)
     assert any("Ignoring the measured-choices cache" in r.getMessage() for r in caplog.records)
@@ -116,7 +110,7 @@ def test_an_unwritable_cache_keeps_the_result_in_memory(tmp_path, pair, caplog):
     blocker.write_text("")
     timer = FakeTimer(0.9)
     choices = MeasuredChoices(cache_path=blocker / "c.json", timer=timer)  # parent is a file
-    with caplog.at_level(logging.WARNING, logger="kiln.cost_model.measured_choice"):
+    with caplog.at_level(logging.WARNING, logger="kiln.cost_model.measure.choices"):
         choices.measure("k", *pair)
     assert choices.measure("k", *pair).cached and timer.calls == 3
     assert any("Could not write" in r.getMessage() for r in caplog.records)
@@ -182,7 +176,7 @@ def test_a_cached_choice_is_used_without_building_the_alternatives(tmp_path, mon
     choices = MeasuredChoices(cache_path=tmp_path / "c.json", timer=FakeTimer(0.8))
     first = decide(WHISPER, choices)
     built = []
-    monkeypatch.setattr("kiln.passes.parallel_linear_choice.alternatives", lambda *a, **k: built.append(a))
+    monkeypatch.setattr("kiln.passes.fusion.parallel_matmul_choice.alternatives", lambda *a, **k: built.append(a))
     again = decide(WHISPER, MeasuredChoices(cache_path=tmp_path / "c.json", timer=FakeTimer(1.5)))
     assert first.merge and again.merge and again.ratio == pytest.approx(0.8) and "cached" in again.reason
     assert built == []

@@ -33,7 +33,7 @@ import onnxruntime as ort
 import kiln
 from kiln.backends.onnxruntime import ort_value_to_numpy, to_ort_value
 from kiln.ir.serialization import save_model
-from kiln.passes.base import is_ml_dtype
+from kiln.passes.infra.validation import is_ml_dtype
 from kiln.passes.pipeline import MAX_LEVEL
 
 # Every optimization level kiln offers must keep every case ORT passes passing.

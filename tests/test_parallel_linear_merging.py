@@ -1,4 +1,4 @@
-"""Joining parallel MatMuls (kiln.passes.parallel_linear_merging) as the measured choice says:
+"""Joining parallel MatMuls (kiln.passes.fusion.parallel_matmul_joining) as the measured choice says:
 the rewrite keeps outputs to float tolerance, reports its ratio and provenance, and happens only
 when the joined form was measured clearly faster. The timer is fake; nothing depends on speed."""
 
@@ -11,9 +11,9 @@ from conftest import make_model, tensor_info
 from onnx import helper, numpy_helper
 
 import kiln
-from kiln.cost_model.measured_choice import MeasuredChoices
+from kiln.cost_model.measure.choices import MeasuredChoices
 from kiln.ir.analysis import op_histogram
-from kiln.passes.linear_merging import MergeLinearMaps
+from kiln.passes.folding.linear_chain_merging import MergeLinearMaps
 
 RNG = np.random.default_rng(3)
 MEASURE_EVERYTHING = {"merge_parallel_min_flops": 0}

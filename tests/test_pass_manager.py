@@ -11,7 +11,9 @@ import pytest
 import kiln
 from kiln.ir.provenance import get_provenance
 from kiln.passes import Pass, PassContext, PassResult, Tolerance
-from kiln.passes.base import PassManager, StructuralCheck, check_structure, compare_outputs
+from kiln.passes.infra.instruments import check_structure, StructuralCheck
+from kiln.passes.infra.manager import PassManager
+from kiln.passes.infra.validation import compare_outputs
 
 
 class ScaleFirstInitializer(Pass):

@@ -1,4 +1,4 @@
-"""Mul by a Reciprocal folds into one Div (kiln.passes.reciprocal_folding); and with a norm scale
+"""Mul by a Reciprocal folds into one Div (kiln.passes.folding.reciprocal_folding); and with a norm scale
 that is not all ones, ONNX Runtime then fuses the RMSNorm the exporter writes."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A `HardwareProfile` holds, for the number of threads kiln runs with, the arithme
 precision, the attainable GEMM rate through the backend, bandwidth and capacity per memory level,
 the fixed cost of launching one kernel, and the fraction of the roofline each op class attains.
 It comes from a preset (`preset`, `preset_for_this_cpu`) or from measuring this machine
-(`kiln.cost_model.calibrate`), and round-trips through JSON (`save` / `load`).
+(`kiln.cost_model.measure.calibration`), and round-trips through JSON (`save` / `load`).
 
 Units: GFLOP/s and GOP/s (10^9), GB/s (10^9 bytes), bytes, microseconds.
 """

@@ -197,7 +197,7 @@ class CostModel:
         ``infer_shapes=False`` the shapes already on the values are used (10x faster; what the
         PassManager does after every pass, since rewrites keep the shapes they know)."""
         if compiled:
-            from kiln.cost_model.lowering import ort_compiled_model
+            from kiln.cost_model.measure.lowering import ort_compiled_model
 
             model = ort_compiled_model(model, threads=self.profile.threads)
         costs = analytical_model_cost(model, dims=dims, infer_shapes=infer_shapes or compiled)

@@ -6,7 +6,7 @@ and constant folding. Level 2 adds exact layer folding (BatchNorm / affine into 
 Reciprocal into Div, merging of consecutive linear maps, layout-chain simplification (with
 batch-transpose layouts for MatMul readers) and duplicate-initializer merging.
 
-Block dropping (`kiln.passes.block_dropping`) is approximate and opt-in: given a `BlockBudget`,
+Block dropping (`kiln.passes.approximate.block_dropping`) is approximate and opt-in: given a `BlockBudget`,
 it runs first, on the graph as captured (its names and module paths are intact), and the exact
 passes then clean up after it.
 """
@@ -14,16 +14,18 @@ passes then clean up after it.
 from __future__ import annotations
 
 from kiln.errors import PassError
-from kiln.passes.base import Pass
-from kiln.passes.block_dropping import BlockBudget, DropResidualBlocks
-from kiln.passes.cleanup import EliminateCommonSubexpressions, EliminateDeadNodes, EliminateIdentityAndNoOps
-from kiln.passes.folding import FoldConstants
-from kiln.passes.gemm_flattening import FlattenLinearsToGemm
-from kiln.passes.initializers import DeduplicateInitializers
-from kiln.passes.layer_folding import FoldLayers
-from kiln.passes.linear_merging import MergeLinearMaps
-from kiln.passes.reciprocal_folding import FoldReciprocalIntoDivision
-from kiln.passes.shape_simplification import SimplifyShapeChains
+from kiln.passes.infra.contract import Pass
+from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
+from kiln.passes.cleanup.common_subexpression_elimination import EliminateCommonSubexpressions
+from kiln.passes.cleanup.dead_node_elimination import EliminateDeadNodes
+from kiln.passes.cleanup.identity_elimination import EliminateIdentityAndNoOps
+from kiln.passes.folding.constant_folding import FoldConstants
+from kiln.passes.layout.linear_to_gemm import FlattenLinearsToGemm
+from kiln.passes.cleanup.initializer_deduplication import DeduplicateInitializers
+from kiln.passes.folding.layer_folding import FoldLayers
+from kiln.passes.folding.linear_chain_merging import MergeLinearMaps
+from kiln.passes.folding.reciprocal_folding import FoldReciprocalIntoDivision
+from kiln.passes.layout.chain_collapse import SimplifyShapeChains
 
 MAX_LEVEL = 2
 

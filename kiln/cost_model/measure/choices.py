@@ -18,7 +18,7 @@ or ``$KILN_MEASURED_CHOICES``), keyed by the CPU model, the thread count, the ON
 and its optimization level, and the caller's key (op shapes and dtype), so each shape is measured
 once per machine. A damaged cache file is ignored with a warning and rewritten.
 
-This is a measuring module: like `kiln.cost_model.measure`, it runs the backend (ONNX Runtime
+This is a measuring module: like `kiln.cost_model.measure.profiling`, it runs the backend (ONNX Runtime
 session options from `kiln.backends.onnxruntime`); passes reach it only through
 ``PassContext.measured_choices``.
 """

@@ -13,12 +13,12 @@ import onnx_ir as ir
 from onnxscript import rewriter
 from onnxscript.rewriter import pattern as orp
 
-from kiln.passes.adapters import run_ir_passes
-from kiln.passes.base import Pass, PassContext, PassResult
-from kiln.passes.graph_queries import FLOAT_TYPES
-from kiln.passes.parallel_linear_choice import MAX_MERGED_RATIO, MIN_GROUP_FLOPS
-from kiln.passes.parallel_linear_merging import merge_parallel_matmuls
-from kiln.passes.tracking import GraphSnapshot
+from kiln.passes.infra.rule_pass import run_ir_passes
+from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.ir.queries import FLOAT_TYPES
+from kiln.passes.fusion.parallel_matmul_choice import MAX_MERGED_RATIO, MIN_GROUP_FLOPS
+from kiln.passes.fusion.parallel_matmul_joining import merge_parallel_matmuls
+from kiln.passes.infra.recording import GraphSnapshot
 
 
 def _constant_matrix(value: ir.Value) -> np.ndarray | None:
@@ -94,7 +94,7 @@ class MergeLinearMaps(Pass):
     """Merge chains of constant-weight MatMuls (with an optional bias between) into one, then
     join parallel constant-weight MatMuls on one input (query, key, value) into one MatMul and a
     Split where that was measured clearly faster on the target
-    (kiln.passes.parallel_linear_merging).
+    (kiln.passes.fusion.parallel_matmul_joining).
 
     Joining saves no FLOPs or weight bytes and adds the Split's copy; in ONNX Runtime (2 threads,
     loaded 2-core machine) the joined GEMM was slower at the zoo's 128-197-row shapes (BERT-base:

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from kiln.passes.base import Pass, PassContext, PassResult
-from kiln.passes.tracking import node_ref
+from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Rewrite
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ import logging
 import onnx_ir as ir
 
 from kiln.cost_model.model import CostModel, ModelEstimate
-from kiln.passes.base import Instrument, Pass, PassContext
+from kiln.passes.infra.contract import Pass, PassContext
+from kiln.passes.infra.instruments import Instrument
 from kiln.report.model import PassReport
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Micro-benchmarks that measure this machine for `kiln.cost_model.calibrate`.
+"""Micro-benchmarks that measure this machine for `kiln.cost_model.measure.calibration`.
 
 Each benchmark is a `Bench`: `once()` runs it and returns wall seconds, `ops` is the work per run
 (FLOPs, integer ops or bytes), so rates are giga-units per second. The instruction-peak loops

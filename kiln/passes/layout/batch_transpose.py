@@ -23,10 +23,10 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from kiln.passes.graph_edits import new_initializer
-from kiln.passes.graph_queries import is_onnx, sole_reader
-from kiln.passes.reshape_sinking import resolved_reshape_shape, static_shape
-from kiln.passes.tracking import node_ref
+from kiln.ir.edits import new_initializer
+from kiln.ir.queries import is_onnx, sole_reader
+from kiln.ir.queries import resolved_reshape_shape, static_shape
+from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Rewrite
 
 logger = logging.getLogger(__name__)

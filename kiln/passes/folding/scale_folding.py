@@ -23,8 +23,8 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
-from kiln.passes.graph_queries import FLOAT_TYPES, initializer_array, is_onnx, sole_reader
-from kiln.passes.tracking import node_ref
+from kiln.ir.queries import FLOAT_TYPES, initializer_array, is_onnx, sole_reader
+from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Rewrite
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,6 @@
-"""Exact clean-up passes: dead nodes, Identity and no-op ops, common subexpressions.
-
-Each wraps the onnx-ir pass or onnxscript rules that already implement it; kiln adds the
-report (rewrites inferred from a graph diff, with provenance) and validation.
-"""
+"""Identity and no-op elimination: Identity nodes and ops that return their input unchanged
+(onnxscript's no-op rules, the structural no-ops of `structural_no_ops`, then onnx-ir's
+Identity elimination with two unsafe cases guarded)."""
 
 from __future__ import annotations
 
@@ -11,28 +9,10 @@ import onnx_ir.passes.common as common_passes
 from onnxscript import rewriter
 from onnxscript.rewriter.rules import common as common_rules
 
-from kiln.passes.adapters import run_ir_passes
-from kiln.passes.base import Pass, PassContext, PassResult
-from kiln.passes.noops import REASONS as STRUCTURAL_NO_OP_REASONS
-from kiln.passes.noops import replace_structural_no_ops
-from kiln.passes.tracking import describe_value
-
-
-class EliminateDeadNodes(Pass):
-    """Remove nodes, initializers, functions and opset imports nothing reaches an output through."""
-
-    name = "dead_node_elimination"
-    rule = "remove_unused_node"
-
-    def explain(self, removed: list[ir.Node], successors: list[ir.Value]) -> str:
-        return "no output reaches a graph output"
-
-    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        return run_ir_passes(model, [
-            common_passes.RemoveUnusedNodesPass(),
-            common_passes.RemoveUnusedFunctionsPass(),
-            common_passes.RemoveUnusedOpsetsPass(),
-        ])
+from kiln.passes.cleanup.structural_no_ops import REASONS as STRUCTURAL_NO_OP_REASONS
+from kiln.passes.cleanup.structural_no_ops import replace_structural_no_ops
+from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.passes.infra.rule_pass import run_ir_passes
 
 
 # onnxscript rules whose match is an op that returns its input unchanged.
@@ -107,22 +87,3 @@ class EliminateIdentityAndNoOps(Pass):
         ])
         result.modified = result.modified or structural > 0
         return result
-
-
-class EliminateCommonSubexpressions(Pass):
-    """Merge nodes that compute the same op on the same inputs with the same attributes."""
-
-    name = "common_subexpression_elimination"
-    rule = "merge_duplicate_node"
-
-    def explain(self, removed: list[ir.Node], successors: list[ir.Value]) -> str:
-        if successors:
-            return "computes the same as " + ", ".join(describe_value(v) for v in successors[:2])
-        return "duplicate computation"
-
-    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        size_limit = int(ctx.options.get("cse_constant_size_limit", 10))
-        return run_ir_passes(model, [
-            common_passes.CommonSubexpressionEliminationPass(size_limit=size_limit),
-            common_passes.RemoveUnusedNodesPass(),
-        ])

@@ -1,8 +1,8 @@
 """Collapse chains of layout ops: Transpose pairs (cancelled, or composed into one),
 Reshape chains, Unsqueeze chains, Squeeze+Reshape to 1-D, Slices that split a tensor, and
 Cast chains whose intermediate type loses nothing the final type keeps; then remove Reshapes
-around elementwise regions and before Splits (kiln.passes.reshape_sinking), and lay out
-Reshape -> Transpose pairs feeding MatMuls as batch transposes (kiln.passes.batch_transpose).
+around elementwise regions and before Splits (kiln.passes.layout.reshape_sinking), and lay out
+Reshape -> Transpose pairs feeding MatMuls as batch transposes (kiln.passes.layout.batch_transpose).
 
 The chain rules are onnxscript's; kiln names them in the report and validates the result."""
 
@@ -13,11 +13,11 @@ import onnx_ir.passes.common as common_passes
 from onnxscript import rewriter
 from onnxscript.rewriter.rules import common as common_rules
 
-from kiln.passes.adapters import run_ir_passes
-from kiln.passes.base import Pass, PassContext, PassResult
-from kiln.passes.batch_transpose import expose_batch_transposes
-from kiln.passes.reshape_sinking import sink_reshapes
-from kiln.passes.tracking import GraphSnapshot
+from kiln.passes.infra.rule_pass import run_ir_passes
+from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.passes.layout.batch_transpose import expose_batch_transposes
+from kiln.passes.layout.reshape_sinking import sink_reshapes
+from kiln.passes.infra.recording import GraphSnapshot
 
 _SHAPE_RULES = (
     common_rules.transpose_transpose_rule,

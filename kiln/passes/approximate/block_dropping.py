@@ -1,7 +1,7 @@
 """Block dropping (issue 4, after LAPTOP-Diff and FoldGPT): skip whole residual blocks whose
 removal barely changes the model's outputs, under an error budget the user gives.
 
-On calibration inputs, each residual block (`kiln.passes.residual_blocks`) is scored alone by
+On calibration inputs, each residual block (`kiln.passes.approximate.residual_blocks`) is scored alone by
 how far the outputs move when it is skipped (cosine similarity of the flattened outputs with the
 original model's, and max abs diff). Blocks are then dropped greedily, least important first, and
 after every drop the model with all drops so far is run again: a block is kept when the *measured*
@@ -25,9 +25,10 @@ import onnx_ir as ir
 
 from kiln.errors import InputError, PassError
 from kiln.ir.inputs import Feeds
-from kiln.passes.base import CosineBudget, ModelRunner, Pass, PassContext, PassResult, cosine_stats
-from kiln.passes.residual_blocks import ResidualBlock, analyze_add, drop_block, find_residual_blocks
-from kiln.passes.tracking import node_ref
+from kiln.passes.infra.contract import CosineBudget, ModelRunner, Pass, PassContext, PassResult
+from kiln.passes.infra.validation import cosine_stats
+from kiln.passes.approximate.residual_blocks import ResidualBlock, analyze_add, drop_block, find_residual_blocks
+from kiln.passes.infra.recording import node_ref
 from kiln.report.model import BlockDecision, Rewrite
 
 logger = logging.getLogger(__name__)

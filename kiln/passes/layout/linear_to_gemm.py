@@ -23,9 +23,9 @@ import onnx_ir as ir
 from onnxscript import rewriter
 from onnxscript.rewriter import pattern as orp
 
-from kiln.passes.adapters import run_ir_passes
-from kiln.passes.base import Pass, PassContext, PassResult
-from kiln.passes.reshape_sinking import static_shape
+from kiln.passes.infra.rule_pass import run_ir_passes
+from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.ir.queries import static_shape
 
 
 class MatMulAddToGemm(orp.RewriteRuleClassBase):

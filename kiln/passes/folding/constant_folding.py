@@ -11,9 +11,9 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.optimizer import _constant_folding
 
-from kiln.passes.adapters import CapturedWarnings, run_ir_passes
-from kiln.passes.base import Pass, PassContext, PassResult
-from kiln.passes.tracking import describe_value
+from kiln.passes.infra.rule_pass import CapturedWarnings, run_ir_passes
+from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.passes.infra.recording import describe_value
 
 # Do not fold ops whose inputs are larger than this (elements), except shape ops.
 DEFAULT_INPUT_SIZE_LIMIT = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT

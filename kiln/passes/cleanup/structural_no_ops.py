@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from kiln.passes.reshape_sinking import resolved_reshape_shape, static_shape
+from kiln.ir.queries import resolved_reshape_shape, static_shape
 
 
 # Largest Where on constants whose value is computed to see whether it is all zero / all one.

@@ -10,7 +10,7 @@ bias row (each weight must have no other reader, so its joined copy replaces the
 bias may be shared, or zero for a branch that had none, and is copied into the joined row). A group is n MatMuls (and up to n Adds) replaced by one
 MatMul, at most one Add and one Split.
 
-Only where it is measured faster: a group is joined when `kiln.passes.parallel_linear_choice`
+Only where it is measured faster: a group is joined when `kiln.passes.fusion.parallel_matmul_choice`
 says the joined form ran clearly faster on the target (ratio <= 0.95), and otherwise left alone.
 
 onnxscript has no rule for it (a pattern matches one output; this needs every sibling), so it
@@ -26,17 +26,10 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
-from kiln.passes.graph_edits import new_initializer
-from kiln.passes.graph_queries import FLOAT_TYPES, initializer_array
-from kiln.passes.parallel_linear_choice import (
-    MAX_MERGED_RATIO,
-    MIN_GROUP_FLOPS,
-    ChoiceOracle,
-    GroupShape,
-    MergeDecision,
-    decide,
-)
-from kiln.passes.tracking import node_ref
+from kiln.ir.edits import new_initializer
+from kiln.ir.queries import FLOAT_TYPES, initializer_array
+from kiln.passes.fusion.parallel_matmul_choice import MAX_MERGED_RATIO, MIN_GROUP_FLOPS, ChoiceOracle, GroupShape, MergeDecision, decide
+from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Rewrite
 
 logger = logging.getLogger(__name__)

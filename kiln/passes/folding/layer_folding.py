@@ -1,7 +1,7 @@
 """Exact layer folding: BatchNormalization and per-channel affine ops folded into the Conv,
 ConvTranspose or Gemm next to them (their weights and bias absorb the scale and shift), and
 scalar multiplications folded into the weights of the linear layer they scale
-(kiln.passes.scale_folding: attention's score scaling).
+(kiln.passes.folding.scale_folding: attention's score scaling).
 
 The BatchNorm / affine rules are onnxscript's (pattern / check / rewrite); they match only a
 direct producer-consumer pair, so a BatchNorm after a ReLU never folds into the conv before the
@@ -14,10 +14,10 @@ import onnx_ir as ir
 from onnxscript import rewriter
 from onnxscript.rewriter.rules import common as common_rules
 
-from kiln.passes.adapters import run_ir_passes
-from kiln.passes.base import Pass, PassContext, PassResult
-from kiln.passes.scale_folding import fold_scales_into_weights
-from kiln.passes.tracking import GraphSnapshot
+from kiln.passes.infra.rule_pass import run_ir_passes
+from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.passes.folding.scale_folding import fold_scales_into_weights
+from kiln.passes.infra.recording import GraphSnapshot
 
 _LAYER_FOLDING_RULES = (
     common_rules.fuse_batchnorm_into_conv_rule,

@@ -1,6 +1,6 @@
 """Measure this machine into a `HardwareProfile` (`kiln calibrate`), in well under a minute.
 
-What is measured (all with `threads` threads, see `kiln.cost_model.microbench`):
+What is measured (all with `threads` threads, see `kiln.cost_model.measure.microbench`):
 
 - fp32 peak: register-resident AVX-512 / AVX2 FMA loops (the faster counts; derived from the
   clock and flags when no C compiler is available); int8 peak: an AVX-512 VNNI loop where the
@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable
 
-from kiln.cost_model import microbench as mb
+from kiln.cost_model.measure import microbench as mb
 from kiln.cost_model.hardware import DEFAULT_EFFICIENCY, HardwareProfile, MemoryLevel, preset_for_this_cpu
 from kiln.cost_model.machine import caches, cpu_facts
 

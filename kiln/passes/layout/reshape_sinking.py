@@ -22,8 +22,8 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
-from kiln.passes.graph_queries import is_onnx
-from kiln.passes.tracking import node_ref
+from kiln.ir.queries import is_onnx, reshape_target, resolved_reshape_shape, static_shape
+from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Rewrite
 
 logger = logging.getLogger(__name__)
@@ -39,37 +39,6 @@ _ELEMENTWISE_OPS = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "LessOrEqual", "Greater",
     "GreaterOrEqual", "And", "Or", "Xor",
 })
-
-
-def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
-    if value is None or value.shape is None or not all(isinstance(d, int) for d in value.shape):
-        return None
-    return tuple(int(d) for d in value.shape)
-
-
-def _reshape_target(node: ir.Node) -> np.ndarray | None:
-    if len(node.inputs) < 2 or node.inputs[1] is None or node.inputs[1].const_value is None:
-        return None
-    return node.inputs[1].const_value.numpy().astype(np.int64).reshape(-1)
-
-
-def resolved_reshape_shape(node: ir.Node, input_shape: tuple[int, ...]) -> tuple[int, ...] | None:
-    """The shape a Reshape with a constant target gives an input of `input_shape`."""
-    target = _reshape_target(node)
-    if target is None:
-        return None
-    allow_zero = node.attributes.get("allowzero")
-    dims = [input_shape[i] if d == 0 and not (allow_zero and allow_zero.value) and i < len(input_shape) else int(d)
-            for i, d in enumerate(target)]
-    if dims.count(-1) > 1:
-        return None
-    total = int(np.prod(input_shape))
-    if -1 in dims:
-        known = int(np.prod([d for d in dims if d != -1]))
-        if known == 0 or total % known:
-            return None
-        dims[dims.index(-1)] = total // known
-    return tuple(dims) if int(np.prod(dims)) == total else None
 
 
 def _scalar_constant(value: ir.Value, rank: int) -> bool:
@@ -184,7 +153,7 @@ def _sink_through_split(reshape: ir.Node) -> Rewrite | None:
         if piece.is_graph_output() or len(piece_users) != 1 or not is_onnx(piece_users[0], "Reshape"):
             return None
         after = piece_users[0]
-        target, allow_zero = _reshape_target(after), after.attributes.get("allowzero")
+        target, allow_zero = reshape_target(after), after.attributes.get("allowzero")
         if after.inputs[0] is not piece or target is None or (0 in target and not (allow_zero and allow_zero.value)):
             return None  # a 0 in the target copies an input dim, which the sink would change
         reshapes.append(after)

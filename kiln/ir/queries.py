@@ -30,3 +30,36 @@ def initializer_array(value: ir.Value | None, private_to: ir.Node | None = None)
     if private_to is not None and not sole_reader(value, private_to):
         return None
     return value.const_value.numpy()
+
+
+def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The shape of `value` when every dim is a known int, else None."""
+    if value is None or value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return tuple(int(d) for d in value.shape)
+
+
+def reshape_target(node: ir.Node) -> np.ndarray | None:
+    """The constant target shape of a Reshape, flattened to int64, else None."""
+    if len(node.inputs) < 2 or node.inputs[1] is None or node.inputs[1].const_value is None:
+        return None
+    return node.inputs[1].const_value.numpy().astype(np.int64).reshape(-1)
+
+
+def resolved_reshape_shape(node: ir.Node, input_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape a Reshape with a constant target gives an input of `input_shape`."""
+    target = reshape_target(node)
+    if target is None:
+        return None
+    allow_zero = node.attributes.get("allowzero")
+    dims = [input_shape[i] if d == 0 and not (allow_zero and allow_zero.value) and i < len(input_shape) else int(d)
+            for i, d in enumerate(target)]
+    if dims.count(-1) > 1:
+        return None
+    total = int(np.prod(input_shape))
+    if -1 in dims:
+        known = int(np.prod([d for d in dims if d != -1]))
+        if known == 0 or total % known:
+            return None
+        dims[dims.index(-1)] = total // known
+    return tuple(dims) if int(np.prod(dims)) == total else None

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
-from kiln.passes.base import PassResult
+from kiln.passes.infra.contract import PassResult
 
 
 def run_ir_passes(model: ir.Model, passes: Sequence[ir.passes.PassBase]) -> PassResult:

@@ -1,0 +1,1 @@
+"""Exact clean-up passes: dead nodes, Identity and no-op ops, common subexpressions, duplicate initializers."""

@@ -1,0 +1,1 @@
+"""Exact layout passes: layout-op chains, Reshape sinking, batch transposes, linears on rows as Gemm."""
