@@ -22,6 +22,7 @@ import onnx_ir.passes.common as common_passes
 
 from kiln.errors import CaptureError, InvalidModelError
 from kiln.ir.checks import check_model_proto, read_model_proto
+from kiln.ir.serialization import needs_external_data, to_proto
 from kiln.ir.provenance import stamp_provenance
 
 if TYPE_CHECKING:
@@ -54,6 +55,16 @@ def from_proto(proto: onnx.ModelProto, base_dir: str | os.PathLike | None = None
     return _finish(model)
 
 
+def from_ir_model(model: ir.Model) -> ir.Model:
+    """Capture an onnx-ir Model: a copy (tensors shared, never written: rewrites set new ones),
+    checked like a file when it fits in a protobuf, so the caller's model is not modified and
+    every input kind passes the same checks."""
+    copy = model.clone()
+    if not needs_external_data(copy):
+        check_model_proto(to_proto(copy))
+    return _finish(copy)
+
+
 def _finish(model: ir.Model) -> ir.Model:
     """Name unnamed nodes and values, then stamp provenance."""
     common_passes.NameFixPass()(model)
@@ -80,8 +91,7 @@ def capture(
         InvalidModelError: the ONNX model is malformed or unsafe.
     """
     if isinstance(obj, ir.Model):
-        stamp_provenance(obj)
-        return obj
+        return from_ir_model(obj)
     if isinstance(obj, onnx.ModelProto):
         return from_proto(obj)
     if isinstance(obj, (str, os.PathLike)):

@@ -10,6 +10,9 @@ from typing import Any, Literal
 
 PassStatus = Literal["applied", "unchanged", "rolled_back", "failed", "skipped"]
 
+#: Version of the JSON report's layout; bumped when a field is renamed, removed or changes meaning.
+REPORT_SCHEMA_VERSION = 2
+
 
 @dataclass
 class NodeRef:
@@ -42,24 +45,47 @@ class ErrorStats:
     min_cosine: float | None = None
 
 
+DecidedBy = Literal["cost_model", "measurement", "budget", "precondition"]
+
+
 @dataclass
-class BlockDecision:
-    """One residual block a block-dropping pass scored: alone, then (when tried) jointly with the
-    blocks dropped before it. Errors are 1 - cosine of the outputs against the original model."""
+class Alternative:
+    """One way a decision could go and what it was priced at: the cost model's predicted time,
+    the measured time when it was measured, and any other figure the decision weighed
+    (``metrics``: e.g. a cosine against the original, a weight's element count)."""
 
     name: str
-    add_node: str
-    nodes: int  # nodes the drop removes (the branch and the Add)
-    solo_cosine: float
-    solo_max_abs: float
-    dropped: bool = False
-    reason: str = ""
-    # after trying this block: sum of the solo errors of the dropped set (the additive
-    # prediction) against the measured joint error and cosine; None when it was not tried
-    predicted_error: float | None = None
-    measured_error: float | None = None
-    measured_cosine: float | None = None
-    measured_max_abs: float | None = None
+    predicted_ms: float | None = None
+    measured_ms: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Decision:
+    """A trade-off a pass settled: about what (`subject`), which `alternatives` it priced, which
+    it `chose`, why, and what decided it (the cost model, a measurement, an error budget, or a
+    precondition that left one alternative). `count` subjects of one shape share one row."""
+
+    subject: str
+    question: str
+    alternatives: list[Alternative]
+    chosen: str
+    reason: str
+    decided_by: DecidedBy = "cost_model"
+    pass_name: str = ""
+    count: int = 1
+
+    def alternative(self, name: str) -> Alternative | None:
+        return next((a for a in self.alternatives if a.name == name), None)
+
+
+@dataclass
+class NearMiss:
+    """A rule that matched a pattern but whose check said no, with the reason and how often."""
+
+    rule: str
+    reason: str
+    count: int = 1
 
 
 @dataclass
@@ -82,8 +108,12 @@ class PassReport:
     # the cost model's predicted latency of the model before and after this pass (None without one)
     predicted_ms_before: float | None = None
     predicted_ms_after: float | None = None
-    # block dropping: every block scored, in the order they were considered
-    blocks: list[BlockDecision] = field(default_factory=list)
+    # every trade-off the pass settled, and the rules' most frequent "no" reasons
+    decisions: list[Decision] = field(default_factory=list)
+    near_misses: list[NearMiss] = field(default_factory=list)
+    # set when the pass ran inside a fixed-point group: the group's name and the round (from 1)
+    group: str = ""
+    round: int = 0
 
     @property
     def changed(self) -> bool:
@@ -110,6 +140,9 @@ class OptimizationReport:
     seconds: float = 0.0
     validation_seconds: float = 0.0
     validated: bool = False
+    # why the run is or is not validated ("validated on the example inputs", "not validated:
+    # --no-validate", "not validated: the original model does not run: ...")
+    validation: str = ""
     sample_inputs: str = ""
     final_error: ErrorStats | None = None
     # cost model: what it is, its predicted latency and peak memory before and after, and (when
@@ -126,8 +159,13 @@ class OptimizationReport:
     predicted_compiled_ms_before: float | None = None
     predicted_compiled_ms_after: float | None = None
 
+    @property
+    def decisions(self) -> list[Decision]:
+        """Every decision of every pass, in order."""
+        return [d for p in self.passes for d in p.decisions]
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {"schema_version": REPORT_SCHEMA_VERSION, **asdict(self)}
         for report, entry in zip(self.passes, data["passes"]):
             entry["changed"] = report.changed
         return data

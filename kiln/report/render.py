@@ -83,31 +83,33 @@ def report_table(report: OptimizationReport) -> Any:
     return table
 
 
-def block_table(report: PassReport) -> Any:
-    """A rich Table of the blocks a block-dropping pass scored, in the order it considered them:
-    solo score, decision, and after each try the additive prediction next to the measurement."""
+def decision_table(report: PassReport) -> Any:
+    """A rich Table of the decisions a pass took: each subject, its alternatives with their
+    predicted (and measured) cost and other figures, the choice and why."""
     from rich.table import Table
 
-    table = Table(title=f"{report.name}: blocks scored (error = 1 - cosine of the outputs)")
-    for column, justify in (("block", "left"), ("nodes", "right"), ("solo cosine", "right"),
-                            ("solo max abs", "right"), ("dropped", "left"), ("predicted joint err", "right"),
-                            ("measured joint err", "right"), ("joint cosine", "right"), ("reason", "left")):
+    table = Table(title=f"{report.name}: decisions")
+    for column, justify in (("subject", "left"), ("alternative", "left"), ("predicted ms", "right"),
+                            ("measured ms", "right"), ("figures", "left"), ("chosen", "left"), ("reason", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
 
-    def figure(value: float | None, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
+    def figure(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4g}"
 
-    for block in report.blocks:
-        table.add_row(block.name, str(block.nodes), figure(block.solo_cosine, ".6f"), figure(block.solo_max_abs, ".3g"),
-                      "yes" if block.dropped else "no", figure(block.predicted_error, ".3g"),
-                      figure(block.measured_error, ".3g"), figure(block.measured_cosine, ".6f"), block.reason,
-                      style="green" if block.dropped else "")
+    for decision in report.decisions:
+        for index, alternative in enumerate(decision.alternatives):
+            chosen = alternative.name == decision.chosen
+            figures = ", ".join(f"{k} {v:.6g}" for k, v in alternative.metrics.items())
+            table.add_row(decision.subject if index == 0 else "", alternative.name, figure(alternative.predicted_ms),
+                          figure(alternative.measured_ms), figures, "yes" if chosen else "",
+                          f"{decision.reason} ({decision.decided_by})" if index == 0 else "",
+                          style="green" if chosen else "")
     return table
 
 
 def report_renderables(report: OptimizationReport) -> list[Any]:
-    """The pass table, then a block table for every pass that scored blocks."""
-    return [report_table(report), *(block_table(p) for p in report.passes if p.blocks)]
+    """The pass table, then a decision table for every pass that took decisions."""
+    return [report_table(report), *(decision_table(p) for p in report.passes if p.decisions)]
 
 
 def _predicted_text(before: float | None, after: float | None) -> str:

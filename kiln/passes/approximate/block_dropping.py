@@ -29,7 +29,7 @@ from kiln.passes.infra.contract import CosineBudget, ModelRunner, Pass, PassCont
 from kiln.passes.infra.validation import cosine_stats
 from kiln.passes.approximate.residual_blocks import ResidualBlock, analyze_add, drop_block, find_residual_blocks
 from kiln.passes.infra.recording import node_ref
-from kiln.report.model import BlockDecision, Rewrite
+from kiln.report.model import Alternative, Decision, Rewrite
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,10 @@ class _Score:
 class DropResidualBlocks(Pass):
     """Drops residual blocks greedily while the measured output cosine stays within the budget.
 
-    Reads calibration inputs from `calibration` or else `ctx.sample_inputs`, and runs models with
-    `runner` or else `ctx.runner` (kiln.optimize provides both).
+    Reads calibration inputs from `calibration` or else the context's (`ctx.calibration`, else
+    its sample inputs), and runs models with `runner` or else `ctx.runner` (kiln.optimize
+    provides both). Every block scored is a `Decision` row (keep / drop, priced by the cost
+    model, with its solo and joint scores), in the order the blocks were considered.
     """
 
     name = "block_dropping"
@@ -92,7 +94,7 @@ class DropResidualBlocks(Pass):
         if runner is None:
             raise PassError("block_dropping runs the model to score blocks but has no runner: run it through "
                             "kiln.optimize(..., drop_blocks=...) or give DropResidualBlocks(runner=...).")
-        feeds = self.calibration or ([ctx.sample_inputs] if ctx.sample_inputs is not None else [])
+        feeds = self.calibration or ctx.calibration_feeds()
         if not feeds:
             raise InputError("block_dropping scores blocks on calibration inputs and none were given: pass "
                              "sample_inputs={name: array} (or example_inputs) to kiln.optimize, or "
@@ -111,9 +113,9 @@ class DropResidualBlocks(Pass):
             return self._score(runner, trial, feeds, names, reference)
 
         solo = [measure([index]) for index in indices]
-        decisions = [self._solo(block, score) for block, score in zip(blocks, solo)]
+        decisions = [self._solo(block, score, ctx) for block, score in zip(blocks, solo)]
         solo_errors = [score.error for score in solo]
-        order = sorted(range(len(blocks)), key=lambda i: (solo_errors[i], decisions[i].solo_max_abs, i))
+        order = sorted(range(len(blocks)), key=lambda i: (solo_errors[i], solo[i].max_abs, i))
         dropped: list[int] = []
         predicted = 0.0
         for rank, i in enumerate(order):
@@ -121,33 +123,34 @@ class DropResidualBlocks(Pass):
             if self.budget.max_blocks is not None and len(dropped) >= self.budget.max_blocks:
                 decision.reason = f"max_blocks={self.budget.max_blocks} reached"
                 continue
-            if not self._within(decision.solo_cosine, decision.solo_max_abs):
+            if not self._within(solo[i].cosine, solo[i].max_abs) or solo[i].problem:
                 for j in order[rank:]:  # solo errors only grow from here on
                     decisions[j].reason = solo[j].problem or "skipping it alone already breaks the budget"
                 break
             joint = measure([indices[k] for k in [*dropped, i]])
-            decision.predicted_error = predicted + solo_errors[i]
-            decision.measured_error = joint.error
-            decision.measured_cosine = joint.cosine
-            decision.measured_max_abs = joint.max_abs
+            decision.alternative("drop").metrics.update({
+                "predicted_joint_error": predicted + solo_errors[i], "measured_joint_error": joint.error,
+                "joint_cosine": joint.cosine, "joint_max_abs": joint.max_abs})
             if joint.problem is None and self._within(joint.cosine, joint.max_abs):
                 dropped.append(i)
                 predicted += solo_errors[i]
-                decision.dropped = True
+                decision.chosen = "drop"
                 decision.reason = f"joint cosine {joint.cosine:.6f} within {self.error_budget}"
             else:
                 decision.reason = joint.problem or (f"with it the joint cosine would be {joint.cosine:.6f} "
                                                     f"(budget {self.error_budget})")
-        considered = [decisions[i] for i in order]
+        for i in order:
+            ctx.record(decisions[i])
         if not dropped:
             return PassResult(model, False, message=f"no block fits the budget {self.error_budget} "
-                              f"({len(blocks)} blocks scored)", blocks=considered)
+                              f"({len(blocks)} blocks scored)")
         rewrites = self._apply(model, [blocks[i] for i in dropped], [decisions[i] for i in dropped])
-        last = decisions[dropped[-1]]
-        message = (f"dropped {len(dropped)} of {len(blocks)} blocks; measured cosine {last.measured_cosine:.6f}, "
-                   f"joint error {last.measured_error:.3g} (sum of solo errors {last.predicted_error:.3g})")
+        last = decisions[dropped[-1]].alternative("drop").metrics
+        message = (f"dropped {len(dropped)} of {len(blocks)} blocks; measured cosine {last['joint_cosine']:.6f}, "
+                   f"joint error {last['measured_joint_error']:.3g} (sum of solo errors "
+                   f"{last['predicted_joint_error']:.3g})")
         logger.info("block_dropping: %s", message)
-        return PassResult(model, True, rewrites=rewrites, message=message, blocks=considered)
+        return PassResult(model, True, rewrites=rewrites, message=message)
 
     def _within(self, cosine: float, max_abs: float) -> bool:
         if not cosine >= self.budget.min_cosine:
@@ -155,10 +158,18 @@ class DropResidualBlocks(Pass):
         return self.budget.max_abs is None or max_abs <= self.budget.max_abs
 
     @staticmethod
-    def _solo(block: ResidualBlock, score: _Score) -> BlockDecision:
-        return BlockDecision(name=block.name, add_node=block.add.name or "", nodes=len(block.removed_nodes),
-                             solo_cosine=score.cosine if score.problem is None else float("nan"),
-                             solo_max_abs=score.max_abs, reason=score.problem or "")
+    def _solo(block: ResidualBlock, score: _Score, ctx: PassContext) -> Decision:
+        """The block's decision row before the greedy pass: keep it (priced by the cost model at
+        what the block's kernels take) or drop it (nothing runs; scored alone)."""
+        keep_ms = ctx.cost.price(block.removed_nodes) if ctx.cost is not None else None
+        drop = Alternative("drop", predicted_ms=0.0 if keep_ms is not None else None, metrics={
+            "nodes": float(len(block.removed_nodes)),
+            "solo_cosine": score.cosine if score.problem is None else float("nan"),
+            "solo_max_abs": score.max_abs,
+        })
+        return Decision(subject=block.name, question="drop residual block", chosen="keep",
+                        alternatives=[Alternative("keep", predicted_ms=keep_ms, metrics={"cosine": 1.0}), drop],
+                        reason=score.problem or "", decided_by="budget")
 
     @staticmethod
     def _score(runner: ModelRunner, model: ir.Model, feeds: list[Feeds], names: list[str],
@@ -178,13 +189,14 @@ class DropResidualBlocks(Pass):
         return _Score(cosine, max_abs, None)
 
     @staticmethod
-    def _apply(model: ir.Model, blocks: list[ResidualBlock], decisions: list[BlockDecision]) -> list[Rewrite]:
+    def _apply(model: ir.Model, blocks: list[ResidualBlock], decisions: list[Decision]) -> list[Rewrite]:
         """Drop `blocks` from `model` in place; one rewrite per block (a block nested in one
         dropped earlier is already gone and reports no nodes)."""
         rewrites: list[Rewrite] = []
         for block, decision in zip(blocks, decisions):
+            drop = decision.alternative("drop")
             if block.add.graph is None:
-                decision.nodes = 0
+                drop.metrics["nodes"] = 0.0
                 decision.reason += "; already removed with an enclosing block"
                 continue
             current = analyze_add(model.graph, block.add)
@@ -196,12 +208,12 @@ class DropResidualBlocks(Pass):
             weights = {id(v): v for n in current.removed_nodes for v in n.inputs if v is not None and v.is_initializer()}
             drop_block(model.graph, current)
             _remove_unused_initializers(model.graph, weights.values())
-            decision.nodes = len(refs)
+            drop.metrics["nodes"] = float(len(refs))
             rewrites.append(Rewrite(
                 rule=DropResidualBlocks.rule, nodes=refs,
-                reason=(f"{decision.name}: skipped alone the outputs keep cosine {decision.solo_cosine:.6f}; "
-                        f"with the blocks dropped before it, measured cosine {decision.measured_cosine:.6f} "
-                        f"(1 - sum of solo errors predicted {1 - (decision.predicted_error or 0):.6f})"),
+                reason=(f"{decision.subject}: skipped alone the outputs keep cosine {drop.metrics['solo_cosine']:.6f}; "
+                        f"with the blocks dropped before it, measured cosine {drop.metrics['joint_cosine']:.6f} "
+                        f"(1 - sum of solo errors predicted {1 - drop.metrics['predicted_joint_error']:.6f})"),
                 result=f"consumers of {out!r} read {skip!r}",
             ))
         return rewrites

@@ -23,7 +23,7 @@ class EliminateCommonSubexpressions(Pass):
         return "duplicate computation"
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        size_limit = int(ctx.options.get("cse_constant_size_limit", 10))
+        size_limit = ctx.options.cse_constant_size_limit
         return run_ir_passes(model, [
             common_passes.CommonSubexpressionEliminationPass(size_limit=size_limit),
             common_passes.RemoveUnusedNodesPass(),

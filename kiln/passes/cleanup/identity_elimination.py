@@ -9,6 +9,7 @@ import onnx_ir.passes.common as common_passes
 from onnxscript import rewriter
 from onnxscript.rewriter.rules import common as common_rules
 
+from kiln.ir.compat import IdentityEliminationHook
 from kiln.passes.cleanup.structural_no_ops import REASONS as STRUCTURAL_NO_OP_REASONS
 from kiln.passes.cleanup.structural_no_ops import replace_structural_no_ops
 from kiln.passes.infra.contract import Pass, PassContext, PassResult
@@ -42,14 +43,14 @@ _NO_OP_REASONS = {
 }
 
 
-class _GuardedIdentityElimination(common_passes.IdentityEliminationPass):
+class _GuardedIdentityElimination(IdentityEliminationHook):
     """onnx-ir's Identity elimination, minus two unsafe cases it takes (onnx-ir 1.1.0):
     an Identity that makes a second graph output from a value that is already one
     (outputs [a, Identity(a)] became [b, b], silently losing `a`), and one that returns a value
     from an enclosing graph as a subgraph output (ORT rejects the result; Scan bodies computed
     wrong values). Both Identities must stay."""
 
-    def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
+    def keep(self, node: ir.Node) -> bool:
         if node.op_type == "Identity" and node.domain == "" and node.inputs and node.outputs:
             source, output = node.inputs[0], node.outputs[0]
             graph = node.graph
@@ -59,9 +60,8 @@ class _GuardedIdentityElimination(common_passes.IdentityEliminationPass):
                 from_outer_scope = (producer.graph is not graph) if producer is not None else (
                     source.graph is not graph
                 )
-                if already_output or from_outer_scope:
-                    return False
-        return super()._try_eliminate_identity_node(node)
+                return already_output or from_outer_scope
+        return False
 
 
 class EliminateIdentityAndNoOps(Pass):

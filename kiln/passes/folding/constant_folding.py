@@ -9,24 +9,17 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-from onnxscript.optimizer import _constant_folding
 
 from kiln.passes.infra.rule_pass import CapturedWarnings, run_ir_passes
+from kiln.ir import compat
 from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.passes.infra.options import PassOptions
 from kiln.passes.infra.recording import describe_value
 
-# Do not fold ops whose inputs are larger than this (elements), except shape ops.
-DEFAULT_INPUT_SIZE_LIMIT = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT
-# Do not store a folded result larger than this many elements.
-DEFAULT_OUTPUT_SIZE_LIMIT = _constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT
 
 
 # Ops whose folded result can dwarf their inputs (a 2-element shape becoming megabytes).
 _EXPANDING_OPS = frozenset({"Tile", "Expand", "ConstantOfShape", "Range", "Resize", "Upsample", "Pad", "OneHot"})
-# Never fold an expanding op whose result is over this many times its inputs...
-DEFAULT_MAX_EXPANSION = 4.0
-# ...unless the result stays under this many bytes (small constants are cheaper folded).
-DEFAULT_EXPANSION_FREE_BYTES = 64 * 1024
 
 
 def _elements(shape: object) -> int:
@@ -108,8 +101,9 @@ class FoldPolicy:
     selecting op on constants whose result has at most `select_max_elements` elements, and a
     rearranging op whose result is no larger than the constants it frees (any size)."""
 
-    def __init__(self, max_ratio: float = DEFAULT_MAX_EXPANSION, free_bytes: int = DEFAULT_EXPANSION_FREE_BYTES,
-                 select_max_elements: int = DEFAULT_OUTPUT_SIZE_LIMIT):
+    def __init__(self, max_ratio: float = PassOptions.fold_max_expansion,
+                 free_bytes: int = PassOptions.fold_expansion_free_bytes,
+                 select_max_elements: int = PassOptions.fold_output_size_limit):
         self.max_ratio = max_ratio
         self.free_bytes = free_bytes
         self.select_max_elements = select_max_elements
@@ -164,19 +158,16 @@ class FoldConstants(Pass):
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
         cast_likes = _cast_like_to_cast(model)
-        output_limit = int(ctx.options.get("fold_output_size_limit", DEFAULT_OUTPUT_SIZE_LIMIT))
-        guard = FoldPolicy(
-            max_ratio=float(ctx.options.get("fold_max_expansion", DEFAULT_MAX_EXPANSION)),
-            free_bytes=int(ctx.options.get("fold_expansion_free_bytes", DEFAULT_EXPANSION_FREE_BYTES)),
-            select_max_elements=output_limit,
-        )
-        fold = _constant_folding.FoldConstantsPass(
-            shape_inference=bool(ctx.options.get("fold_shape_inference", True)),
-            input_size_limit=int(ctx.options.get("fold_input_size_limit", DEFAULT_INPUT_SIZE_LIMIT)),
-            output_size_limit=output_limit,
+        options = ctx.options
+        guard = FoldPolicy(max_ratio=options.fold_max_expansion, free_bytes=options.fold_expansion_free_bytes,
+                           select_max_elements=options.fold_output_size_limit)
+        fold = compat.FoldConstantsPass(
+            shape_inference=options.fold_shape_inference,
+            input_size_limit=options.fold_input_size_limit,
+            output_size_limit=options.fold_output_size_limit,
             should_fold=guard,
         )
-        with CapturedWarnings(_constant_folding.__name__) as warnings:
+        with CapturedWarnings(compat.CONSTANT_FOLDING_LOGGER) as warnings:
             result = run_ir_passes(model, [
                 fold,
                 common_passes.RemoveUnusedNodesPass(),

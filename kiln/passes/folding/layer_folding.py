@@ -1,7 +1,5 @@
 """Exact layer folding: BatchNormalization and per-channel affine ops folded into the Conv,
-ConvTranspose or Gemm next to them (their weights and bias absorb the scale and shift), and
-scalar multiplications folded into the weights of the linear layer they scale
-(kiln.passes.folding.scale_folding: attention's score scaling).
+ConvTranspose or Gemm next to them (their weights and bias absorb the scale and shift).
 
 The BatchNorm / affine rules are onnxscript's (pattern / check / rewrite); they match only a
 direct producer-consumer pair, so a BatchNorm after a ReLU never folds into the conv before the
@@ -11,13 +9,11 @@ ReLU. The scale fold follows only linear ops (layout ops, MatMuls), never a ReLU
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnxscript import rewriter
+from onnxscript.rewriter import pattern as orp
 from onnxscript.rewriter.rules import common as common_rules
 
-from kiln.passes.infra.rule_pass import run_ir_passes
-from kiln.passes.infra.contract import Pass, PassContext, PassResult
-from kiln.passes.folding.scale_folding import fold_scales_into_weights
-from kiln.passes.infra.recording import GraphSnapshot
+from kiln.passes.infra.contract import PassContext
+from kiln.passes.infra.rule_pass import RulePass
 
 _LAYER_FOLDING_RULES = (
     common_rules.fuse_batchnorm_into_conv_rule,
@@ -28,21 +24,16 @@ _LAYER_FOLDING_RULES = (
 )
 
 
-class FoldLayers(Pass):
-    """Fold BatchNormalization and constant per-channel Mul/Add into a neighbouring
-    Conv, ConvTranspose or Gemm, then scalar Muls into the linear weights they scale."""
+class FoldLayers(RulePass):
+    """Fold BatchNormalization and constant per-channel Mul/Add into a neighbouring Conv,
+    ConvTranspose or Gemm (onnxscript's rules)."""
 
     name = "layer_folding"
-    rule = "fold_into_layer"
 
     def explain(self, removed: list[ir.Node], successors: list[ir.Value]) -> str:
         folded = sorted({n.op_type for n in removed if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "Constant")})
         into = sorted({v.producer().op_type for v in successors if v.producer() is not None})
         return f"{', '.join(folded) or 'affine op'} folded into the weights and bias of {', '.join(into) or 'its layer'}"
 
-    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        snapshot = GraphSnapshot(model)
-        layers = run_ir_passes(model, [rewriter.RewritePass(rewriter.RewriteRuleSet(list(_LAYER_FOLDING_RULES)))])
-        rewrites = snapshot.diff(model, rule=self.rule, explain=self.explain) if layers.modified else []
-        rewrites += fold_scales_into_weights(model)
-        return PassResult(model, layers.modified or bool(rewrites), rewrites=rewrites)
+    def rules(self, ctx: PassContext) -> list[orp.RewriteRule]:
+        return list(_LAYER_FOLDING_RULES)

@@ -12,7 +12,7 @@ Exact to float rounding (a power-of-two scale, such as 1/8 for 64-wide heads, is
 Everything on the path must be read only by the next op on it, and the weight and bias only by
 their layer, so nothing else sees the scaled values. One Mul goes; ONNX Runtime, which would
 have fused the scale into the MatMul kernel (FusedMatMul), runs a plain MatMul instead.
-Plain graph pass (the path has no fixed length); one rewrite per Mul, named `fold_scale_into_weights`.
+Plain graph pass (the path has no fixed length); one rewrite per Mul, named `scale_folding`.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
 from kiln.ir.queries import FLOAT_TYPES, initializer_array, is_onnx, sole_reader
+from kiln.passes.infra.contract import Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Rewrite
 
 logger = logging.getLogger(__name__)
 
-RULE = "fold_scale_into_weights"
+RULE = "scale_folding"
 
 _LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"})
 # Longest layout chain followed back from the Mul (attention: Transpose, Reshape, Transpose...).
@@ -110,3 +111,14 @@ def fold_scales_into_weights(model: ir.Model) -> list[Rewrite]:
                 if (r := _fold(graph, mul)) is not None]
     logger.debug("Folded %d scalar multiplications into weights", len(rewrites))
     return rewrites
+
+
+class FoldScalesIntoWeights(Pass):
+    """Fold scalar multiplications into the weights of the linear layer they scale (see the
+    module docstring)."""
+
+    name = "scale_folding"
+
+    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        rewrites = fold_scales_into_weights(model)
+        return PassResult(model, bool(rewrites), rewrites=rewrites)

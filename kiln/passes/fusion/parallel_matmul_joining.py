@@ -10,8 +10,10 @@ bias row (each weight must have no other reader, so its joined copy replaces the
 bias may be shared, or zero for a branch that had none, and is copied into the joined row). A group is n MatMuls (and up to n Adds) replaced by one
 MatMul, at most one Add and one Split.
 
-Only where it is measured faster: a group is joined when `kiln.passes.fusion.parallel_matmul_choice`
-says the joined form ran clearly faster on the target (ratio <= 0.95), and otherwise left alone.
+Only where it is measured faster: the two forms (`parallel_matmul_forms`) are timed on the
+target through ``PassContext.measured``, and a group is joined when every trial says the joined
+form ran clearly faster (``PassOptions.measured_choice_max_ratio``); the cost model's price of
+both forms is reported beside the measurement and leaves forms too fast to time unmeasured.
 
 onnxscript has no rule for it (a pattern matches one output; this needs every sibling), so it
 is a plain graph pass that reports one rewrite per merged group.
@@ -26,15 +28,18 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
-from kiln.ir.edits import new_initializer
+from kiln.cost_model.decisions import measured_decision
+from kiln.ir.edits import new_initializer, placeholder_weight, sketch_node
 from kiln.ir.queries import FLOAT_TYPES, initializer_array
-from kiln.passes.fusion.parallel_matmul_choice import MAX_MERGED_RATIO, MIN_GROUP_FLOPS, ChoiceOracle, GroupShape, MergeDecision, decide
+from kiln.passes.fusion.parallel_matmul_forms import GroupShape, alternatives
+from kiln.passes.infra.contract import Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
+from kiln.report.model import Decision
 from kiln.report.model import Rewrite
 
 logger = logging.getLogger(__name__)
 
-RULE = "merge_parallel_matmuls"
+RULE = "parallel_matmul_joining"
 
 
 @dataclass
@@ -165,29 +170,62 @@ def _merge(graph: ir.Graph, branches: list[_Branch], why: str) -> Rewrite:
     )
 
 
-def merge_parallel_matmuls(model: ir.Model, oracle: ChoiceOracle | None, *, max_ratio: float = MAX_MERGED_RATIO,
-                           min_flops: float = MIN_GROUP_FLOPS) -> tuple[list[Rewrite], list[str]]:
-    """Join every group of parallel constant-weight MatMuls in the main graph that `oracle`
-    measured clearly faster joined (`parallel_linear_choice.decide`); returns the rewrites and,
-    for the groups left apart, why."""
+def _joined_sketch(branches: list[_Branch]) -> list[ir.Node]:
+    """The joined form, outside the graph, to price it: one MatMul (+ Add) and a Split."""
+    x = branches[0].matmul.inputs[0]
+    dtype = branches[0].matmul.inputs[1].dtype
+    widths = [b.weight.shape[1] for b in branches]
+    rows = list(x.shape.dims[:-1]) if x.shape is not None else None
+    joined_shape = [*rows, sum(widths)] if rows is not None else None
+    nodes = [sketch_node("MatMul", [x, placeholder_weight("w", (branches[0].weight.shape[0], sum(widths)), dtype)],
+                         [(joined_shape, dtype)])]
+    if any(b.add is not None for b in branches):
+        nodes.append(sketch_node("Add", [nodes[-1].outputs[0], placeholder_weight("b", (sum(widths),), dtype)],
+                                 [(joined_shape, dtype)]))
+    nodes.append(sketch_node("Split", [nodes[-1].outputs[0]], [(b.output.shape.dims if b.output.shape is not None
+                                                                  else None, dtype) for b in branches],
+                             attributes=[ir.AttrInt64("axis", -1)]))
+    return nodes
+
+
+def _decide(group: list[_Branch], shape: GroupShape, ctx: PassContext) -> Decision:
+    separate = [n for b in group for n in b.nodes]
+    predicted = ({"separate": ctx.cost.price(separate), "joined": ctx.cost.price(_joined_sketch(group))}
+                 if ctx.cost is not None else None)
+    return measured_decision(ctx.measured, key=shape.key, subject=str(shape), question="join parallel MatMuls",
+                             names=("separate", "joined"), build=lambda: alternatives(shape), predicted=predicted,
+                             policy=ctx.measured_policy, static=shape.static)
+
+
+def join_parallel_matmuls(model: ir.Model, ctx: PassContext) -> list[Rewrite]:
+    """Join every group of parallel constant-weight MatMuls in the main graph that measured
+    clearly faster joined on the target; one decision per shape (recorded with the number of
+    groups it covers), one rewrite per joined group."""
     graph = model.graph
     groups = _groups(graph)
-    if not groups:
-        return [], []
     order = {id(node): index for index, node in enumerate(graph)}
-    decisions: dict[str, MergeDecision] = {}  # one measurement per shape, however many layers share it
+    decisions: dict[str, Decision] = {}  # one measurement per shape, however many layers share it
     rewrites: list[Rewrite] = []
-    kept: dict[str, int] = {}  # shape key -> groups left apart
     for group in groups:
         group.sort(key=lambda b: order[id(b.matmul)])
         shape = _shape(group)
         decision = decisions.get(shape.key)
         if decision is None:
-            decision = decisions[shape.key] = decide(shape, oracle, max_ratio=max_ratio, min_flops=min_flops)
-        if decision.merge:
+            decision = decisions[shape.key] = ctx.record(_decide(group, shape, ctx))
+            decision.count = 0
+        decision.count += 1
+        if decision.chosen == "joined":
             rewrites.append(_merge(graph, group, decision.reason))
-        else:
-            kept[shape.key] = kept.get(shape.key, 0) + 1
-    notes = [f"{count} group(s) {key}: {decisions[key].reason}" for key, count in kept.items()]
-    logger.debug("Joined %d groups of parallel MatMuls, left %d apart", len(rewrites), sum(kept.values()))
-    return rewrites, notes
+    logger.debug("Joined %d groups of parallel MatMuls, left %d apart", len(rewrites), len(groups) - len(rewrites))
+    return rewrites
+
+
+class JoinParallelMatMuls(Pass):
+    """Join parallel constant-weight MatMuls on one input (query, key, value) into one MatMul
+    and a Split where that was measured clearly faster on the target (see the module docstring)."""
+
+    name = "parallel_matmul_joining"
+
+    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        rewrites = join_parallel_matmuls(model, ctx)
+        return PassResult(model, bool(rewrites), rewrites=rewrites)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 import onnx_ir as ir
 
 from kiln.errors import PassError
 from kiln.ir.inputs import Feeds
-from kiln.report.model import BlockDecision, Rewrite
+from kiln.cost_model.decisions import CostOracle, MeasuredChoiceOracle, MeasuredPolicy
+from kiln.passes.infra.options import PassOptions
+from kiln.report.model import Decision, NearMiss, Rewrite
 from kiln.target import Target
 
 # Runs a model on feeds and returns its outputs in graph-output order.
@@ -63,36 +63,68 @@ ErrorBudget = Tolerance | CosineBudget
 @dataclass
 class PassResult:
     """What a pass returns: the (possibly new) model, whether it changed, and optionally the
-    rewrites it made. When `rewrites` is None the PassManager infers them from a graph diff."""
+    rewrites it made. When `rewrites` is None the PassManager infers them from a graph diff.
+    `near_misses` are the rules' reasons for not applying where their pattern matched."""
 
     model: ir.Model
     modified: bool
     rewrites: list[Rewrite] | None = None
     message: str = ""
-    # block dropping: the per-block scores and decisions, copied into the PassReport
-    blocks: list[BlockDecision] = field(default_factory=list)
+    near_misses: list[NearMiss] = field(default_factory=list)
 
 
 @dataclass
 class PassContext:
-    """What a pass may read: the target, the cost model, sample inputs, a model runner and options.
+    """What a pass may read, and the decision API it asks.
 
-    `cost_model` is filled by the cost_model package when one is configured; passes that need a
-    trade-off decision must ask it (and fall back to a documented heuristic when it is None).
-    `runner` runs a model on feeds (the validation runner `kiln.optimize` injects, since passes
-    never import a backend); passes that measure outputs (block dropping) use it.
-    `measured_choices` times two small alternatives on the target and remembers the ratio
-    (`kiln.cost_model.measured_choice.MeasuredChoices`, given by `kiln.optimize` for ONNX Runtime
-    on this machine); choices no model predicts (joining parallel MatMuls) ask it, and are not
-    made when it is None.
+    - `target`: where the model runs (backend, threads).
+    - `cost`: prices the alternatives of a trade-off for the target and thread count
+      (`kiln.cost_model.decisions.CostOracle`); None when the caller runs without a cost model,
+      and a pass then keeps the form the graph has.
+    - `measured`: times two alternatives on the target for choices no model predicts
+      (`kiln.cost_model.measure.choices.MeasuredChoices`, given by `kiln.optimize` for ONNX
+      Runtime on this CPU); None: such choices keep the form the graph has.
+    - `sample_inputs`: the feeds validation runs on; `calibration`: feeds for passes that look
+      at activations (quantization, block dropping), by default the sample inputs.
+    - `runner`: runs a model on feeds (the validation runner; passes never import a backend).
+    - `options`: typed options (`PassOptions`; unknown keys are an error).
+
+    Every decision a pass takes goes through `decide` (or is appended to `decisions`): the
+    PassManager moves them into the pass's report.
     """
 
     target: Target = field(default_factory=Target)
-    cost_model: Any = None
+    cost: CostOracle | None = None
+    measured: MeasuredChoiceOracle | None = None
     sample_inputs: Feeds | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    calibration: list[Feeds] = field(default_factory=list)
+    options: PassOptions = field(default_factory=PassOptions)
     runner: ModelRunner | None = None
-    measured_choices: Any = None
+    decisions: list[Decision] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.options = PassOptions.from_mapping(self.options)
+
+    def record(self, decision: Decision) -> Decision:
+        """Keep `decision` for the running pass's report (a later decision on the same question and
+        subject replaces it: a rule's check may run again on one match); returns it."""
+        for index, known in enumerate(self.decisions):
+            if (known.question, known.subject) == (decision.question, decision.subject):
+                self.decisions[index] = decision
+                return decision
+        self.decisions.append(decision)
+        return decision
+
+    @property
+    def measured_policy(self) -> MeasuredPolicy:
+        return MeasuredPolicy(max_ratio=self.options.measured_choice_max_ratio,
+                              min_ms=self.options.measured_choice_min_ms)
+
+    def calibration_feeds(self) -> list[Feeds]:
+        """The calibration feeds, else the sample inputs as the one calibration set."""
+        if self.calibration:
+            return list(self.calibration)
+        return [self.sample_inputs] if self.sample_inputs is not None else []
 
 
 class Pass(abc.ABC):

@@ -16,7 +16,7 @@ import onnx_ir as ir
 from kiln.cost_model.model import CostModel, ModelEstimate
 from kiln.passes.infra.contract import Pass, PassContext
 from kiln.passes.infra.instruments import Instrument
-from kiln.report.model import PassReport
+from kiln.report.model import OptimizationReport, PassReport
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +24,8 @@ __all__ = ["CostPrediction"]
 
 
 class CostPrediction(Instrument):
-    """Fills `PassReport.predicted_ms_before/after`; `initial` and `latest` hold the estimates of
-    the input model and of the last accepted one."""
+    """Fills `PassReport.predicted_ms_before/after` after every accepted pass, and at the end the
+    run's predicted latency and peak memory before and after (`OptimizationReport.predicted_*`)."""
 
     def __init__(self, cost_model: CostModel) -> None:
         self.cost_model = cost_model
@@ -44,3 +44,12 @@ class CostPrediction(Instrument):
                      estimate.latency_ms)
         self.latest = estimate
         return None
+
+    def finish(self, model: ir.Model, report: OptimizationReport) -> None:
+        if self.initial is None or self.latest is None:
+            return
+        report.cost_model = repr(self.cost_model)
+        report.predicted_ms_before = self.initial.latency_ms
+        report.predicted_ms_after = self.latest.latency_ms
+        report.predicted_peak_bytes_before = self.initial.peak_memory_bytes
+        report.predicted_peak_bytes_after = self.latest.peak_memory_bytes

@@ -9,17 +9,22 @@ from pathlib import Path
 import onnx_ir as ir
 
 from kiln.passes.infra.contract import Pass, PassContext
-from kiln.report.model import PassReport
+from kiln.report.model import OptimizationReport, PassReport
 
 logger = logging.getLogger(__name__)
 
 
 class Instrument:
-    """Hooks around every pass (after TVM's PassInstrument). `after_pass` may veto the pass by
-    returning a reason; the PassManager then rolls the pass back."""
+    """Hooks around every pass (after TVM's PassInstrument). `should_run` may skip a pass;
+    `after_pass` may veto it by returning a reason (the PassManager then rolls it back);
+    `finish` writes what the instrument found into the run's report."""
 
     def run_before(self, model: ir.Model, ctx: PassContext) -> None:
         """Called once before the first pass, with the input model."""
+
+    def should_run(self, model: ir.Model, pass_: Pass, ctx: PassContext) -> str | None:
+        """Return a reason to skip `pass_` (it is then reported as skipped), else None."""
+        return None
 
     def before_pass(self, model: ir.Model, pass_: Pass, ctx: PassContext) -> None:
         """Called before each pass."""
@@ -30,6 +35,9 @@ class Instrument:
 
     def pass_accepted(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> None:
         """Called after a pass that changed the model once every instrument accepted it."""
+
+    def finish(self, model: ir.Model, report: OptimizationReport) -> None:
+        """Called once after the last pass, with the final model: fill the run's report."""
 
 
 def check_structure(model: ir.Model) -> str | None:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
+from kiln.ir.compat import RULE_NAME_KEY
 from kiln.ir.provenance import Origin, get_provenance, merge_provenance
 from kiln.report.model import NodeRef, Rewrite
 
-RULE_NAME_KEY = "pkg.onnxscript.rewriter.rule_name"
 
 # Given the removed nodes of one rewrite and the values that took over their outputs,
 # return the reason text.

@@ -1,13 +1,21 @@
-"""Run passes that onnx-ir and onnxscript already ship as kiln passes (reused, not copied)."""
+"""Rule passes: onnxscript rule sets (and onnx-ir passes) run as kiln passes, reused, not
+copied, with the reasons behind every "no" a rule's check gave."""
 
 from __future__ import annotations
 
+import abc
 import logging
+import re
+from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import onnx_ir as ir
+from onnxscript import rewriter
+from onnxscript.rewriter import pattern
 
-from kiln.passes.infra.contract import PassResult
+from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.report.model import NearMiss
 
 
 def run_ir_passes(model: ir.Model, passes: Sequence[ir.passes.PassBase]) -> PassResult:
@@ -49,3 +57,61 @@ class CapturedWarnings(logging.Handler):
         first = self.messages[0][:200]
         more = f" (+{len(self.messages) - 1} more)" if len(self.messages) > 1 else ""
         return f"{what}: {first}{more}"
+
+
+class _NearMissTracer(pattern.MatchingTracer):
+    """Keeps every match whose check said no, with the check's reason (onnxscript's own tracer
+    keeps only the best-scoring match per rule, for printing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.misses: Counter[tuple[str, str]] = Counter()
+
+    def log(self, rule: Any, container: Any, node: ir.Node, match_result: Any, status: Any) -> None:
+        if status == pattern.MatchStatus.CONDITION_FAILED:
+            reason = (match_result.reason or "its check failed").strip()
+            self.misses[(rule_label(rule.name), reason)] += 1
+
+
+def rule_label(name: str | None, default: str = "") -> str:
+    """A rule's name as reports spell it: snake_case (``FuseBatchNormIntoConv`` ->
+    ``fuse_batch_norm_into_conv``)."""
+    text = name or default
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", text)
+    return re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower()
+
+
+def near_misses(rules: pattern.RewriteRuleSet, model: ir.Model) -> list[NearMiss]:
+    """Where the rules' patterns match `model` but their checks say no, with the reasons: a
+    tracing sweep that changes nothing."""
+    tracer = _NearMissTracer()
+    rules.apply_to_model(model, tracer=tracer)
+    return [NearMiss(rule=rule, reason=reason, count=count)
+            for (rule, reason), count in tracer.misses.most_common()]
+
+
+class RulePass(Pass):
+    """A pass that applies a set of onnxscript pattern / check / rewrite rules, reports each
+    rewrite under its rule's (snake_case) name, and keeps the reasons of every check that said
+    no (`PassReport.near_misses`). Subclasses give `name`, `explanation` (why the rewrites are
+    right, used for rewrites inferred from the graph diff) and `rules(ctx)`."""
+
+    #: Why a rewrite of this pass is right, for the report.
+    explanation: str = ""
+    #: Also match commutative ops (Add, Mul) with their operands swapped.
+    commute: bool = False
+
+    @abc.abstractmethod
+    def rules(self, ctx: PassContext) -> Sequence[pattern.RewriteRule]:
+        """The rules, built for this run (a rule that decides a trade-off reads `ctx`)."""
+
+    def explain(self, removed: list[ir.Node], successors: list[ir.Value]) -> str:
+        return self.explanation
+
+    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        rule_set = pattern.RewriteRuleSet(list(self.rules(ctx)), commute=self.commute)
+        result = run_ir_passes(model, [rewriter.RewritePass(rule_set)])
+        decisions = list(ctx.decisions)
+        result.near_misses = near_misses(rule_set, model)
+        ctx.decisions[:] = decisions  # the tracing sweep asks the same checks again: keep the first answers
+        return result

@@ -15,7 +15,7 @@ import onnx_ir as ir
 from kiln.ir.inputs import Feeds
 from kiln.passes.infra.contract import CosineBudget, ErrorBudget, ModelRunner, Pass, PassContext, Tolerance
 from kiln.passes.infra.instruments import Instrument
-from kiln.report.model import ErrorStats, PassReport
+from kiln.report.model import ErrorStats, OptimizationReport, PassReport
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +270,15 @@ class NumericValidation(Instrument):
         report.error = stats
         self._pending = (outputs, versus_original)
         return violation
+
+    def finish(self, model: ir.Model, report: OptimizationReport) -> None:
+        report.validation_seconds = self.seconds
+        report.validated = self.available
+        report.final_error = self.final_error
+        if self.available:
+            report.validation = f"validated on {report.sample_inputs or 'the sample inputs'}"
+        else:
+            report.validation = f"not validated: {self.unavailable_reason}"
 
     def pass_accepted(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> None:
         if self._pending is None:

@@ -26,6 +26,7 @@ import onnx_ir as ir
 from kiln.ir.edits import new_initializer
 from kiln.ir.queries import is_onnx, sole_reader
 from kiln.ir.queries import resolved_reshape_shape, static_shape
+from kiln.passes.infra.contract import Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Rewrite
 
@@ -130,3 +131,13 @@ def expose_batch_transposes(model: ir.Model) -> list[Rewrite]:
     if rewrites:
         logger.debug("Re-laid %d Reshape -> Transpose pairs as batch transposes", len(rewrites))
     return rewrites
+
+
+class ExposeBatchTransposes(Pass):
+    """Lay out Reshape -> Transpose pairs feeding MatMuls as batch transposes (see the module docstring)."""
+
+    name = "batch_transpose"
+
+    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        rewrites = expose_batch_transposes(model)
+        return PassResult(model, bool(rewrites), rewrites=rewrites)

@@ -1,23 +1,19 @@
-"""Collapse chains of layout ops: Transpose pairs (cancelled, or composed into one),
-Reshape chains, Unsqueeze chains, Squeeze+Reshape to 1-D, Slices that split a tensor, and
-Cast chains whose intermediate type loses nothing the final type keeps; then remove Reshapes
-around elementwise regions and before Splits (kiln.passes.layout.reshape_sinking), and lay out
-Reshape -> Transpose pairs feeding MatMuls as batch transposes (kiln.passes.layout.batch_transpose).
+"""Collapse chains of layout ops: Transpose pairs (cancelled, or composed into one), Reshape
+chains, Unsqueeze chains, Squeeze+Reshape to 1-D, Slices that split a tensor, and Cast chains
+whose intermediate type loses nothing the final type keeps.
 
-The chain rules are onnxscript's; kiln names them in the report and validates the result."""
+The chain rules are onnxscript's; kiln names them in the report, keeps their "no" reasons and
+validates the result."""
 
 from __future__ import annotations
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-from onnxscript import rewriter
+from onnxscript.rewriter import pattern as orp
 from onnxscript.rewriter.rules import common as common_rules
 
-from kiln.passes.infra.rule_pass import run_ir_passes
-from kiln.passes.infra.contract import Pass, PassContext, PassResult
-from kiln.passes.layout.batch_transpose import expose_batch_transposes
-from kiln.passes.layout.reshape_sinking import sink_reshapes
-from kiln.passes.infra.recording import GraphSnapshot
+from kiln.passes.infra.contract import PassContext, PassResult
+from kiln.passes.infra.rule_pass import RulePass
 
 _SHAPE_RULES = (
     common_rules.transpose_transpose_rule,
@@ -43,24 +39,20 @@ _REASONS = {
 }
 
 
-class SimplifyShapeChains(Pass):
-    """Collapse Transpose / Reshape / Unsqueeze / Squeeze / Slice / Cast chains, remove
-    Reshapes that elementwise ops and Splits do not need, and expose batch transposes."""
+class CollapseLayoutChains(RulePass):
+    """Collapse Transpose / Reshape / Unsqueeze / Squeeze / Slice / Cast chains (onnxscript's
+    rules), then remove what they left unused."""
 
-    name = "shape_simplification"
-    rule = "collapse_chain"
+    name = "chain_collapse"
 
     def explain(self, removed: list[ir.Node], successors: list[ir.Value]) -> str:
         ops = [n.op_type for n in removed if n.op_type != "Constant"] or [n.op_type for n in removed]
         return "; ".join(sorted({_REASONS.get(op, f"{op} chain collapsed") for op in ops}))
 
+    def rules(self, ctx: PassContext) -> list[orp.RewriteRule]:
+        return list(_SHAPE_RULES)
+
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        snapshot = GraphSnapshot(model)
-        chains = run_ir_passes(model, [
-            rewriter.RewritePass(rewriter.RewriteRuleSet(list(_SHAPE_RULES))),
-            common_passes.RemoveUnusedNodesPass(),
-        ])
-        rewrites = snapshot.diff(model, rule=self.rule, explain=self.explain) if chains.modified else []
-        rewrites += sink_reshapes(model)
-        rewrites += expose_batch_transposes(model)
-        return PassResult(model, chains.modified or bool(rewrites), rewrites=rewrites)
+        result = super().call(model, ctx)
+        result.modified = common_passes.RemoveUnusedNodesPass()(model).modified or result.modified
+        return result

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript import rewriter
 from onnxscript.rewriter import pattern as orp
 
-from kiln.passes.infra.rule_pass import run_ir_passes
-from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.passes.infra.contract import PassContext
+from kiln.passes.infra.rule_pass import RulePass
 from kiln.ir.queries import static_shape
 
 
@@ -65,18 +64,13 @@ class MatMulAddToGemm(orp.RewriteRuleClassBase):
         return out
 
 
-_RULES = rewriter.RewriteRuleSet([MatMulAddToGemm.rule()], commute=True)
-
-
-class FlattenLinearsToGemm(Pass):
+class LinearToGemm(RulePass):
     """Rewrite constant-shape MatMul + bias Add as Gemm on rows (see the module docstring)."""
 
     name = "linear_to_gemm"
-    rule = "matmul_add_to_gemm"
+    commute = True
+    explanation = ("MatMul + bias is one Gemm on rows, as ONNX Runtime would rewrite it; made here, the shape passes "
+                   "remove the Reshapes it needs")
 
-    def explain(self, removed: list[ir.Node], successors: list[ir.Value]) -> str:
-        return ("MatMul + bias is one Gemm on rows, as ONNX Runtime would rewrite it; made here, "
-                "the shape passes remove the Reshapes it needs")
-
-    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        return run_ir_passes(model, [rewriter.RewritePass(_RULES)])
+    def rules(self, ctx: PassContext) -> list[orp.RewriteRule]:
+        return [MatMulAddToGemm.rule(self.name)]

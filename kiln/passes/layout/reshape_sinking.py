@@ -23,6 +23,7 @@ import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
 from kiln.ir.queries import is_onnx, reshape_target, resolved_reshape_shape, static_shape
+from kiln.passes.infra.contract import Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Rewrite
 
@@ -187,3 +188,13 @@ def sink_reshapes(model: ir.Model) -> list[Rewrite]:
     if rewrites:
         logger.debug("Sank %d Reshapes", len(rewrites))
     return rewrites
+
+
+class SinkReshapes(Pass):
+    """Remove Reshapes around elementwise regions and before Splits (see the module docstring)."""
+
+    name = "reshape_sinking"
+
+    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        rewrites = sink_reshapes(model)
+        return PassResult(model, bool(rewrites), rewrites=rewrites)

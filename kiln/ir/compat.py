@@ -1,0 +1,52 @@
+"""Every use kiln makes of onnx-ir's and onnxscript's private API, in one place, behind a version
+check: the constant folder's pass class and limits, the metadata key the rewriter stamps rule
+names with, and the Identity-elimination hook kiln guards. A version outside the tested range
+fails here with a clear message instead of deep inside a pass."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+import onnxscript
+from onnxscript.optimizer import _constant_folding
+from packaging.version import Version
+
+from kiln.errors import KilnError
+
+#: The versions these shims were written and tested against (constraints.txt pins them).
+TESTED = {"onnxscript": ("0.7", Version(onnxscript.__version__)), "onnx-ir": ("1.1", Version(ir.__version__))}
+
+
+def check_versions() -> None:
+    """Raise when onnxscript or onnx-ir is of a minor version the shims were not tested with."""
+    for package, (series, found) in TESTED.items():
+        if f"{found.major}.{found.minor}" != series:
+            raise KilnError(f"kiln uses private API of {package} {series}.x, but {package} {found} is installed; "
+                            f"install the version in kiln's constraints.txt (pip install -c constraints.txt -e .).")
+
+
+check_versions()
+
+#: onnxscript's constant-folding pass (`onnxscript.optimizer.fold_constants` wraps it without the
+#: `should_fold` hook kiln's size policy needs) and its default size limits, in elements.
+FoldConstantsPass = _constant_folding.FoldConstantsPass
+CONSTANT_FOLDING_LOGGER = _constant_folding.__name__
+DEFAULT_FOLD_INPUT_SIZE_LIMIT: int = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT
+DEFAULT_FOLD_OUTPUT_SIZE_LIMIT: int = _constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT
+
+#: Metadata key onnxscript's rewriter puts on the nodes a rule created, holding the rule's name.
+RULE_NAME_KEY = "pkg.onnxscript.rewriter.rule_name"
+
+
+class IdentityEliminationHook(common_passes.IdentityEliminationPass):
+    """onnx-ir's Identity elimination with a per-node veto (`keep`): subclasses refuse nodes the
+    stock pass would remove unsafely. Overrides the private `_try_eliminate_identity_node`."""
+
+    def keep(self, node: ir.Node) -> bool:
+        """True to leave `node` in place."""
+        return False
+
+    def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
+        if self.keep(node):
+            return False
+        return super()._try_eliminate_identity_node(node)

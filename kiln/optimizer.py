@@ -1,0 +1,222 @@
+"""`Optimizer`: the wiring `kiln.optimize`, `kiln optimize` and the torch.compile backend share.
+
+It captures the model (every input kind through the same checks; the caller's model is never
+modified), picks the sample and calibration feeds, builds the pipeline and the `PassContext`
+(target, cost oracle, measured choices, typed options), installs the instruments (structure,
+validation, IR dumps, cost prediction), runs the PassManager and, when asked, measures the
+input against the output on the target. Settings come grouped in typed dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx_ir as ir
+
+from kiln.backends import compile_model
+from kiln.backends import onnxruntime as ort_backend
+from kiln.backends import reference as reference_backend
+from kiln.cost_model.decisions import CostOracle, MeasuredChoiceOracle
+from kiln.cost_model.measure.choices import MeasuredChoices
+from kiln.cost_model.model import CostModel
+from kiln.errors import InputError
+from kiln.ir.capture import capture, split_example_inputs
+from kiln.ir.inputs import Feeds, make_feeds, random_inputs
+from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
+from kiln.passes.infra import IRDump, NumericValidation, PassContext, PassManager, StructuralCheck, Tolerance
+from kiln.passes.infra.cost_prediction import CostPrediction
+from kiln.passes.infra.instruments import Instrument
+from kiln.passes.infra.manager import PipelineStep
+from kiln.passes.infra.options import PassOptions
+from kiln.passes.pipeline import passes_for_level
+from kiln.report.model import OptimizationReport
+from kiln.target import Target
+
+logger = logging.getLogger(__name__)
+
+Default = Literal["default"]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Which passes run: a level's pipeline, or the given `passes`; block dropping first when a
+    budget is given; `options` for the passes (unknown keys are an error)."""
+
+    level: int = 1
+    passes: Sequence[PipelineStep] | None = None
+    drop_blocks: BlockBudget | None = None
+    options: PassOptions = field(default_factory=PassOptions)
+
+    def steps(self) -> list[PipelineStep]:
+        if self.passes is None:
+            return passes_for_level(self.level, drop_blocks=self.drop_blocks)
+        return ([DropResidualBlocks(self.drop_blocks)] if self.drop_blocks is not None else []) + list(self.passes)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Numeric validation: compare every changed model with the original on the sample inputs
+    (given, else the example inputs, else random ones) and roll back a pass outside `tolerance`."""
+
+    enabled: bool = True
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    sample_inputs: Feeds | None = None
+    calibration: Sequence[Feeds] = ()
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """What prices decisions and reports: the cost model ("default": the calibrated profile, else
+    this CPU's preset), measured choices ("default": ONNX Runtime on this CPU, cached on disk),
+    and whether to time the input and output models on the target (`measure`)."""
+
+    cost_model: CostModel | None | Default = "default"
+    measured_choices: MeasuredChoiceOracle | None | Default = "default"
+    measure: bool = False
+
+
+@dataclass
+class OptimizationRun:
+    """What an Optimizer returns: the optimized model and its report."""
+
+    model: ir.Model
+    report: OptimizationReport
+
+
+class Optimizer:
+    """Optimizes models for one target with one pipeline, validation and cost configuration."""
+
+    def __init__(self, target: Target | None = None, *, pipeline: PipelineConfig | None = None,
+                 validation: ValidationConfig | None = None, cost: CostConfig | None = None,
+                 dump_ir: str | os.PathLike | None = None) -> None:
+        self.target = target or Target()
+        self.pipeline = pipeline or PipelineConfig()
+        self.validation = validation or ValidationConfig()
+        self.cost = cost or CostConfig()
+        self.dump_ir = dump_ir
+        self.pipeline.steps()  # an unknown level fails here, before any capture
+
+    @property
+    def threads(self) -> int:
+        return self.target.intra_op_threads or 2
+
+    def cost_model(self) -> CostModel | None:
+        """The cost model decisions and per-pass predictions use."""
+        if self.cost.cost_model != "default":
+            return self.cost.cost_model
+        # Per pass, models are priced as written (ORT lowering after every pass would cost more
+        # than the passes): the calibrated roofline, without the correction fitted to ORT's
+        # *fused* kernels, whose per-kernel overheads would bill every unfused node.
+        return CostModel.default(self.threads, learned=False)
+
+    def measured_choices(self) -> MeasuredChoiceOracle | None:
+        """Measured choices on this machine when the model runs in ONNX Runtime on its CPU."""
+        if self.cost.measured_choices != "default":
+            return self.cost.measured_choices
+        if self.target.backend != "onnxruntime" or self.target.providers[:1] != ("CPUExecutionProvider",):
+            return None
+        return MeasuredChoices.default(self.target)
+
+    def validation_target(self) -> Target:
+        """ONNX Runtime with its optimizer off: the reference validation runs on (DESIGN 9)."""
+        return Target(backend="onnxruntime", intra_op_threads=self.target.intra_op_threads, inter_op_threads=1,
+                      graph_optimization_level="disable", providers=self.target.providers)
+
+    def run_reference(self, model: ir.Model, feeds: Feeds) -> list[Any]:
+        """Run `model` as validation does."""
+        return ort_backend.run_model(model, feeds, self.validation_target())
+
+    def optimize(self, model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None,
+                 name: str | None = None) -> OptimizationRun:
+        """Capture `model` (a copy: the caller's object is not modified), run the pipeline with
+        validation and cost prediction, and return the optimized model with its report."""
+        started = time.perf_counter()
+        captured = capture(model, example_inputs, dynamic_shapes)
+        capture_seconds = time.perf_counter() - started
+        pipeline = self.pipeline
+        report = OptimizationReport(model_name=name or _model_name(model),
+                                    level=pipeline.level if pipeline.passes is None else None)
+        needs_feeds = self.validation.enabled or pipeline.drop_blocks is not None
+        feeds: Feeds | None = None
+        if needs_feeds:
+            feeds, report.sample_inputs = self._sample_feeds(captured, example_inputs)
+            if pipeline.drop_blocks is not None and report.sample_inputs == "random inputs" \
+                    and not self.validation.calibration:
+                raise InputError(
+                    "Block dropping scores blocks by how much the outputs change on real inputs, and none were "
+                    "given: pass sample_inputs={input name: array} (or example_inputs) to kiln.optimize, or "
+                    "--sample-inputs inputs.npz to `kiln optimize`.")
+        if not self.validation.enabled:
+            report.validation = "not validated: validation is off (validate=False, --no-validate)"
+        cost_model = self.cost_model()
+        ctx = PassContext(
+            target=self.target, cost=CostOracle(cost_model, self.target, resolution=pipeline.options.cost_resolution)
+            if cost_model is not None else None, measured=self.measured_choices(), sample_inputs=feeds,
+            calibration=list(self.validation.calibration), options=pipeline.options, runner=self.run_reference)
+        original = captured.clone() if self.cost.measure else None  # the clone shares weight tensors
+        manager = PassManager(pipeline.steps(), self._instruments(feeds, cost_model))
+        optimized, report = manager.run(captured, ctx, report)
+        if original is not None:
+            self._measure(original, optimized, feeds, report)
+        logger.info("Captured in %.2f s; passes ran in %.2f s (validation %.2f s)", capture_seconds,
+                    report.seconds - report.validation_seconds, report.validation_seconds)
+        return OptimizationRun(optimized, report)
+
+    def _instruments(self, feeds: Feeds | None, cost_model: CostModel | None) -> list[Instrument]:
+        instruments: list[Instrument] = [StructuralCheck()]
+        if self.validation.enabled and feeds is not None:
+            instruments.append(NumericValidation(self.run_reference, feeds, self.validation.tolerance,
+                                                 fallback_runner=reference_backend.run_model))
+        if self.dump_ir is not None:
+            instruments.append(IRDump(self.dump_ir))
+        if cost_model is not None:
+            instruments.append(CostPrediction(cost_model))  # last: it sees only the passes every check accepted
+        return instruments
+
+    def _sample_feeds(self, model: ir.Model, example_inputs: Any) -> tuple[Feeds, str]:
+        inputs = [v for v in model.graph.inputs if not v.is_initializer()]
+        if self.validation.sample_inputs is not None:
+            return make_feeds(inputs, (), self.validation.sample_inputs), "the given sample inputs"
+        if example_inputs is not None:
+            args, kwargs = split_example_inputs(example_inputs)
+            try:
+                return make_feeds(inputs, args, kwargs), "the example inputs"
+            except InputError as exc:
+                logger.info("Example inputs do not map onto the ONNX inputs (%s); using random inputs.", exc)
+        return random_inputs(inputs), "random inputs"
+
+    def _measure(self, before: ir.Model, after: ir.Model, feeds: Feeds | None, report: OptimizationReport) -> None:
+        """Time both models on the target, in turn on the same inputs, and price the graphs ORT
+        really runs next to the measurement (with the full learned correction)."""
+        report.measured_ms_before, report.measured_ms_after = _measure_both(
+            before, after, self.target, feeds if feeds is not None else self._sample_feeds(before, None)[0])
+        compiled_model = CostModel.default(self.threads)
+        report.compiled_cost_model = repr(compiled_model)
+        report.predicted_compiled_ms_before = compiled_model.model_cost(before, compiled=True).latency_ms
+        report.predicted_compiled_ms_after = compiled_model.model_cost(after, compiled=True).latency_ms
+
+
+def _model_name(obj: Any) -> str:
+    if isinstance(obj, (str, os.PathLike)):
+        return Path(obj).name
+    if isinstance(obj, ir.Model):
+        return obj.graph.name or "model"
+    return type(obj).__name__
+
+
+def _measure_both(before: ir.Model, after: ir.Model, target: Target, inputs: Feeds) -> tuple[float, float]:
+    """Median latency of two models on the target's backend, timed in turn on the same inputs."""
+    from kiln.backends.base import time_alternately
+
+    # two sessions alternate: idle spinning threads of one would slow the other (Target.allow_spinning)
+    quiet = dataclasses.replace(target, allow_spinning=False)
+    a, b = compile_model(before, quiet), compile_model(after, quiet)
+    first, second = time_alternately(lambda: a.run(inputs), lambda: b.run(inputs))
+    return first.median_ms, second.median_ms
