@@ -71,8 +71,8 @@ def _attention_scores(batch: int = 1, key_reader: str = "MatMul") -> onnx.ModelP
 
 
 def _relayouts(optimized: kiln.OptimizedModel) -> int:
-    shapes = next(p for p in optimized.report.passes if p.name == "shape_simplification")
-    return sum(r.rule == "unit_dim_for_batch_transpose" for r in shapes.rewrites)
+    shapes = next(p for p in optimized.report.passes if p.name == "batch_transpose")
+    return sum(r.rule == "batch_transpose" for r in shapes.rewrites)
 
 
 def _ort_op_types(model: onnx.ModelProto | ir.Model, tmp_path: Path) -> list[str]:

@@ -5,6 +5,7 @@ the API and CLI option, and blocks found in a real transformer export."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -35,6 +36,34 @@ def _block_pass(optimized):
     return next(p for p in optimized.report.passes if p.name == "block_dropping")
 
 
+@dataclass
+class _Block:
+    """One block's decision row, read back as the figures the tests check."""
+
+    name: str
+    dropped: bool
+    nodes: int
+    solo_cosine: float
+    solo_max_abs: float
+    measured_cosine: float | None
+    measured_error: float | None
+    predicted_error: float | None
+    reason: str
+    keep_ms: float | None
+
+    @classmethod
+    def of(cls, decision) -> _Block:
+        drop = decision.alternative("drop").metrics
+        return cls(decision.subject, decision.chosen == "drop", int(drop["nodes"]), drop["solo_cosine"],
+                   drop["solo_max_abs"], drop.get("joint_cosine"), drop.get("measured_joint_error"),
+                   drop.get("predicted_joint_error"), decision.reason, decision.alternative("keep").predicted_ms)
+
+
+def _blocks(entry) -> list[_Block]:
+    assert all(d.question == "drop residual block" and d.decided_by == "budget" for d in entry.decisions)
+    return [_Block.of(d) for d in entry.decisions]
+
+
 def _cosine(optimized, reference_proto) -> float:
     return cosine_similarity(kiln.optimize(reference_proto, level=0, validate=False)(X), optimized(X))
 
@@ -44,12 +73,13 @@ def test_negligible_block_is_dropped_and_vital_one_kept():
     optimized = _optimize(proto, BlockBudget(min_cosine=0.99))
     entry = _block_pass(optimized)
     assert entry.status == "applied" and not entry.exact
-    by_name = {b.name: b for b in entry.blocks}
+    by_name = {b.name: b for b in _blocks(entry)}
     assert by_name["add_0"].dropped and by_name["add_0"].solo_cosine > 0.999999
     assert not by_name["add_1"].dropped and by_name["add_1"].solo_cosine < 0.99
     assert "breaks the budget" in by_name["add_1"].reason
+    assert by_name["add_1"].keep_ms > 0  # the cost model prices what keeping the block costs
     (rewrite,) = entry.rewrites
-    assert rewrite.rule == "drop_residual_block"
+    assert rewrite.rule == "block_dropping"
     assert {n.name for n in rewrite.nodes} == {"fc1_0", "relu_0", "fc2_0", "scale_0", "add_0"}
     assert "add_0" in rewrite.reason and "'h_0'" in rewrite.result and "'x'" in rewrite.result
     names = {n.name for n in optimized.model.graph}
@@ -62,10 +92,10 @@ def test_greedy_drops_least_important_first_and_stops_at_the_budget():
     proto = residual_mlp(GRADED)
     budget = BlockBudget(min_cosine=0.992)
     entry = _block_pass(_optimize(proto, budget))
-    solo = [b.solo_cosine for b in entry.blocks]
+    solo = [b.solo_cosine for b in _blocks(entry)]
     assert solo == sorted(solo, reverse=True)  # considered least important first
-    dropped = [b for b in entry.blocks if b.dropped]
-    tried_and_kept = [b for b in entry.blocks if not b.dropped and b.measured_cosine is not None]
+    dropped = [b for b in _blocks(entry) if b.dropped]
+    tried_and_kept = [b for b in _blocks(entry) if not b.dropped and b.measured_cosine is not None]
     assert [b.name for b in dropped] == ["add_0", "add_2", "add_3"]
     # re-measured after every drop, never just summed
     for block in dropped:
@@ -75,7 +105,7 @@ def test_greedy_drops_least_important_first_and_stops_at_the_budget():
     (refused,) = tried_and_kept
     assert refused.name == "add_4" and refused.measured_cosine < 0.992 <= refused.solo_cosine
     assert "joint cosine would be" in refused.reason
-    assert not next(b for b in entry.blocks if b.name == "add_1").dropped
+    assert not next(b for b in _blocks(entry) if b.name == "add_1").dropped
     assert entry.error.min_cosine == pytest.approx(dropped[-1].measured_cosine, abs=1e-6)
     assert "dropped 3 of 5 blocks" in entry.message
 
@@ -84,15 +114,15 @@ def test_looser_budget_drops_more_and_measured_cosine_is_the_real_one():
     proto = residual_mlp(GRADED)
     optimized = _optimize(proto, BlockBudget(min_cosine=0.98))
     entry = _block_pass(optimized)
-    assert sum(b.dropped for b in entry.blocks) == 4
+    assert sum(b.dropped for b in _blocks(entry)) == 4
     assert _cosine(optimized, proto) == pytest.approx(optimized.report.final_error.min_cosine, abs=1e-6)
     assert optimized.report.final_error.min_cosine >= 0.98
 
 
 def test_max_blocks_caps_the_drops():
     entry = _block_pass(_optimize(residual_mlp(GRADED), BlockBudget(min_cosine=0.98, max_blocks=1)))
-    assert [b.name for b in entry.blocks if b.dropped] == ["add_0"]
-    assert any("max_blocks=1" in b.reason for b in entry.blocks)
+    assert [b.name for b in _blocks(entry) if b.dropped] == ["add_0"]
+    assert any("max_blocks=1" in b.reason for b in _blocks(entry))
 
 
 def test_without_real_inputs_a_clear_error():
@@ -135,7 +165,7 @@ def test_exact_pass_after_the_drop_is_checked_against_the_dropped_model():
     assert reports["block_dropping"].status == "applied"
     assert reports["block_dropping"].tolerance == "cosine>=0.98"
     assert not any(p.status in ("rolled_back", "failed") for p in optimized.report.passes)
-    identity = reports["identity_elimination"]
+    identity = next(p for p in optimized.report.passes if p.name == "identity_elimination")  # its first round
     assert identity.status == "applied" and identity.error.max_abs <= 1e-4
     assert identity.tolerance.endswith("against the model after block_dropping")
     final = optimized.report.final_error  # against the original, not the dropped model
@@ -181,11 +211,13 @@ def test_cosine_budget_accepts_a_rescaling_and_rejects_a_distortion():
 def test_report_json_lists_every_block(tmp_path):
     optimized = _optimize(residual_mlp(GRADED), BlockBudget(min_cosine=0.99))
     data = json.loads(optimized.report.to_json())
-    blocks = data["passes"][0]["blocks"]
-    assert [b["name"] for b in blocks][:1] == ["add_0"] and len(blocks) == 5
-    assert {"solo_cosine", "solo_max_abs", "dropped", "predicted_error", "measured_error", "nodes"} <= set(blocks[0])
-    assert data["passes"][1]["blocks"] == []
-    assert "blocks scored" in str(optimized.report)
+    blocks = data["passes"][0]["decisions"]
+    assert [b["subject"] for b in blocks][:1] == ["add_0"] and len(blocks) == 5
+    assert [a["name"] for a in blocks[0]["alternatives"]] == ["keep", "drop"]
+    drop = blocks[0]["alternatives"][1]["metrics"]
+    assert {"solo_cosine", "solo_max_abs", "predicted_joint_error", "measured_joint_error", "nodes"} <= set(drop)
+    assert data["passes"][1]["decisions"] == []
+    assert "add_0" in str(optimized.report)
 
 
 def test_cli_option(tmp_path, capsys):
@@ -196,7 +228,7 @@ def test_cli_option(tmp_path, capsys):
                  "--drop-blocks-min-cosine", "0.99", "--report", str(report)]) == 0
     assert "block_dropping" in capsys.readouterr().out
     data = json.loads(report.read_text())
-    assert [b["name"] for b in data["passes"][0]["blocks"] if b["dropped"]] == ["add_0"]
+    assert [b["subject"] for b in data["passes"][0]["decisions"] if b["chosen"] == "drop"] == ["add_0"]
     assert main(["optimize", str(src), "-o", str(tmp_path / "o2.onnx"), "--drop-blocks-min-cosine", "0.99"]) == 2
     assert "sample" in capsys.readouterr().err
 
@@ -208,10 +240,10 @@ def test_blocks_are_found_and_dropped_in_a_real_bert_export():
     budget = BlockBudget(min_cosine=0.9)
     optimized = kiln.optimize(module, inputs, level=1, drop_blocks=budget)
     entry = _block_pass(optimized)
-    assert {b.name for b in entry.blocks} == {"layer.0.attention", "layer.0.intermediate+output",
+    assert {b.name for b in _blocks(entry)} == {"layer.0.attention", "layer.0.intermediate+output",
                                               "layer.1.attention", "layer.1.intermediate+output"}
-    assert all(b.nodes >= 7 for b in entry.blocks)  # an MLP block: 2 MatMuls, their Adds, GELU ..., the Add
-    assert entry.status == "applied" and any(b.dropped for b in entry.blocks)
+    assert all(b.nodes >= 7 for b in _blocks(entry))  # an MLP block: 2 MatMuls, their Adds, GELU ..., the Add
+    assert entry.status == "applied" and any(b.dropped for b in _blocks(entry))
     assert not any(p.status in ("rolled_back", "failed") for p in optimized.report.passes)
     expected = module(**inputs).detach().numpy()
     got = optimized(**{k: v.numpy() for k, v in inputs.items()})

@@ -79,7 +79,7 @@ def test_reshapes_around_an_elementwise_region_are_removed():
     model = _gelu_between_flat_rows([-1, 4])
     optimized = kiln.optimize(model, level=2)
     assert "Reshape" not in op_histogram(optimized.model)
-    shapes = next(p for p in optimized.report.passes if p.name == "shape_simplification")
+    shapes = next(p for p in optimized.report.passes if p.name == "reshape_sinking")
     assert [r.rule for r in shapes.rewrites] == ["sink_reshape_through_elementwise"]
     x = RNG.standard_normal((6, 4)).astype(np.float32)
     np.testing.assert_allclose(optimized(x), _outputs(model, {"x": x})[0], rtol=1e-6)
@@ -115,7 +115,7 @@ def test_reshape_before_a_split_along_a_kept_axis_goes():
     model = _reshape_split(2, [1, 4, 2, 2])
     optimized = kiln.optimize(model, level=2)
     assert op_histogram(optimized.model) == {"Split": 1, "Reshape": 3}
-    shapes = next(p for p in optimized.report.passes if p.name == "shape_simplification")
+    shapes = next(p for p in optimized.report.passes if p.name == "reshape_sinking")
     assert [r.rule for r in shapes.rewrites] == ["sink_reshape_through_split"]
     x = RNG.standard_normal((4, 12)).astype(np.float32)
     for got, want in zip(optimized(x), _outputs(model, {"x": x})):

@@ -45,7 +45,7 @@ def test_batchnorm_folds_into_the_conv_before_it():
     ops = op_histogram(optimized.model)
     assert "BatchNormalization" not in ops and ops["Conv"] == 1
     layer = next(p for p in optimized.report.passes if p.name == "layer_folding")
-    assert layer.status == "applied" and layer.rewrites[0].rule == "FuseBatchNormIntoConv"
+    assert layer.status == "applied" and layer.rewrites[0].rule == "fuse_batch_norm_into_conv"
     conv = next(n for n in optimized.model.graph if n.op_type == "Conv")
     assert {o.module for o in get_provenance(conv)} >= {"conv", "bn"}
     np.testing.assert_allclose(optimized(x.numpy()), module(x).detach().numpy(), atol=1e-5)
@@ -72,7 +72,7 @@ def test_transpose_pairs_cancel_and_reshape_chains_collapse():
     optimized = kiln.optimize(model, level=2)
     assert dict(op_histogram(optimized.model)) == {"Reshape": 1}
     rules = {r.rule for p in optimized.report.passes for r in p.rewrites}
-    assert {"TransposeTranspose", "ReshapeReshape"} & rules
+    assert {"transpose_transpose", "reshape_reshape"} & rules
     x = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
     np.testing.assert_array_equal(optimized(x), x.reshape(4, 6))
 
@@ -190,8 +190,11 @@ def test_consecutive_linear_maps_merge_when_cheaper(with_bias):
     model = make_model(nodes, [tensor_info("x", [3, 16])], [tensor_info("y", [3, 8])], inits)
     optimized = kiln.optimize(model, level=2)
     assert op_histogram(optimized.model) == ({"Gemm": 1} if with_bias else {"MatMul": 1})  # MatMul + bias: Gemm
-    merging = next(p for p in optimized.report.passes if p.name == "linear_map_merging")
+    merging = next(p for p in optimized.report.passes if p.name == "linear_chain_merging")
     assert merging.status == "applied" and merging.rewrites
+    (decision,) = merging.decisions
+    assert decision.chosen == "merged" and decision.decided_by == "cost_model"
+    assert decision.alternative("merged").predicted_ms < decision.alternative("chain").predicted_ms
     assert optimized.report.parameter_bytes_after < optimized.report.parameter_bytes_before
     x = rng.standard_normal((3, 16)).astype(np.float32)
     expected = ((x @ w1 + b1) if with_bias else x @ w1) @ w2
@@ -200,12 +203,19 @@ def test_consecutive_linear_maps_merge_when_cheaper(with_bias):
 
 def test_linear_maps_stay_apart_when_merging_costs_more_or_something_nonlinear_sits_between():
     rng = np.random.default_rng(0)
-    w1 = rng.standard_normal((64, 8)).astype(np.float32)  # bottleneck: 64x64 > 64x8 + 8x64
-    w2 = rng.standard_normal((8, 64)).astype(np.float32)
+    w1 = rng.standard_normal((256, 8)).astype(np.float32)  # bottleneck: 256x256 >> 256x8 + 8x256
+    w2 = rng.standard_normal((8, 256)).astype(np.float32)
     inits = [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")]
     bottleneck = make_model([helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("MatMul", ["h", "W2"], ["y"])],
-                            [tensor_info("x", [2, 64])], [tensor_info("y", [2, 64])], inits)
-    assert op_histogram(kiln.optimize(bottleneck, level=2).model)["MatMul"] == 2
+                            [tensor_info("x", [1024, 256])], [tensor_info("y", [1024, 256])], inits)
+    optimized = kiln.optimize(bottleneck, level=2)
+    assert op_histogram(optimized.model)["MatMul"] == 2
+    merging = next(p for p in optimized.report.passes if p.name == "linear_chain_merging")
+    (decision,) = merging.decisions  # 16x the FLOPs per row: the cost model keeps the chain
+    assert decision.chosen == "chain" and decision.alternative("merged").metrics["weight_elements"] == 256 * 256
+    assert decision.alternative("merged").predicted_ms > decision.alternative("chain").predicted_ms
+    without_cost_model = kiln.optimize(bottleneck, level=2, cost_model=None)
+    assert op_histogram(without_cost_model.model)["MatMul"] == 2
     w3 = rng.standard_normal((8, 4)).astype(np.float32)
     relu = make_model([helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
                        helper.make_node("MatMul", ["r", "W3"], ["y"])],

@@ -42,7 +42,7 @@ def test_linears_with_bias_become_gemms_and_the_reshapes_around_the_gelu_go():
     optimized = kiln.optimize(model, level=2)
     assert op_histogram(optimized.model) == {"Reshape": 2, "Gemm": 2, "Gelu": 1, "Add": 1}
     gemm_pass = next(p for p in optimized.report.passes if p.name == "linear_to_gemm")
-    assert {r.rule for r in gemm_pass.rewrites} == {"MatMulAddToGemm"} and len(gemm_pass.rewrites) == 2
+    assert {r.rule for r in gemm_pass.rewrites} == {"linear_to_gemm"} and len(gemm_pass.rewrites) == 2
     _check_outputs(model, optimized, RNG.standard_normal((1, 6, 8)).astype(np.float32))
 
 
@@ -94,8 +94,8 @@ def test_attention_score_scaling_folds_into_the_query_weights(scale):
     model = _attention_scores(scale)
     optimized = kiln.optimize(model, level=2)
     assert "Mul" not in op_histogram(optimized.model)
-    folding = next(p for p in optimized.report.passes if p.name == "layer_folding")
-    assert [r.rule for r in folding.rewrites] == ["fold_scale_into_weights"]
+    folding = next(p for p in optimized.report.passes if p.name == "scale_folding")
+    assert [r.rule for r in folding.rewrites] == ["scale_folding"]
     _check_outputs(model, optimized, RNG.standard_normal((1, 6, 8)).astype(np.float32))
 
 

@@ -1,5 +1,5 @@
-"""Measured choices (kiln.cost_model.measure.choices) and the decision to join parallel MatMuls
-(kiln.passes.fusion.parallel_matmul_choice), with fake timers: the logic, the cache, the errors. No
+"""Measured choices (kiln.cost_model.measure.choices) and the decisions they settle
+(kiln.cost_model.decisions.measured_decision, as joining parallel MatMuls asks it), with fake timers: the logic, the cache, the errors. No
 assertion depends on how fast anything ran."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import logging
 import onnx_ir as ir
 import pytest
 
-from kiln.api import _default_measured_choices
+from kiln.cost_model.decisions import MeasuredPolicy, measured_decision
 from kiln.cost_model.measure.choices import CACHE_VERSION, ChoiceMeasurement, MeasuredChoices, OrtPairTimer, default_cache_path
 from kiln.errors import MeasurementError
-from kiln.passes.fusion.parallel_matmul_choice import MAX_MERGED_RATIO, GroupShape, alternatives, decide
+from kiln.optimizer import CostConfig, Optimizer
+from kiln.passes.fusion.parallel_matmul_forms import GroupShape, alternatives
 from kiln.target import Target
 
 # Whisper-tiny's query / key / value: 1500 rows of 384, key without a bias.
@@ -33,8 +34,32 @@ class FakeTimer:
         return [(self.baseline_ms, self.baseline_ms * self.ratio)] * pairs
 
 
+MAX_MERGED_RATIO = MeasuredPolicy().max_ratio
+
+
+def decide(shape: GroupShape, oracle, *, min_ms: float = 0.0, predicted_ms: float = 5.0, built: list | None = None):
+    """The decision joining parallel MatMuls takes for `shape` (predicted `predicted_ms` each way)."""
+    def build():
+        if built is not None:
+            built.append(shape)
+        return alternatives(shape)
+
+    return measured_decision(oracle, key=shape.key, subject=str(shape), question="join parallel MatMuls",
+                             names=("separate", "joined"), build=build,
+                             predicted={"separate": predicted_ms, "joined": predicted_ms},
+                             policy=MeasuredPolicy(min_ms=min_ms), static=shape.static)
+
+
+def joined(decision) -> bool:
+    return decision.chosen == "joined"
+
+
+def ratio(decision) -> float:
+    return decision.alternative("joined").metrics["ratio"]
+
+
 class FakeOracle:
-    """Stands in for MeasuredChoices in `decide`."""
+    """Stands in for MeasuredChoices in `measured_decision`."""
 
     def __init__(self, ratio: float | None = None, error: Exception | None = None, trials: tuple = ()):
         self.ratio, self.error, self.trials, self.keys = ratio, error, trials or (ratio,) * 3, []
@@ -153,55 +178,57 @@ def test_the_ort_timer_runs_both_alternatives_and_refuses_symbolic_shapes(pair):
 def test_the_default_cache_follows_the_environment_and_only_ort_on_cpu_gets_one(tmp_path, monkeypatch):
     monkeypatch.setenv("KILN_MEASURED_CHOICES", str(tmp_path / "x.json"))
     assert default_cache_path() == tmp_path / "x.json"
-    choices = _default_measured_choices(Target(intra_op_threads=2))
+    choices = Optimizer(Target(intra_op_threads=2)).measured_choices()
     assert isinstance(choices, MeasuredChoices) and choices.cache_path == tmp_path / "x.json"
-    assert _default_measured_choices(Target(backend="tvm")) is None
-    assert _default_measured_choices(Target(providers=("CUDAExecutionProvider",))) is None
+    assert Optimizer(Target(backend="tvm")).measured_choices() is None
+    assert Optimizer(Target(providers=("CUDAExecutionProvider",))).measured_choices() is None
+    assert Optimizer(cost=CostConfig(measured_choices=None)).measured_choices() is None
 
 
 # --- the decision -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ratio, merge", [(0.8, True), (MAX_MERGED_RATIO, True), (0.97, False), (1.0, False),
-                                          (1.3, False)])
-def test_join_only_when_measured_clearly_faster(ratio, merge):
-    oracle = FakeOracle(ratio)
+@pytest.mark.parametrize("measured, merge", [(0.8, True), (MAX_MERGED_RATIO, True), (0.97, False), (1.0, False),
+                                             (1.3, False)])
+def test_join_only_when_measured_clearly_faster(measured, merge):
+    oracle = FakeOracle(measured)
     decision = decide(WHISPER, oracle)
-    assert decision.merge is merge and decision.ratio == pytest.approx(ratio)
-    assert f"{ratio:.3f}" in decision.reason
+    assert joined(decision) is merge and ratio(decision) == pytest.approx(measured)
+    assert f"{measured:.3f}" in decision.reason and decision.decided_by == "measurement"
+    assert decision.alternative("separate").measured_ms == pytest.approx(2.0)
+    assert decision.alternative("joined").predicted_ms == pytest.approx(5.0)
     assert oracle.keys == ["parallel_matmul x=1x1500x384 widths=384+384+384 bias=b-b FLOAT"]
 
 
-def test_a_cached_choice_is_used_without_building_the_alternatives(tmp_path, monkeypatch):
+def test_a_cached_choice_is_used_without_building_the_alternatives(tmp_path):
     choices = MeasuredChoices(cache_path=tmp_path / "c.json", timer=FakeTimer(0.8))
     first = decide(WHISPER, choices)
-    built = []
-    monkeypatch.setattr("kiln.passes.fusion.parallel_matmul_choice.alternatives", lambda *a, **k: built.append(a))
-    again = decide(WHISPER, MeasuredChoices(cache_path=tmp_path / "c.json", timer=FakeTimer(1.5)))
-    assert first.merge and again.merge and again.ratio == pytest.approx(0.8) and "cached" in again.reason
+    built: list = []
+    again = decide(WHISPER, MeasuredChoices(cache_path=tmp_path / "c.json", timer=FakeTimer(1.5)), built=built)
+    assert joined(first) and joined(again) and ratio(again) == pytest.approx(0.8) and "cached" in again.reason
     assert built == []
 
 
-def test_no_oracle_a_small_group_or_a_symbolic_shape_stays_apart_unmeasured():
+def test_no_oracle_a_fast_form_or_a_symbolic_shape_stays_apart_unmeasured():
     oracle = FakeOracle(0.5)
-    assert not decide(WHISPER, None).merge
-    small = decide(SMALL, oracle)
-    assert not small.merge and "too small" in small.reason
+    assert not joined(decide(WHISPER, None))
+    small = decide(SMALL, oracle, min_ms=0.1, predicted_ms=0.01)
+    assert not joined(small) and "below the 0.1 ms" in small.reason and small.decided_by == "precondition"
     symbolic = GroupShape(("batch", 1500, 384), (384, 384), (True, True), ir.DataType.FLOAT)
-    assert not decide(symbolic, oracle).merge
+    assert not joined(decide(symbolic, oracle))
     assert oracle.keys == []
-    assert decide(SMALL, oracle, min_flops=0).merge  # the floor is an option
+    assert joined(decide(SMALL, oracle, min_ms=0.0, predicted_ms=0.01))  # the floor is a policy
 
 
 def test_trials_that_disagree_leave_the_group_apart():
     # One trial at 0.8 among trials near 1 is the noise this VM shows, not a faster GEMM.
     decision = decide(WHISPER, FakeOracle(0.8, trials=(0.78, 0.8, 1.01)))
-    assert not decision.merge and "0.780/0.800/1.010" in decision.reason
+    assert not joined(decision) and "0.780/0.800/1.010" in decision.reason
 
 
 def test_a_failed_measurement_leaves_the_group_apart_and_says_why():
     decision = decide(WHISPER, FakeOracle(error=MeasurementError("no kernel for Split")))
-    assert not decision.merge and "no kernel for Split" in decision.reason
+    assert not joined(decision) and "no kernel for Split" in decision.reason
 
 
 def test_the_alternatives_share_their_input_and_outputs():

@@ -13,10 +13,10 @@ from onnx import helper, numpy_helper
 import kiln
 from kiln.cost_model.measure.choices import MeasuredChoices
 from kiln.ir.analysis import op_histogram
-from kiln.passes.folding.linear_chain_merging import MergeLinearMaps
+from kiln.passes.fusion.parallel_matmul_joining import JoinParallelMatMuls
 
 RNG = np.random.default_rng(3)
-MEASURE_EVERYTHING = {"merge_parallel_min_flops": 0}
+MEASURE_EVERYTHING = {"measured_choice_min_ms": 0}
 
 
 class FakeTimer:
@@ -61,19 +61,19 @@ def _check_outputs(model: onnx.ModelProto, optimized: kiln.OptimizedModel) -> No
 
 
 def _merging(optimized: kiln.OptimizedModel):
-    return next(p for p in optimized.report.passes if p.name == "linear_map_merging")
+    return next(p for p in optimized.report.passes if p.name == "parallel_matmul_joining")
 
 
 @pytest.mark.parametrize("biased", [(True, True, True), (False, False), (True, False, True)],
                          ids=["all-biased", "no-bias", "key-without-bias"])
 def test_a_group_measured_faster_joined_becomes_one_matmul_and_a_split(biased):
     model = _attention_inputs(biased)
-    optimized = kiln.optimize(model, passes=[MergeLinearMaps()], measured_choices=_choices(0.8),
+    optimized = kiln.optimize(model, passes=[JoinParallelMatMuls()], measured_choices=_choices(0.8),
                               options=MEASURE_EVERYTHING)
     assert op_histogram(optimized.model) == {"MatMul": 1, "Split": 1, **({"Add": 1} if any(biased) else {})}
     assert [v.name for v in optimized.model.graph.outputs] == [o.name for o in model.graph.output]
     (rewrite,) = _merging(optimized).rewrites
-    assert rewrite.rule == "merge_parallel_matmuls" and len(rewrite.nodes) == len(biased) + sum(biased)
+    assert rewrite.rule == "parallel_matmul_joining" and len(rewrite.nodes) == len(biased) + sum(biased)
     assert "joined/separate time 0.800" in rewrite.reason and "30 pairs" in rewrite.reason
     split = next(n for n in optimized.model.graph if n.op_type == "Split")
     assert "kiln.provenance" in split.metadata_props
@@ -83,36 +83,41 @@ def test_a_group_measured_faster_joined_becomes_one_matmul_and_a_split(biased):
 @pytest.mark.parametrize("ratio", [1.2, 0.97])
 def test_a_group_measured_slower_or_within_the_noise_stays_apart(ratio):
     model = _attention_inputs((True, True, True))
-    optimized = kiln.optimize(model, passes=[MergeLinearMaps()], measured_choices=_choices(ratio),
+    optimized = kiln.optimize(model, passes=[JoinParallelMatMuls()], measured_choices=_choices(ratio),
                               options=MEASURE_EVERYTHING)
     assert op_histogram(optimized.model) == {"MatMul": 3, "Add": 3}
     merging = _merging(optimized)
-    assert merging.status == "unchanged" and f"joined/separate time {ratio:.3f}" in merging.message
+    (decision,) = merging.decisions
+    assert merging.status == "unchanged" and f"joined/separate time {ratio:.3f}" in decision.reason
+    assert decision.chosen == "separate" and decision.decided_by == "measurement"
+    assert decision.alternative("separate").predicted_ms > 0 and decision.alternative("joined").measured_ms > 0
 
 
 def test_the_threshold_is_an_option():
     model = _attention_inputs((True, True))
-    optimized = kiln.optimize(model, passes=[MergeLinearMaps()], measured_choices=_choices(0.97),
-                              options={**MEASURE_EVERYTHING, "merge_parallel_max_ratio": 0.99})
+    optimized = kiln.optimize(model, passes=[JoinParallelMatMuls()], measured_choices=_choices(0.97),
+                              options={**MEASURE_EVERYTHING, "measured_choice_max_ratio": 0.99})
     assert op_histogram(optimized.model)["Split"] == 1
 
 
 def test_layers_of_one_shape_are_measured_once():
     choices = _choices(0.8)
     model = _attention_inputs((True, False, True), layers=3)
-    optimized = kiln.optimize(model, passes=[MergeLinearMaps()], measured_choices=choices, options=MEASURE_EVERYTHING)
+    optimized = kiln.optimize(model, passes=[JoinParallelMatMuls()], measured_choices=choices, options=MEASURE_EVERYTHING)
     assert choices.timer.calls == choices.trials and len(_merging(optimized).rewrites) == 3
+    (decision,) = _merging(optimized).decisions
+    assert decision.count == 3 and decision.chosen == "joined"
     assert op_histogram(optimized.model)["Split"] == 3
     _check_outputs(model, optimized)
 
 
 def test_without_measured_choices_or_with_a_shared_weight_nothing_is_joined():
     model = _attention_inputs((True, True))
-    optimized = kiln.optimize(model, passes=[MergeLinearMaps()], measured_choices=None, options=MEASURE_EVERYTHING)
+    optimized = kiln.optimize(model, passes=[JoinParallelMatMuls()], measured_choices=None, options=MEASURE_EVERYTHING)
     assert "Split" not in op_histogram(optimized.model)
-    assert "no measured choices" in _merging(optimized).message
+    assert "no measured choices" in _merging(optimized).decisions[0].reason
     shared = _attention_inputs((False, False), share_weight=True)  # joining would copy the shared weight
-    optimized = kiln.optimize(shared, passes=[MergeLinearMaps()], measured_choices=_choices(0.5),
+    optimized = kiln.optimize(shared, passes=[JoinParallelMatMuls()], measured_choices=_choices(0.5),
                               options=MEASURE_EVERYTHING)
     assert op_histogram(optimized.model) == {"MatMul": 2}
 

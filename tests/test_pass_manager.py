@@ -107,7 +107,9 @@ def test_level1_report_lists_rewrites_with_provenance(mlp_model):
     optimized = kiln.optimize(mlp_model, level=1)
     report = optimized.report
     assert report.validated and report.sample_inputs == "random inputs"
-    by_name = {p.name: p for p in report.passes}
+    by_name: dict = {}
+    for entry in report.passes:  # a fixed-point group runs a pass again: keep its first round
+        by_name.setdefault(entry.name, entry)
     assert by_name["identity_elimination"].status == "applied"
     cse = by_name["common_subexpression_elimination"]
     assert cse.status == "applied"

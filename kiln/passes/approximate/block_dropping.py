@@ -80,7 +80,7 @@ class DropResidualBlocks(Pass):
 
     name = "block_dropping"
     exact = False
-    rule = "drop_residual_block"
+    rule = "block_dropping"
 
     def __init__(self, budget: BlockBudget, *, calibration: Sequence[Feeds] | None = None,
                  runner: ModelRunner | None = None):

@@ -9,6 +9,7 @@ removed node is merged into the nodes that replace it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -180,8 +181,14 @@ def _rule_from_metadata(nodes: list[ir.Node]) -> str | None:
     for node in nodes:
         name = node.metadata_props.get(RULE_NAME_KEY)
         if name:
-            return name.split(",")[-1].strip()
+            return snake_case(name.split(",")[-1].strip())
     return None
+
+
+def snake_case(name: str) -> str:
+    """A rule's name as reports spell it: ``FuseBatchNormIntoConv`` -> ``fuse_batch_norm_into_conv``."""
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name)
+    return re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower()
 
 
 def describe_value(value: ir.Value) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +14,7 @@ from onnxscript import rewriter
 from onnxscript.rewriter import pattern
 
 from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.passes.infra.recording import snake_case
 from kiln.report.model import NearMiss
 
 
@@ -70,15 +70,7 @@ class _NearMissTracer(pattern.MatchingTracer):
     def log(self, rule: Any, container: Any, node: ir.Node, match_result: Any, status: Any) -> None:
         if status == pattern.MatchStatus.CONDITION_FAILED:
             reason = (match_result.reason or "its check failed").strip()
-            self.misses[(rule_label(rule.name), reason)] += 1
-
-
-def rule_label(name: str | None, default: str = "") -> str:
-    """A rule's name as reports spell it: snake_case (``FuseBatchNormIntoConv`` ->
-    ``fuse_batch_norm_into_conv``)."""
-    text = name or default
-    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", text)
-    return re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower()
+            self.misses[(snake_case(rule.name or ""), reason)] += 1
 
 
 def near_misses(rules: pattern.RewriteRuleSet, model: ir.Model) -> list[NearMiss]:

@@ -11,8 +11,8 @@ runs 12 Transposes instead of 48; the attention MatMuls take the same time.
 
 Exact: the Transpose's output shape and values are unchanged; only the Reshape's unit dims
 move. Static shapes only. Applied when every reader of the Transpose is a MatMul whose other
-operand has the same rank (ORT fuses a batch transpose only then); a plain graph rule, run by
-`shape_simplification` and named `unit_dim_for_batch_transpose` in the report.
+operand has the same rank (ORT fuses a batch transpose only then); a plain graph pass, named
+`batch_transpose` in the report.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from kiln.report.model import Rewrite
 
 logger = logging.getLogger(__name__)
 
-RULE = "unit_dim_for_batch_transpose"
+RULE = "batch_transpose"
 
 
 def batch_transpose_perms(rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
