@@ -103,15 +103,11 @@ def ort_session(model: str | os.PathLike | bytes, level: str = "all") -> Any:
     Spinning is off because the protocol alternates sessions in one process: an idle session's
     spinning pool threads take the cores from the one being timed (MiniLM on 2 cores: 18 ms
     alone, 37 ms alternating with a spinning session, 19 ms alternating without)."""
-    import onnxruntime as ort
-
     import kiln
-    from kiln.backends.onnxruntime import session_options
+    from kiln.backends.onnxruntime import create_session
 
-    options = session_options(kiln.Target(intra_op_threads=THREADS, inter_op_threads=1, allow_spinning=False,
-                                          graph_optimization_level=level))  # type: ignore[arg-type]
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return create_session(model, kiln.Target(intra_op_threads=THREADS, inter_op_threads=1, allow_spinning=False,
+                                             graph_optimization_level=level))  # type: ignore[arg-type]
 
 
 def session_feeds(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ and its optimization level, and the caller's key (op shapes and dtype), so each 
 once per machine. A damaged cache file is ignored with a warning and rewritten.
 
 This is a measuring module: like `kiln.cost_model.measure.profiling`, it runs the backend (ONNX Runtime
-session options from `kiln.backends.onnxruntime`); passes reach it only through
+sessions from `kiln.backends.onnxruntime`); passes reach it only through
 ``PassContext.measured_choices``.
 """
 
@@ -41,10 +41,10 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from kiln.backends.onnxruntime import session_options, to_ort_value
+from kiln.backends.onnxruntime import create_session, to_ort_value
 from kiln.cost_model.hardware import default_profile_path
 from kiln.cost_model.machine import cpuinfo
-from kiln.errors import MeasurementError
+from kiln.errors import KilnError, MeasurementError
 from kiln.ir.inputs import Feeds, random_inputs
 from kiln.ir.serialization import to_proto
 from kiln.target import Target
@@ -126,10 +126,9 @@ class OrtPairTimer:
 
     def _runner(self, model: onnx.ModelProto, feeds: Feeds) -> Callable[[], Any]:
         try:
-            session = ort.InferenceSession(model.SerializeToString(), session_options(self.target),
-                                           providers=list(self.target.providers))
-        except Exception as exc:
-            raise MeasurementError(f"ONNX Runtime could not load an alternative to time: {str(exc)[:300]}") from exc
+            session = create_session(model, self.target, purpose="(an alternative to time)")
+        except KilnError as exc:
+            raise MeasurementError(str(exc)) from exc
         names = [o.name for o in session.get_outputs()]
         values = {k: to_ort_value(v) for k, v in feeds.items()}
         return lambda: session.run_with_ort_values(names, values)

@@ -200,15 +200,12 @@ def derived_fp32_fma_gflops(info: dict[str, Any], threads: int) -> tuple[float, 
 
 
 def ort_session(proto: Any, threads: int) -> Any:
-    """A sequential CPU session with `threads` intra-op threads, as kiln's backend builds one."""
-    import onnxruntime as ort
+    """A sequential CPU session with `threads` intra-op threads (ORT's default level and
+    spinning), from kiln's session factory."""
+    from kiln.backends.onnxruntime import create_session
+    from kiln.target import Target
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return create_session(proto, Target(intra_op_threads=threads))
 
 
 def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], initializers: list[Any]) -> Any:
