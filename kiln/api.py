@@ -16,7 +16,8 @@ import onnx_ir as ir
 from kiln.backends import compile_model
 from kiln.backends import onnxruntime as ort_backend
 from kiln.backends import reference as reference_backend
-from kiln.backends.base import BenchmarkResult, Executable
+from kiln.backends.base import Executable
+from kiln.backends.timing import BenchmarkResult, alternate
 from kiln.cost_model.measure.choices import MeasuredChoices
 from kiln.cost_model.model import CostModel
 from kiln.errors import BackendError, InputError
@@ -89,15 +90,13 @@ def _sample_feeds(model: ir.Model, example_inputs: Any, sample_inputs: Feeds | N
 
 
 def _measure_both(before: ir.Model, after: ir.Model, target: Target, feeds: Feeds | None) -> tuple[float, float]:
-    """Median latency of two models on the target's backend, timed in turn on the same inputs."""
-    from kiln.backends.base import time_alternately
-
+    """Median latency of two models on the target's backend, alternated on the same inputs
+    (`kiln.backends.timing.alternate`: 3 warm-up pairs, 15 timed pairs)."""
     # two sessions alternate: idle spinning threads of one would slow the other (Target.allow_spinning)
     quiet = dataclasses.replace(target, allow_spinning=False)
     a, b = compile_model(before, quiet), compile_model(after, quiet)
     inputs = feeds if feeds is not None else _sample_feeds(before, None, None)[0]
-    first, second = time_alternately(lambda: a.run(inputs), lambda: b.run(inputs))
-    return first.median_ms, second.median_ms
+    return alternate(lambda: a.run(inputs), lambda: b.run(inputs), warmup=3, repeats=15).medians()
 
 
 def _default_measured_choices(target: Target) -> MeasuredChoices | None:

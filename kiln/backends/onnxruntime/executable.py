@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from kiln.backends.base import BenchmarkResult, time_calls
+from kiln.backends.timing import BenchmarkResult, time_calls
 from kiln.backends.onnxruntime.session import create_session
 from kiln.backends.onnxruntime.values import needs_ort_value, ort_value_to_numpy, to_ort_value
 from kiln.errors import BackendError

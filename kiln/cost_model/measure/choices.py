@@ -31,7 +31,6 @@ import math
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from kiln.backends.onnxruntime import create_session, to_ort_value
+from kiln.backends.timing import round_robin
 from kiln.cost_model.hardware import default_profile_path
 from kiln.cost_model.machine import cpuinfo
 from kiln.errors import KilnError, MeasurementError
@@ -114,9 +114,10 @@ def _signature(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
 
 
 class OrtPairTimer:
-    """Times two models alternately in ONNX Runtime, with idle spinning off (an idle session's
-    spinning threads would take the cores from the running one, `Target.allow_spinning`). The
-    order inside a pair alternates too, so neither model always runs on a warmer cache."""
+    """Times two models alternately in ONNX Runtime (`kiln.backends.timing.round_robin`: the
+    order inside a pair alternates too, so neither model always runs on a warmer cache), with
+    idle spinning off (an idle session's spinning threads would take the cores from the running
+    one, `Target.allow_spinning`)."""
 
     def __init__(self, target: Target, warmup: int = DEFAULT_WARMUP):
         self.target = Target(intra_op_threads=target.intra_op_threads, inter_op_threads=1,
@@ -135,22 +136,12 @@ class OrtPairTimer:
 
     def __call__(self, baseline: onnx.ModelProto, candidate: onnx.ModelProto, pairs: int) -> list[tuple[float, float]]:
         feeds = _feeds(baseline)
-        runs = (self._runner(baseline, feeds), self._runner(candidate, feeds))
+        runs = [self._runner(baseline, feeds), self._runner(candidate, feeds)]
         try:
-            for _ in range(self.warmup):
-                runs[0]()
-                runs[1]()
-            timed: list[tuple[float, float]] = []
-            for index in range(pairs):
-                ms = [0.0, 0.0]
-                for which in ((0, 1) if index % 2 == 0 else (1, 0)):
-                    started = time.perf_counter()
-                    runs[which]()
-                    ms[which] = (time.perf_counter() - started) * 1e3
-                timed.append((ms[0], ms[1]))
+            baseline_ms, candidate_ms = round_robin(runs, warmup=self.warmup, repeats=pairs)
         except Exception as exc:
             raise MeasurementError(f"ONNX Runtime failed to run an alternative: {str(exc)[:300]}") from exc
-        return timed
+        return list(zip(baseline_ms, candidate_ms))
 
 
 class MeasuredChoices:
