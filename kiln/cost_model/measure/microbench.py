@@ -415,18 +415,10 @@ def copy_bench(megabytes: int, threads: int) -> Bench:
 # --- machine load ------------------------------------------------------------------------------
 
 
-def cpu_times() -> list[int] | None:
-    """The aggregate line of /proc/stat: user nice system idle iowait irq softirq steal ..."""
-    try:
-        with open("/proc/stat") as f:
-            return [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-
-
 def busy_and_steal(before: list[int] | None, after: list[int] | None) -> tuple[float, float]:
-    """Percent of CPU time that was busy and that the hypervisor stole between two readings:
-    a noisy neighbour or an oversubscribed host shows here, and explains low peaks."""
+    """Percent of CPU time that was busy and that the hypervisor stole between two readings of
+    `kiln.backends.timing.proc_stat`: a noisy neighbour or an oversubscribed host shows here,
+    and explains low peaks."""
     if not before or not after or len(before) < 8:
         return math.nan, math.nan
     delta = [a - b for a, b in zip(after, before)]
