@@ -131,7 +131,7 @@ def _model_data(priced: _Priced) -> ModelData:
 def collect(names: list[str], profile: Any, repeats: int, passes: int = 1) -> dict[str, ModelData]:
     """Price, then measure the kernels of the zoo models `names` at batch 1: `passes` rounds over
     all of them, `repeats` profiled runs of each model per round. Interleaving the models spreads
-    the machine's drift (its speed moved by 1.8x within an hour here) over all of them alike, so
+    the machine's drift (its speed can move severalfold within an hour) over all of them alike, so
     efficiencies fitted on some models still hold for the others."""
     priced = [_price(name, profile) for name in names]
     for _ in range(passes):
@@ -187,7 +187,7 @@ def executor_scale(models: list[ModelData]) -> float:
     """Median over the training models of whole-model wall time / sum of the kernels' medians
     (what the per-kernel predictions estimate): the executor's own time net of what ORT's
     profiler adds to every kernel. A ratio, not a per-kernel gap: the gap is a small difference
-    of two large times, and on big models a 1 % wobble made it -42..+62 us per kernel."""
+    of two large times, which a small wobble of the whole-model time swings by tens of us."""
     return statistics.median(d.measured_model_ms / sum(s.measured_ms for s in d.samples) for d in models)
 
 

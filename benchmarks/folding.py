@@ -118,8 +118,8 @@ def _fresh_runners(case: Any, paths: Mapping[str, Path]) -> dict[str, Callable[[
     """One inference per tool, from sessions opened on the saved files only after every tool ran.
 
     A session opened right after its tool keeps weights placed among that tool's allocations,
-    and the first tool's session then lives through the others' runs: llama-gqa timed kiln's
-    graph 1.007-1.010x the peer's with the same kernels that way, against 1.000-1.002 standalone."""
+    and the first tool's session then lives through the others' runs: equal kernels then time
+    measurably apart (benchmarks/results/notes.md)."""
     from benchmarks.configs import ort_runner
 
     return {name: ort_runner(case, path) for name, path in paths.items()}

@@ -168,7 +168,7 @@ def roofline_ms(flops: int, bytes_: int, peaks: MachinePeaks, precision: str = "
 
 
 def calibrate(threads: int = THREADS, quick: bool = False) -> MachinePeaks:
-    """Measure the peaks with `threads` threads: about 20 s in full, 3-4 s quick.
+    """Measure the peaks with `threads` threads (`quick`: fewer rounds of shorter loops).
 
     Every micro-benchmark runs once per round, in turn, for several rounds, so a burst of another
     tenant's work spreads over all of them. A peak is the *best* round (interference only slows

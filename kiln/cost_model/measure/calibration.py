@@ -52,7 +52,7 @@ def _memory_sizes(threads: int) -> list[tuple[str, int, int]]:
 
 
 def calibrate(threads: int = 2, quick: bool = False, progress: Progress | None = None) -> HardwareProfile:
-    """Measure a `HardwareProfile` for `threads` threads: ~25 s in full, ~5 s with `quick`."""
+    """Measure a `HardwareProfile` for `threads` threads (`quick`: shorter micro-benchmarks)."""
     started = time.perf_counter()
     facts = cpu_facts()
     flags = facts["flags"]

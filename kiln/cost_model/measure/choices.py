@@ -2,16 +2,15 @@
 MetaSchedule, cuDNN's benchmark mode), and remembered per machine.
 
 Some trade-offs have no model that predicts them. Joining the query, key and value projections
-into one MatMul and a Split keeps FLOPs and bytes the same, yet ONNX Runtime's MLAS GEMM (2
-threads, this 2-core VM) ran the joined GEMM 6-46 % slower at BERT's 128x768 -> 3x768 and at
-197x768, 512x384, 1024x384 and 1500x768, and 9-20 % faster at Whisper-tiny's 1500x384: MLAS
+into one MatMul and a Split keeps FLOPs and bytes the same, yet ONNX Runtime's MLAS GEMM runs
+the joined GEMM slower at some shapes and faster at others (benchmarks/results/notes.md): MLAS
 picks its blocking and thread partition by shape, and no rows / bytes rule or roofline fits that.
 So the caller builds the two alternatives as small ONNX models and this module times them on the
-target: alternately in one process (so load drift hits both), a few warm-up calls, then
-3 independent trials (fresh sessions each) of 10 pairs. It returns the median of all per-pair
-ratios candidate / baseline and the worst trial's median: on this shared VM one 15-pair run of
-BERT's 128x768 -> 3x768 once gave 0.80 where two others gave 1.04, so a caller that wants
-"clearly faster" should require every trial to agree (`ChoiceMeasurement.worst_trial`).
+target with `kiln.backends.timing` (alternately in one process, so load drift hits both): a few
+warm-up calls, then 3 independent trials (fresh sessions each) of 10 pairs. It returns the
+median of all per-pair ratios candidate / baseline and the worst trial's median: on a shared
+machine a single trial can be far off the others, so a caller that wants "clearly faster"
+should require every trial to agree (`ChoiceMeasurement.worst_trial`).
 
 Results are cached as JSON beside the hardware profile (``~/.cache/kiln/measured_choices.json``,
 or ``$KILN_MEASURED_CHOICES``), keyed by the CPU model, the thread count, the ONNX Runtime version
@@ -52,8 +51,8 @@ from kiln.target import Target
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
-#: Timed pairs per trial and trials per choice: the alternatives are one or a few ops,
-#: milliseconds each, so 3 x 10 pairs cost about a second at the zoo's largest shapes.
+#: Timed pairs per trial and trials per choice: the alternatives are one or a few ops of
+#: milliseconds each, so 3 x 10 pairs keep a measurement short.
 DEFAULT_PAIRS = 10
 DEFAULT_TRIALS = 3
 DEFAULT_WARMUP = 3
