@@ -19,6 +19,13 @@ import numpy as np
 THREADS = 2
 # Where exports and calibration data are cached (git-ignored).
 CACHE_DIR = Path(".cache/benchmarks")
+# The benchmarks' budget for kiln's timing protocol (kiln.backends.timing): at least MIN_SECONDS
+# of timed calls per runner, no new round after MAX_SECONDS but at least MIN_ROUNDS, and a runner
+# slower than SLOW_CALL_MS on its first call is warmed up once.
+MIN_SECONDS = 3.0
+MAX_SECONDS = 120.0
+MIN_ROUNDS = 3
+SLOW_CALL_MS = 1000.0
 
 
 @dataclass

@@ -5,7 +5,7 @@ Blocks are scored and dropped on 4 calibration input sets (zoo seeds 1-4), then 
 held-out sets (seed 0 and seeds 5-8): MiniLM by the smallest sentence-embedding cosine, other
 models by the cosine of the flattened output. Latency: ORT ENABLE_ALL (2 threads, no spinning)
 of the dropped model against the same level-1 pipeline without dropping, alternated A/B in one
-process (`benchmarks.timing.alternate`); the ratio is the median of per-pair ratios.
+process (`kiln.backends.timing.alternate`); the ratio is the median of per-pair ratios.
 
 Prints one line per (model, budget) and a markdown table (also written with --out).
 """
@@ -66,8 +66,8 @@ def run_model(name: str, budgets: list[float], *, repeats: int = 20, min_seconds
     """Optimize `name` (batch 1) at level 1 without and with block dropping at each budget."""
     import kiln
     from benchmarks import zoo
-    from benchmarks.base import THREADS
-    from benchmarks.timing import alternate
+    from benchmarks.base import MAX_SECONDS, MIN_ROUNDS, SLOW_CALL_MS, THREADS
+    from kiln.backends.timing import alternate
     from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
     from kiln.passes.pipeline import passes_for_level
 
@@ -104,7 +104,8 @@ def run_model(name: str, budgets: list[float], *, repeats: int = 20, min_seconds
                                      for ref, feeds in zip(baseline_outputs, held_out))
         if result.dropped:
             timing = alternate(lambda: dropped.executable.run(case.inputs), lambda: baseline.executable.run(case.inputs),
-                               repeats=repeats, min_seconds=min_seconds)
+                               repeats=repeats, min_seconds=min_seconds, max_seconds=MAX_SECONDS,
+                               min_rounds=MIN_ROUNDS, slow_call_ms=SLOW_CALL_MS)
             summary = timing.summary()
             result.latency_ratio = float(summary["ratio_vs_baseline"])
             result.dropped_ms, result.undropped_ms = float(summary["median_ms"]), float(summary["baseline_median_ms"])

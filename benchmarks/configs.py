@@ -101,17 +101,12 @@ def ort_session(model: str | os.PathLike | bytes, level: str = "all") -> Any:
     THREADS intra-op threads, one inter-op thread, sequential execution, no spinning).
 
     Spinning is off because the protocol alternates sessions in one process: an idle session's
-    spinning pool threads take the cores from the one being timed (MiniLM on 2 cores: 18 ms
-    alone, 37 ms alternating with a spinning session, 19 ms alternating without)."""
-    import onnxruntime as ort
-
+    spinning pool threads take the cores from the one being timed (`kiln.Target.allow_spinning`)."""
     import kiln
-    from kiln.backends.onnxruntime import session_options
+    from kiln.backends.onnxruntime import create_session
 
-    options = session_options(kiln.Target(intra_op_threads=THREADS, inter_op_threads=1, allow_spinning=False,
-                                          graph_optimization_level=level))  # type: ignore[arg-type]
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return create_session(model, kiln.Target(intra_op_threads=THREADS, inter_op_threads=1, allow_spinning=False,
+                                             graph_optimization_level=level))  # type: ignore[arg-type]
 
 
 def session_feeds(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -498,7 +493,7 @@ class Kiln(Config):
         validation = optimized.report.validation_seconds
         # Time the saved file in a fresh session, as every peer's output is timed: the graph is
         # what is compared, not the session kiln.optimize built among its own allocations
-        # (llama-gqa, same kernels: that session ran 1.003x the peer's, a fresh one 1.001x).
+        # (that session can run the same kernels measurably slower; benchmarks/results/notes.md).
         return ort_prepared(case, path, optimize_seconds=wall - validation, nodes=optimized.report.nodes_after,
                             note=f"validation {validation:.2f} s excluded")
 

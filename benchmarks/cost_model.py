@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.base import CACHE_DIR, THREADS
+from kiln.backends.timing import CpuTimes
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,7 @@ class _Priced:
     inputs: dict[str, Any]
     estimates: dict[str, Any]  # ORT kernel name -> roofline Estimate (no fitted correction)
     profiles: list[Any] = field(default_factory=list)  # kiln.cost_model.measure.ModelProfile per pass
-    busy_jiffies: int = 0
-    own_jiffies: int = 0
+    cpu: CpuTimes = CpuTimes(0.0, 0.0)  # over the profiled passes: machine busy and own CPU seconds
 
 
 def _price(name: str, profile: Any) -> _Priced:
@@ -95,11 +95,11 @@ def _price(name: str, profile: Any) -> _Priced:
 def _measure_pass(priced: _Priced, repeats: int, threads: int) -> None:
     from kiln.cost_model.measure.profiling import profile_model
 
-    before = _cpu_jiffies()
+    before = CpuTimes.now()
     priced.profiles.append(profile_model(priced.model, priced.inputs, repeats=repeats, threads=threads))
-    after = _cpu_jiffies()
-    priced.busy_jiffies += after[0] - before[0]
-    priced.own_jiffies += after[1] - before[1]
+    after = CpuTimes.now()
+    if before and after:
+        priced.cpu += after - before
 
 
 def _model_data(priced: _Priced) -> ModelData:
@@ -123,38 +123,21 @@ def _model_data(priced: _Priced) -> ModelData:
         estimate = priced.estimates[kernel.ort_name]
         samples.append(Sample.from_estimate(estimate, estimate.op, max(1, len(kernel.node_names)),
                                             statistics.median(pooled[kernel.ort_name]) / 1e3, priced.name))
-    busy = priced.busy_jiffies
-    foreign = 100.0 * max(0, busy - priced.own_jiffies) / busy if busy > 0 else 0.0
     return ModelData(priced.name, samples, statistics.median(p.model_median_ms for p in priced.profiles),
                      statistics.median(p.kernel_sum_ms for p in priced.profiles), len(priced.estimates),
-                     unmatched, foreign)
+                     unmatched, priced.cpu.other_pct)
 
 
 def collect(names: list[str], profile: Any, repeats: int, passes: int = 1) -> dict[str, ModelData]:
     """Price, then measure the kernels of the zoo models `names` at batch 1: `passes` rounds over
     all of them, `repeats` profiled runs of each model per round. Interleaving the models spreads
-    the machine's drift (its speed moved by 1.8x within an hour here) over all of them alike, so
+    the machine's drift (its speed can move severalfold within an hour) over all of them alike, so
     efficiencies fitted on some models still hold for the others."""
     priced = [_price(name, profile) for name in names]
     for _ in range(passes):
         for entry in priced:
             _measure_pass(entry, repeats, profile.threads)
     return {entry.name: _model_data(entry) for entry in priced}
-
-
-def _cpu_jiffies() -> tuple[int, int]:
-    """(busy jiffies of the whole machine, jiffies of this process), from /proc."""
-    from kiln.cost_model.measure.microbench import cpu_times
-
-    machine = cpu_times()
-    try:
-        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        own_jiffies = int(own[11]) + int(own[12])  # utime + stime, all threads
-    except (OSError, ValueError, IndexError):
-        return 0, 0
-    if not machine or len(machine) < 8:
-        return 0, 0
-    return sum(machine[:8]) - machine[3] - machine[4], own_jiffies  # busy = all minus idle and iowait
 
 
 def _collect_cached(names: list[str], profile: Any, repeats: int, passes: int, cache_dir: Path,
@@ -204,7 +187,7 @@ def executor_scale(models: list[ModelData]) -> float:
     """Median over the training models of whole-model wall time / sum of the kernels' medians
     (what the per-kernel predictions estimate): the executor's own time net of what ORT's
     profiler adds to every kernel. A ratio, not a per-kernel gap: the gap is a small difference
-    of two large times, and on big models a 1 % wobble made it -42..+62 us per kernel."""
+    of two large times, which a small wobble of the whole-model time swings by tens of us."""
     return statistics.median(d.measured_model_ms / sum(s.measured_ms for s in d.samples) for d in models)
 
 

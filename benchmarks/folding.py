@@ -23,6 +23,7 @@ import gc
 import logging
 import statistics
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.accuracy import max_abs_diff
-from benchmarks.timing import PairedTiming, alternate, round_robin
+from benchmarks.base import MAX_SECONDS, MIN_ROUNDS, MIN_SECONDS, SLOW_CALL_MS
+from kiln.backends.timing import Clock, PairedTiming, alternate, round_robin
 
 logger = logging.getLogger(__name__)
 
@@ -95,19 +97,20 @@ class LatencyPhases:
 
 
 def time_phases(runners: Mapping[str, Callable[[], Any]], *, warmup: int = 5, repeats: int = 30,
-                min_seconds: float = 3.0) -> LatencyPhases:
+                min_seconds: float = MIN_SECONDS, clock: Clock = time.perf_counter) -> LatencyPhases:
     """Time `runners` (tool name -> one inference) round-robin, pick the peer with the lowest
     median, then alternate kiln with it in a fresh phase (see the module docstring)."""
     names = list(runners)
-    times = round_robin([runners[n] for n in names], warmup=warmup, repeats=repeats, min_seconds=min_seconds)
+    times = round_robin([runners[n] for n in names], warmup=warmup, repeats=repeats, min_seconds=min_seconds,
+                        max_seconds=MAX_SECONDS, min_rounds=MIN_ROUNDS, slow_call_ms=SLOW_CALL_MS, clock=clock)
     selection = dict(zip(names, times))
     peers = [p for p in PEERS if p in selection]
     best = min(peers, key=lambda p: statistics.median(selection[p])) if peers else ""
     confirmation = None
     if KILN in runners and best:
         logger.info("fastest peer in the selection phase: %s; alternating it with %s", best, KILN)
-        confirmation = alternate(runners[KILN], runners[best], warmup=warmup, repeats=repeats,
-                                 min_seconds=min_seconds)
+        confirmation = alternate(runners[KILN], runners[best], warmup=warmup, repeats=repeats, min_seconds=min_seconds,
+                                 max_seconds=MAX_SECONDS, min_rounds=MIN_ROUNDS, slow_call_ms=SLOW_CALL_MS, clock=clock)
     return LatencyPhases(selection, best, confirmation)
 
 
@@ -115,14 +118,14 @@ def _fresh_runners(case: Any, paths: Mapping[str, Path]) -> dict[str, Callable[[
     """One inference per tool, from sessions opened on the saved files only after every tool ran.
 
     A session opened right after its tool keeps weights placed among that tool's allocations,
-    and the first tool's session then lives through the others' runs: llama-gqa timed kiln's
-    graph 1.007-1.010x the peer's with the same kernels that way, against 1.000-1.002 standalone."""
+    and the first tool's session then lives through the others' runs: equal kernels then time
+    measurably apart (benchmarks/results/notes.md)."""
     from benchmarks.configs import ort_runner
 
     return {name: ort_runner(case, path) for name, path in paths.items()}
 
 
-def compare(model: str, *, warmup: int = 5, repeats: int = 30, min_seconds: float = 3.0) -> FoldingComparison:
+def compare(model: str, *, warmup: int = 5, repeats: int = 30, min_seconds: float = MIN_SECONDS) -> FoldingComparison:
     """Fold `model` (batch 1) with kiln and each peer, then time the results (`time_phases`)."""
     from benchmarks import zoo
     from benchmarks.configs import CONFIGS

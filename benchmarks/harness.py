@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.base import CACHE_DIR, NotApplicable
+from benchmarks.base import CACHE_DIR, MAX_SECONDS, MIN_ROUNDS, MIN_SECONDS, SLOW_CALL_MS, NotApplicable
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class RunSettings:
 
     warmup: int = 5
     repeats: int = 30
-    min_seconds: float = 3.0
-    max_seconds: float = 120.0
+    min_seconds: float = MIN_SECONDS
+    max_seconds: float = MAX_SECONDS
     cell_timeout: float = 900.0
     calibration_samples: int = 16
 
@@ -104,11 +104,12 @@ def measure_cell(model: str, batch: int, config_name: str, settings: RunSettings
             if case.kind == "sentence-embedding":
                 cell.embedding_cosine = accuracy.min_row_cosine(case.reference, output)
             baseline = CONFIGS[BASELINE].prepare(case, Path(workdir))
-            from benchmarks.timing import alternate
+            from kiln.backends.timing import alternate
 
             timing = alternate(prepared.run, baseline.run, warmup=0 if slow else settings.warmup,
                                repeats=settings.repeats, min_seconds=settings.min_seconds,
-                               max_seconds=settings.max_seconds, min_rounds=1 if slow else 3)
+                               max_seconds=settings.max_seconds, min_rounds=1 if slow else MIN_ROUNDS,
+                               slow_call_ms=SLOW_CALL_MS)
             if slow:
                 cell.note = "; ".join(filter(None, [cell.note, f"{first_call:.0f} s per call: warmed up by the "
                                                     "accuracy call, timed for one round"]))

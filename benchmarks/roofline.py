@@ -41,6 +41,7 @@ from typing import Any
 
 
 from benchmarks.base import CACHE_DIR, THREADS
+from kiln.backends.timing import proc_stat
 from kiln.cost_model.measure import microbench as mb
 from kiln.cost_model.machine import cpu_facts
 
@@ -167,7 +168,7 @@ def roofline_ms(flops: int, bytes_: int, peaks: MachinePeaks, precision: str = "
 
 
 def calibrate(threads: int = THREADS, quick: bool = False) -> MachinePeaks:
-    """Measure the peaks with `threads` threads: about 20 s in full, 3-4 s quick.
+    """Measure the peaks with `threads` threads (`quick`: fewer rounds of shorter loops).
 
     Every micro-benchmark runs once per round, in turn, for several rounds, so a burst of another
     tenant's work spreads over all of them. A peak is the *best* round (interference only slows
@@ -176,9 +177,9 @@ def calibrate(threads: int = THREADS, quick: bool = False) -> MachinePeaks:
     """
     started = time.perf_counter()
     # how busy the machine is before we start: other tenants' work depresses every peak
-    idle_before = mb.cpu_times()
+    idle_before = proc_stat()
     time.sleep(0.2 if quick else 1.0)
-    cpu_before = mb.cpu_times()
+    cpu_before = proc_stat()
     background_busy, _ = mb.busy_and_steal(idle_before, cpu_before)
     info = machine_info()
     flags = info["flags"]
@@ -215,7 +216,7 @@ def calibrate(threads: int = THREADS, quick: bool = False) -> MachinePeaks:
     if not fma:
         fma, fma_method = derived, derivation
     vnni = best.get("vnni512", 0.0)
-    details["cpu_busy_pct"], details["cpu_steal_pct"] = mb.busy_and_steal(cpu_before, mb.cpu_times())
+    details["cpu_busy_pct"], details["cpu_steal_pct"] = mb.busy_and_steal(cpu_before, proc_stat())
     return MachinePeaks(
         fp32_gflops_fma=fma,
         fp32_gflops_gemm=max(v for k, v in best.items() if k.startswith("ort_matmul_fp32")),

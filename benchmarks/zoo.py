@@ -628,13 +628,10 @@ def load_case(name: str, batch: int, *, cache_dir: Path = CACHE_DIR, calibration
 
 def check_case(case: ModelCase) -> dict[str, Any]:
     """Runs the cached export once in ONNX Runtime (ENABLE_ALL, 2 threads) against the reference."""
-    import onnxruntime as ort
+    import kiln
+    from kiln.backends.onnxruntime import create_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(str(case.onnx_path), options, providers=["CPUExecutionProvider"])
+    session = create_session(case.onnx_path, kiln.Target(intra_op_threads=THREADS, inter_op_threads=1))
     output = session.run(None, case.inputs)[0]
     diff = float(np.max(np.abs(output.astype(np.float32) - case.reference)))
     _, _, nodes = _onnx_io(case.onnx_path)

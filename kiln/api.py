@@ -12,7 +12,8 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from kiln.backends import compile_model
-from kiln.backends.base import BenchmarkResult, Executable
+from kiln.backends.base import Executable
+from kiln.backends.timing import BenchmarkResult
 from kiln.cost_model.decisions import MeasuredChoiceOracle
 from kiln.cost_model.model import CostModel
 from kiln.errors import BackendError

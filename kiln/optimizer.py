@@ -23,6 +23,7 @@ import onnx_ir as ir
 from kiln.backends import compile_model
 from kiln.backends import onnxruntime as ort_backend
 from kiln.backends import reference as reference_backend
+from kiln.backends.timing import alternate
 from kiln.cost_model.decisions import CostOracle, MeasuredChoiceOracle
 from kiln.cost_model.measure.choices import MeasuredChoices
 from kiln.cost_model.model import CostModel
@@ -212,11 +213,9 @@ def _model_name(obj: Any) -> str:
 
 
 def _measure_both(before: ir.Model, after: ir.Model, target: Target, inputs: Feeds) -> tuple[float, float]:
-    """Median latency of two models on the target's backend, timed in turn on the same inputs."""
-    from kiln.backends.base import time_alternately
-
+    """Median latency of two models on the target's backend, alternated on the same inputs
+    (`kiln.backends.timing.alternate`: 3 warm-up pairs, 15 timed pairs, order rotating)."""
     # two sessions alternate: idle spinning threads of one would slow the other (Target.allow_spinning)
     quiet = dataclasses.replace(target, allow_spinning=False)
     a, b = compile_model(before, quiet), compile_model(after, quiet)
-    first, second = time_alternately(lambda: a.run(inputs), lambda: b.run(inputs))
-    return first.median_ms, second.median_ms
+    return alternate(lambda: a.run(inputs), lambda: b.run(inputs), warmup=3, repeats=15).medians()

@@ -24,8 +24,8 @@ class Target:
         providers: ONNX Runtime execution providers, in priority order.
         allow_spinning: let idle intra-op threads spin for work (ORT's default; lowest latency
             for one session). Turn it off when two sessions alternate in one process: the idle
-            session's spinning threads take the cores from the running one (MiniLM on 2 cores:
-            18 ms alone, 37 ms alternating with spinning, 19 ms alternating without).
+            session's spinning threads take the cores from the running one, which then runs
+            much slower than alone on a machine with few cores.
     """
 
     backend: BackendName = "onnxruntime"

@@ -55,3 +55,16 @@ def mlp_model() -> onnx.ModelProto:
     ]
     return make_model(nodes, [tensor_info("x", [2, 4])], [tensor_info("y", [2, 3])], [w, b, one])
 
+
+
+class FakeClock:
+    """A clock for `kiln.backends.timing` whose seconds pass only when a fake runner spends them."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def spend(self, ms: float) -> None:
+        self.now += ms / 1e3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.cost_model import _model_data, _Priced
+from kiln.backends.timing import CpuTimes
 from kiln.cost_model.measure.profiling import KernelGroup, MeasuredKernel, ModelProfile
 from kiln.cost_model.roofline import Estimate
 
@@ -30,7 +31,7 @@ def test_passes_pool_runs_per_kernel_and_take_the_median_wall_time():
                      profiles=[_profile([100, 100, 100], [5, 5, 5], 1.0),
                                _profile([100, 300, 300], [6, 6, 6], 3.0),  # disturbed passes
                                _profile([100, 300, 300], [7, 7, 7], 2.0)],
-                     busy_jiffies=100, own_jiffies=75)
+                     cpu=CpuTimes(machine_busy_s=1.0, own_s=0.75))
     data = _model_data(priced)
     by_op = {s.op: s.measured_ms for s in data.samples}
     # medians over all nine runs (five at 100 us), not the median of the passes' medians (300 us)

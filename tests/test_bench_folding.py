@@ -7,62 +7,65 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
+from conftest import FakeClock
 
-from benchmarks import folding, timing
+from benchmarks import folding
 
 SELECTION_CALLS = 1 + 4  # warmup=1, repeats=4 below
 
 
 @pytest.fixture
-def fake_ms(monkeypatch):
-    """Make the timing helpers take a runner's return value as its milliseconds."""
-    monkeypatch.setattr(timing, "_timed", lambda fn: float(fn()))
+def clock():
+    """Time that passes only as the fake runners spend it."""
+    return FakeClock()
 
 
-def _runners(costs: dict[str, tuple[float, float]], calls: list[str]) -> dict[str, Callable[[], float]]:
+def _runners(clock: FakeClock, costs: dict[str, tuple[float, float]], calls: list[str]) -> dict[str, Callable[[], None]]:
     """Runners costing costs[name][0] ms during the selection phase and costs[name][1] after it."""
     counts: Counter[str] = Counter()
 
-    def runner(name: str) -> Callable[[], float]:
-        def run() -> float:
+    def runner(name: str) -> Callable[[], None]:
+        def run() -> None:
             counts[name] += 1
             calls.append(name)
-            return costs[name][0 if counts[name] <= SELECTION_CALLS else 1]
+            clock.spend(costs[name][0 if counts[name] <= SELECTION_CALLS else 1])
         return run
 
     return {name: runner(name) for name in costs}
 
 
-def test_fastest_peer_is_chosen_by_selection_and_ratio_comes_from_a_fresh_alternation(fake_ms):
+def test_fastest_peer_is_chosen_by_selection_and_ratio_comes_from_a_fresh_alternation(clock):
     calls: list[str] = []
     costs = {folding.KILN: (10.0, 22.0), "onnxsim+ort": (12.0, 9.0), "onnxslim+ort": (11.0, 20.0),
              "onnxoptimizer+ort": (13.0, 1.0)}
-    phases = folding.time_phases(_runners(costs, calls), warmup=1, repeats=4, min_seconds=0.0)
+    phases = folding.time_phases(_runners(clock, costs, calls), warmup=1, repeats=4, min_seconds=0.0, clock=clock)
 
     assert phases.best_peer == "onnxslim+ort"  # lowest selection median, not the cheapest afterwards
     assert {name: len(ms) for name, ms in phases.selection_ms.items()} == dict.fromkeys(costs, 4)
-    assert phases.selection_ms[folding.KILN] == [10.0] * 4
+    assert phases.selection_ms[folding.KILN] == pytest.approx([10.0] * 4)
     confirmation = calls[4 * SELECTION_CALLS:]
     pair = [folding.KILN, "onnxslim+ort"]  # only the pair, alternated call by call, order swapped each round
     assert confirmation == pair + (pair + pair[::-1]) * 2
     assert phases.confirmation is not None
-    assert phases.confirmation.a_ms == [22.0] * 4 and phases.confirmation.b_ms == [20.0] * 4
+    assert phases.confirmation.a_ms == pytest.approx([22.0] * 4)
+    assert phases.confirmation.b_ms == pytest.approx([20.0] * 4)
     assert phases.latency_vs_best_peer == pytest.approx(1.1)  # the selection rounds would say 10/11
 
 
-def test_without_kiln_or_peers_there_is_no_ratio(fake_ms):
-    only_peers = folding.time_phases(_runners({"onnxsim+ort": (2.0, 2.0), "onnxslim+ort": (1.0, 1.0)}, []),
-                                     warmup=1, repeats=4, min_seconds=0.0)
+def test_without_kiln_or_peers_there_is_no_ratio(clock):
+    only_peers = folding.time_phases(_runners(clock, {"onnxsim+ort": (2.0, 2.0), "onnxslim+ort": (1.0, 1.0)}, []),
+                                     warmup=1, repeats=4, min_seconds=0.0, clock=clock)
     assert only_peers.best_peer == "onnxslim+ort" and only_peers.confirmation is None
     assert only_peers.latency_vs_best_peer is None
-    only_kiln = folding.time_phases(_runners({folding.KILN: (1.0, 1.0)}, []), warmup=1, repeats=4, min_seconds=0.0)
+    only_kiln = folding.time_phases(_runners(clock, {folding.KILN: (1.0, 1.0)}, []), warmup=1, repeats=4,
+                                    min_seconds=0.0, clock=clock)
     assert only_kiln.best_peer == "" and only_kiln.latency_vs_best_peer is None
 
 
-def test_render_keeps_the_summary_line_and_explains_the_phases(fake_ms):
+def test_render_keeps_the_summary_line_and_explains_the_phases(clock):
     calls: list[str] = []
-    phases = folding.time_phases(_runners({folding.KILN: (10.0, 9.0), "onnxsim+ort": (11.0, 10.0)}, calls),
-                                 warmup=1, repeats=4, min_seconds=0.0)
+    phases = folding.time_phases(_runners(clock, {folding.KILN: (10.0, 9.0), "onnxsim+ort": (11.0, 10.0)}, calls),
+                                 warmup=1, repeats=4, min_seconds=0.0, clock=clock)
     result = folding.FoldingComparison("m", [folding.ToolResult(folding.KILN, nodes=5, seconds=1.0),
                                              folding.ToolResult("onnxsim+ort", nodes=6, seconds=2.0),
                                              folding.ToolResult("onnxslim+ort", error="boom"),
@@ -73,17 +76,6 @@ def test_render_keeps_the_summary_line_and_explains_the_phases(fake_ms):
     assert text.splitlines()[-1] == "m kiln_nodes=5 best_peer_nodes=6 time_vs_onnxsim=0.500 latency_vs_best_peer=0.900"
     assert "separate phase that alternates only those two" in text
     assert "| m | onnxsim+ort | 4 | 9.00 | 10.00 | 0.900 | 0.900-0.900 |" in text
-
-
-def test_verdict_is_a_tie_unless_the_median_ratios_interval_excludes_one():
-    faster = timing.PairedTiming(a_ms=[90.0 + i % 3 for i in range(30)], b_ms=[100.0] * 30)
-    assert faster.verdict() == "A faster" and faster.median_ratio_interval()[1] < 1
-    slower = timing.PairedTiming(a_ms=[100.0] * 30, b_ms=[90.0 + i % 3 for i in range(30)])
-    assert slower.verdict() == "B faster"
-    # Ratios spread evenly on both sides of 1: the interval of their median contains 1.
-    noisy = timing.PairedTiming(a_ms=[100.0 + (8 if i % 2 else -8) + i % 5 for i in range(30)], b_ms=[100.0] * 30)
-    low, high = noisy.median_ratio_interval()
-    assert low < 1 < high and noisy.verdict() == "tie"
 
 
 def test_compare_on_a_tiny_model_times_every_tool_from_its_saved_file():

@@ -1,4 +1,5 @@
-"""Benchmark harness pieces: the alternating protocol, accuracy figures, the markdown table."""
+"""Benchmark harness pieces: accuracy figures, the markdown table, resuming a run (the timing
+protocol itself is tested in test_timing.py)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,6 @@ import numpy as np
 from benchmarks.accuracy import cosine, max_abs_diff, min_row_cosine
 from benchmarks.harness import Cell, ModelFacts, Run
 from benchmarks.results import render_markdown
-from benchmarks.timing import alternate
-
-
-def test_alternate_interleaves_calls_and_pairs_ratios():
-    order: list[str] = []
-    timing = alternate(lambda: order.append("a"), lambda: order.append("b"), warmup=2, repeats=5, min_seconds=0.0)
-    assert order[:8] == ["a", "b", "a", "b", "a", "b", "b", "a"]  # 2 warm-up pairs, then A, B / B, A
-    assert order.count("a") == order.count("b") == 7  # 2 warm-up + 5 timed each
-    assert len(timing.a_ms) == len(timing.b_ms) == len(timing.ratios) == 5
-    summary = timing.summary()
-    assert summary["calls"] == 5 and summary["median_ms"] >= 0
-
-
-def test_ratio_is_median_of_per_pair_ratios():
-    from benchmarks.timing import PairedTiming
-
-    timing = PairedTiming(a_ms=[2.0, 4.0, 30.0], b_ms=[1.0, 4.0, 10.0])
-    assert timing.ratios == [2.0, 1.0, 3.0]
-    assert timing.summary()["ratio_vs_baseline"] == 2.0
 
 
 def test_accuracy_figures():
@@ -85,13 +67,3 @@ def test_incomplete_run_says_so():
               cells=[Cell("m", 1, "ort-all", median_ms=1.0, ratio_vs_baseline=1.0)], planned=3)
     assert "**Incomplete: 1 of 3 cells measured so far**" in render_markdown(run)
 
-
-def test_round_robin_keeps_three_rounds_unless_a_runner_is_too_slow_for_them():
-    from benchmarks.timing import round_robin
-
-    calls: list[int] = []
-    fns = [lambda: calls.append(0), lambda: calls.append(1)]
-    # max_seconds=0: the time budget is spent at once, so only the minimum number of rounds runs
-    assert [len(t) for t in round_robin(fns, warmup=0, repeats=30, min_seconds=0.0, max_seconds=0.0)] == [3, 3]
-    assert [len(t) for t in round_robin(fns, warmup=0, repeats=30, min_seconds=0.0, max_seconds=0.0,
-                                        min_rounds=1)] == [1, 1]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from kiln.backends.base import BenchmarkResult, Executable
+from kiln.backends.base import Executable
+from kiln.backends.timing import BenchmarkResult
 from kiln.errors import BackendError
 from kiln.target import Target
 

@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable
 
+from kiln.backends.timing import proc_stat
 from kiln.cost_model.measure import microbench as mb
 from kiln.cost_model.hardware import DEFAULT_EFFICIENCY, HardwareProfile, MemoryLevel, preset_for_this_cpu
 from kiln.cost_model.machine import caches, cpu_facts
@@ -51,13 +52,13 @@ def _memory_sizes(threads: int) -> list[tuple[str, int, int]]:
 
 
 def calibrate(threads: int = 2, quick: bool = False, progress: Progress | None = None) -> HardwareProfile:
-    """Measure a `HardwareProfile` for `threads` threads: ~25 s in full, ~5 s with `quick`."""
+    """Measure a `HardwareProfile` for `threads` threads (`quick`: shorter micro-benchmarks)."""
     started = time.perf_counter()
     facts = cpu_facts()
     flags = facts["flags"]
-    idle_before = mb.cpu_times()
+    idle_before = proc_stat()
     time.sleep(0.2 if quick else 0.5)
-    cpu_before = mb.cpu_times()
+    cpu_before = proc_stat()
     background_busy, _ = mb.busy_and_steal(idle_before, cpu_before)
     details: dict[str, float] = {"load_average_1min": os.getloadavg()[0], "background_busy_pct": background_busy}
     rounds, loop_s, gemm_s = (2, 0.03, 0.03) if quick else (5, 0.15, 0.2)
@@ -132,7 +133,7 @@ def calibrate(threads: int = 2, quick: bool = False, progress: Progress | None =
     efficiency["conv"] = min(1.0, best["conv 3x3"] / fma)
     l2_bandwidth = next((m.bandwidth_gbps for m in memory if m.name == "L2"), memory[0].bandwidth_gbps)
     efficiency["elementwise"] = min(1.0, best["element-wise Add"] / l2_bandwidth)
-    details["background_busy_pct_during"], details["cpu_steal_pct"] = mb.busy_and_steal(cpu_before, mb.cpu_times())
+    details["background_busy_pct_during"], details["cpu_steal_pct"] = mb.busy_and_steal(cpu_before, proc_stat())
     profile = HardwareProfile(
         name=f"calibrated {facts['cpu_model']} x{threads}",
         threads=threads,

@@ -2,16 +2,15 @@
 MetaSchedule, cuDNN's benchmark mode), and remembered per machine.
 
 Some trade-offs have no model that predicts them. Joining the query, key and value projections
-into one MatMul and a Split keeps FLOPs and bytes the same, yet ONNX Runtime's MLAS GEMM (2
-threads, this 2-core VM) ran the joined GEMM 6-46 % slower at BERT's 128x768 -> 3x768 and at
-197x768, 512x384, 1024x384 and 1500x768, and 9-20 % faster at Whisper-tiny's 1500x384: MLAS
+into one MatMul and a Split keeps FLOPs and bytes the same, yet ONNX Runtime's MLAS GEMM runs
+the joined GEMM slower at some shapes and faster at others (benchmarks/results/notes.md): MLAS
 picks its blocking and thread partition by shape, and no rows / bytes rule or roofline fits that.
 So the caller builds the two alternatives as small ONNX models and this module times them on the
-target: alternately in one process (so load drift hits both), a few warm-up calls, then
-3 independent trials (fresh sessions each) of 10 pairs. It returns the median of all per-pair
-ratios candidate / baseline and the worst trial's median: on this shared VM one 15-pair run of
-BERT's 128x768 -> 3x768 once gave 0.80 where two others gave 1.04, so a caller that wants
-"clearly faster" should require every trial to agree (`ChoiceMeasurement.worst_trial`).
+target with `kiln.backends.timing` (alternately in one process, so load drift hits both): a few
+warm-up calls, then 3 independent trials (fresh sessions each) of 10 pairs. It returns the
+median of all per-pair ratios candidate / baseline and the worst trial's median: on a shared
+machine a single trial can be far off the others, so a caller that wants "clearly faster"
+should require every trial to agree (`ChoiceMeasurement.worst_trial`).
 
 Results are cached as JSON beside the hardware profile (``~/.cache/kiln/measured_choices.json``,
 or ``$KILN_MEASURED_CHOICES``), keyed by the CPU model, the thread count, the ONNX Runtime version
@@ -19,7 +18,7 @@ and its optimization level, and the caller's key (op shapes and dtype), so each 
 once per machine. A damaged cache file is ignored with a warning and rewritten.
 
 This is a measuring module: like `kiln.cost_model.measure.profiling`, it runs the backend (ONNX Runtime
-session options from `kiln.backends.onnxruntime`); passes reach it only through
+sessions from `kiln.backends.onnxruntime`); passes reach it only through
 ``PassContext.measured_choices``.
 """
 
@@ -31,7 +30,6 @@ import math
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,10 +39,11 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from kiln.backends.onnxruntime import session_options, to_ort_value
+from kiln.backends.onnxruntime import create_session, to_ort_value
+from kiln.backends.timing import round_robin
 from kiln.cost_model.hardware import default_profile_path
 from kiln.cost_model.machine import cpuinfo
-from kiln.errors import MeasurementError
+from kiln.errors import KilnError, MeasurementError
 from kiln.ir.inputs import Feeds, random_inputs
 from kiln.ir.serialization import to_proto
 from kiln.target import Target
@@ -52,8 +51,8 @@ from kiln.target import Target
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
-#: Timed pairs per trial and trials per choice: the alternatives are one or a few ops,
-#: milliseconds each, so 3 x 10 pairs cost about a second at the zoo's largest shapes.
+#: Timed pairs per trial and trials per choice: the alternatives are one or a few ops of
+#: milliseconds each, so 3 x 10 pairs keep a measurement short.
 DEFAULT_PAIRS = 10
 DEFAULT_TRIALS = 3
 DEFAULT_WARMUP = 3
@@ -114,9 +113,10 @@ def _signature(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
 
 
 class OrtPairTimer:
-    """Times two models alternately in ONNX Runtime, with idle spinning off (an idle session's
-    spinning threads would take the cores from the running one, `Target.allow_spinning`). The
-    order inside a pair alternates too, so neither model always runs on a warmer cache."""
+    """Times two models alternately in ONNX Runtime (`kiln.backends.timing.round_robin`: the
+    order inside a pair alternates too, so neither model always runs on a warmer cache), with
+    idle spinning off (an idle session's spinning threads would take the cores from the running
+    one, `Target.allow_spinning`)."""
 
     def __init__(self, target: Target, warmup: int = DEFAULT_WARMUP):
         self.target = Target(intra_op_threads=target.intra_op_threads, inter_op_threads=1,
@@ -126,32 +126,21 @@ class OrtPairTimer:
 
     def _runner(self, model: onnx.ModelProto, feeds: Feeds) -> Callable[[], Any]:
         try:
-            session = ort.InferenceSession(model.SerializeToString(), session_options(self.target),
-                                           providers=list(self.target.providers))
-        except Exception as exc:
-            raise MeasurementError(f"ONNX Runtime could not load an alternative to time: {str(exc)[:300]}") from exc
+            session = create_session(model, self.target, purpose="(an alternative to time)")
+        except KilnError as exc:
+            raise MeasurementError(str(exc)) from exc
         names = [o.name for o in session.get_outputs()]
         values = {k: to_ort_value(v) for k, v in feeds.items()}
         return lambda: session.run_with_ort_values(names, values)
 
     def __call__(self, baseline: onnx.ModelProto, candidate: onnx.ModelProto, pairs: int) -> list[tuple[float, float]]:
         feeds = _feeds(baseline)
-        runs = (self._runner(baseline, feeds), self._runner(candidate, feeds))
+        runs = [self._runner(baseline, feeds), self._runner(candidate, feeds)]
         try:
-            for _ in range(self.warmup):
-                runs[0]()
-                runs[1]()
-            timed: list[tuple[float, float]] = []
-            for index in range(pairs):
-                ms = [0.0, 0.0]
-                for which in ((0, 1) if index % 2 == 0 else (1, 0)):
-                    started = time.perf_counter()
-                    runs[which]()
-                    ms[which] = (time.perf_counter() - started) * 1e3
-                timed.append((ms[0], ms[1]))
+            baseline_ms, candidate_ms = round_robin(runs, warmup=self.warmup, repeats=pairs)
         except Exception as exc:
             raise MeasurementError(f"ONNX Runtime failed to run an alternative: {str(exc)[:300]}") from exc
-        return timed
+        return list(zip(baseline_ms, candidate_ms))
 
 
 class MeasuredChoices:

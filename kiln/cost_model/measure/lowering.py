@@ -17,10 +17,8 @@ import tempfile
 from pathlib import Path
 
 import onnx_ir as ir
-import onnxruntime as ort
 
-from kiln.backends.onnxruntime import save_optimized_graph, session_options
-from kiln.errors import BackendError
+from kiln.backends.onnxruntime import create_session, save_optimized_graph, session_options
 from kiln.ir.serialization import save_model
 from kiln.target import Target
 
@@ -43,10 +41,7 @@ def ort_compiled_model(model: ir.Model, *, threads: int = 2, level: str = "all")
         # large weights go to a side file that goes with the temporary folder: pricing needs
         # their shape and dtype, never their values
         save_optimized_graph(options, Path(tmp, "compiled.onnx"))
-        try:
-            ort.InferenceSession(str(source), options, providers=list(target.providers))
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            raise BackendError(f"ONNX Runtime could not compile the model to price it: {str(exc)[:300]}") from exc
+        create_session(source, target, options=options, purpose="to price it")
         compiled = ir.load(Path(tmp, "compiled.onnx"))
     infer_nchwc_shapes(compiled)
     logger.debug("lowered %d nodes to %d ORT kernels", len(list(model.graph)), len(list(compiled.graph)))

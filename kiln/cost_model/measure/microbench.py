@@ -200,15 +200,12 @@ def derived_fp32_fma_gflops(info: dict[str, Any], threads: int) -> tuple[float, 
 
 
 def ort_session(proto: Any, threads: int) -> Any:
-    """A sequential CPU session with `threads` intra-op threads, as kiln's backend builds one."""
-    import onnxruntime as ort
+    """A sequential CPU session with `threads` intra-op threads (ORT's default level and
+    spinning), from kiln's session factory."""
+    from kiln.backends.onnxruntime import create_session
+    from kiln.target import Target
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return create_session(proto, Target(intra_op_threads=threads))
 
 
 def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], initializers: list[Any]) -> Any:
@@ -418,18 +415,10 @@ def copy_bench(megabytes: int, threads: int) -> Bench:
 # --- machine load ------------------------------------------------------------------------------
 
 
-def cpu_times() -> list[int] | None:
-    """The aggregate line of /proc/stat: user nice system idle iowait irq softirq steal ..."""
-    try:
-        with open("/proc/stat") as f:
-            return [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-
-
 def busy_and_steal(before: list[int] | None, after: list[int] | None) -> tuple[float, float]:
-    """Percent of CPU time that was busy and that the hypervisor stole between two readings:
-    a noisy neighbour or an oversubscribed host shows here, and explains low peaks."""
+    """Percent of CPU time that was busy and that the hypervisor stole between two readings of
+    `kiln.backends.timing.proc_stat`: a noisy neighbour or an oversubscribed host shows here,
+    and explains low peaks."""
     if not before or not after or len(before) < 8:
         return math.nan, math.nan
     delta = [a - b for a, b in zip(after, before)]

@@ -58,11 +58,10 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx_ir.passes.common import NameFixPass
 
-from kiln.backends.onnxruntime import save_optimized_graph, session_options, to_ort_value
+from kiln.backends.onnxruntime import create_session, loadable, save_optimized_graph, session_options, to_ort_value
 from kiln.errors import BackendError, InputError
 from kiln.ir.capture import capture
 from kiln.ir.inputs import Feeds, make_feeds, random_inputs
-from kiln.ir.serialization import needs_external_data, save_model, to_proto
 from kiln.target import Target
 
 logger = logging.getLogger(__name__)
@@ -623,23 +622,6 @@ def _as_model(model: ir.Model | onnx.ModelProto | str | os.PathLike) -> ir.Model
     return clone
 
 
-class _ModelSource:
-    """What ORT loads: serialized bytes, or a temporary file with external data for large models."""
-
-    def __init__(self, model: ir.Model, workdir: Path):
-        if needs_external_data(model):
-            self.source: str | bytes = str(save_model(model, workdir / "model.onnx", external_data=True))
-        else:
-            self.source = to_proto(model).SerializeToString()
-
-    def session(self, options: ort.SessionOptions, providers: tuple[str, ...]) -> ort.InferenceSession:
-        try:
-            return ort.InferenceSession(self.source, options, providers=list(providers))
-        except Exception as exc:
-            raise BackendError(
-                f"ONNX Runtime could not load the model to profile it: {str(exc).strip()[:500]}") from exc
-
-
 def _feeds(model: ir.Model, feeds: Mapping[str, Any] | None) -> Feeds:
     required = [v for v in model.graph.inputs if not v.is_initializer()]
     if feeds is None:
@@ -704,13 +686,13 @@ def profile_model(
                     graph_optimization_level=graph_optimization_level)  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory(prefix="kiln-measure-") as tmp:
         workdir = Path(tmp)
-        source = _ModelSource(original, workdir)
+        source = loadable(original, workdir)  # both sessions load the same bytes or file
         options = session_options(target)
         options.enable_profiling = True
         options.profile_file_prefix = str(workdir / "profile")
         save_optimized_graph(options, workdir / "optimized.onnx")
-        profiled = source.session(options, target.providers)
-        plain = source.session(session_options(target), target.providers)
+        profiled = create_session(source, target, options=options, purpose="to profile it")
+        plain = create_session(source, target, purpose="to profile it")
         run_profiled, run_plain = _runner(profiled, inputs), _runner(plain, inputs)
         wall_ms: list[float] = []
         for i in range(warmup + repeats):  # interleaved, so drifting machine load hits both alike
