@@ -68,3 +68,28 @@ class FakeClock:
 
     def spend(self, ms: float) -> None:
         self.now += ms / 1e3
+
+
+def run_pass(pass_, model, *, feeds=None, strict: bool = True, **context):
+    """Run one pass through the PassManager on a copy of `model` (ModelProto, path or ir.Model),
+    validated against the original on `feeds` (random inputs by default), with the cost model
+    of this CPU and no measured choices unless `context` says otherwise. Strict: a pass that
+    raises, or that validation rolls back, fails the test instead of passing for "unchanged".
+    Returns (model, the pass's PassReport)."""
+    from kiln.backends import onnxruntime as ort_backend
+    from kiln.cost_model.decisions import CostOracle
+    from kiln.cost_model.model import CostModel
+    from kiln.ir.capture import capture
+    from kiln.ir.inputs import random_inputs
+    from kiln.passes.infra import NumericValidation, PassContext, PassManager, StructuralCheck
+    from kiln.target import Target
+
+    captured = capture(model)
+    feeds = feeds if feeds is not None else random_inputs([v for v in captured.graph.inputs if not v.is_initializer()])
+    target = Target(intra_op_threads=2)
+    context.setdefault("cost", CostOracle(CostModel.default(2, learned=False), target))
+    ctx = PassContext(target=target, sample_inputs=feeds, **context)
+    runner = lambda m, f: ort_backend.run_model(m, f, Target(graph_optimization_level="disable"))  # noqa: E731
+    manager = PassManager([pass_], [StructuralCheck(), NumericValidation(runner, feeds)], strict=strict)
+    optimized, report = manager.run(captured, ctx)
+    return optimized, report.passes[-1]
