@@ -15,7 +15,7 @@ def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Any:
 
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, justify="right" if column in right else "left")
+        table.add_column(column, justify="right" if column in right else "left", overflow="fold")
     return table
 
 

@@ -127,7 +127,8 @@ def report_table(report: OptimizationReport) -> Any:
     pipeline = "custom passes" if report.level is None else f"level {report.level}"
     table = Table(title=f"kiln report: {report.model_name or 'model'} ({pipeline})", caption=_caption(report))
     for column in PASS_COLUMNS:
-        table.add_column(column, justify="right" if column in NUMERIC_COLUMNS else "left")
+        numeric = column in NUMERIC_COLUMNS  # a name too long for its column folds instead of being cut
+        table.add_column(column, justify="right" if numeric else "left", overflow="ellipsis" if numeric else "fold")
     for row in pass_rows(report.passes):
         table.add_row(*_pass_cells(row), style=_row_style(row))
     _total_rows(table, report)
@@ -141,7 +142,7 @@ def decision_summary_table(report: OptimizationReport, reason_limit: int = 70) -
 
     table = Table(title="decisions (kiln optimize --explain for every figure)")
     for column in ("pass", "subject", "chosen", "predicted ms", "reason"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for p in report.passes:
         for decision in p.decisions:
             table.add_row(pass_label(p), decision_subject(decision), decision.chosen, decision_costs(decision),
