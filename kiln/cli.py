@@ -6,12 +6,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from kiln.errors import KilnError
-from kiln.report.render import format_bytes
+from kiln.report.model import OptimizationReport
+from kiln.report.render import format_bytes, report_renderables
+from kiln.report.summary import pass_label
 
 console = Console()
 if not console.is_terminal:
@@ -20,28 +23,49 @@ if not console.is_terminal:
 err_console = Console(stderr=True)
 
 
-def cmd_optimize(args: argparse.Namespace) -> int:
-    from kiln.api import optimize
-
-    sample_inputs = None
+def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments `kiln optimize` gives `kiln.optimize`."""
+    kwargs: dict[str, Any] = {"level": args.level, "validate": not args.no_validate, "dump_ir": args.dump_ir,
+                              "measure": args.measure}
     if args.sample_inputs:
         import numpy as np
 
         with np.load(args.sample_inputs, allow_pickle=False) as data:
-            sample_inputs = {name: data[name] for name in data.files}
-    drop_blocks = None
+            kwargs["sample_inputs"] = {name: data[name] for name in data.files}
     if args.drop_blocks_min_cosine is not None:
         from kiln.passes.approximate.block_dropping import BlockBudget
 
-        drop_blocks = BlockBudget(min_cosine=args.drop_blocks_min_cosine)
-    optimized = optimize(args.model, level=args.level, validate=not args.no_validate, dump_ir=args.dump_ir,
-                         sample_inputs=sample_inputs, measure=args.measure, drop_blocks=drop_blocks)
+        kwargs["drop_blocks"] = BlockBudget(min_cosine=args.drop_blocks_min_cosine)
+    if args.threads is not None:
+        from kiln.target import Target
+
+        # one thread count for the measurement and, derived from the target, the cost model's prediction
+        kwargs["target"] = Target(intra_op_threads=args.threads)
+    return kwargs
+
+
+def _strict_failures(report: OptimizationReport) -> list[str]:
+    """'name (status: message)' for every pass that failed or was rolled back."""
+    return [f"{pass_label(p)} ({p.status}: {p.message})" if p.message else f"{pass_label(p)} ({p.status})"
+            for p in report.passes if p.status in ("failed", "rolled_back")]
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from kiln.api import optimize
+
+    optimized = optimize(args.model, **_optimize_kwargs(args))
     path = optimized.save(args.output)
-    console.print(optimized.report)
+    console.print(*report_renderables(optimized.report, explain=args.explain))
     if args.report:
         Path(args.report).write_text(optimized.report.to_json())
         console.print(f"Report written to {args.report}")
     console.print(f"Optimized model written to {path}")
+    failures = _strict_failures(optimized.report)
+    if args.strict and failures:
+        err_console.print(f"[bold red]strict:[/bold red] {len(failures)} pass run(s) failed or were rolled back:")
+        for failure in failures:
+            err_console.print(f"  {failure}", soft_wrap=True, markup=False)
+        return 1
     return 0
 
 
@@ -163,8 +187,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(bench_args: list[str]) -> int:
-    """Run the side-by-side benchmarks, which live in the repository (not in the wheel)."""
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the side-by-side benchmarks, which live in the repository (not in the wheel):
+    `python -m benchmarks [-v] run ARGS`, with -v when kiln was given -v."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
@@ -173,7 +198,18 @@ def cmd_bench(bench_args: list[str]) -> int:
             "kiln bench needs a kiln source checkout (benchmarks/ is not installed with the package): "
             "clone the repository, run `make test` once, then `kiln bench` or `python -m benchmarks run`."
         )
-    return subprocess.call([sys.executable, "-m", "benchmarks", "run", *bench_args], cwd=root)
+    verbose = ["-v"] if args.verbose else []
+    return subprocess.call([sys.executable, "-m", "benchmarks", *verbose, "run", *args.bench_args], cwd=root)
+
+
+def split_bench(argv: list[str]) -> tuple[list[str], list[str]] | None:
+    """`[global options] bench ARGS` -> (global options, ARGS), ARGS to go to the benchmarks
+    untouched (argparse would reject options it does not know); None for other commands.
+    The global options take no values, so the command is the first word not starting with '-'."""
+    index = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
+    if index is None or argv[index] != "bench":
+        return None
+    return argv[:index], argv[index + 1:]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,9 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--drop-blocks-min-cosine", type=float, metavar="COSINE",
                      help="approximate: drop residual blocks while the outputs on --sample-inputs keep this "
                           "cosine similarity with the original (e.g. 0.99); off by default")
+    opt.add_argument("--threads", type=int, metavar="N",
+                     help="intra-op threads of the target: what --measure and measured choices run with and what "
+                          "the cost model predicts for (default: the runtime's choice, predicted for 2)")
+    opt.add_argument("--strict", action="store_true",
+                     help="exit with 1 (errors exit with 2) when any pass failed or was rolled back")
+    opt.add_argument("--explain", action="store_true",
+                     help="after the pass table, list every rewrite with its rule, reason and origin, the rules' "
+                          "most frequent near misses, and every decision with all its alternatives")
     opt.set_defaults(func=cmd_optimize)
-    # `kiln bench ARGS` hands ARGS to `python -m benchmarks run` untouched (see main).
-    sub.add_parser("bench", help="run the side-by-side benchmarks: kiln bench [--quick] [--models ...] ...")
+    # `kiln bench ARGS` hands ARGS to `python -m benchmarks run` untouched (see split_bench).
+    bench = sub.add_parser("bench", help="run the side-by-side benchmarks: kiln bench [--quick] [--models ...] ...")
+    bench.set_defaults(func=cmd_bench, bench_args=[])
     ins = sub.add_parser("inspect", help="show inputs, outputs, op histogram and parameter bytes")
     ins.add_argument("model", help=".onnx file")
     ins.set_defaults(func=cmd_inspect)
@@ -222,13 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:
-        try:
-            return cmd_bench(argv[1:])
-        except KilnError as exc:
-            err_console.print(f"[bold red]error:[/bold red] {exc}")
-            return 2
-    args = build_parser().parse_args(argv)
+    bench = split_bench(argv)
+    args = build_parser().parse_args(argv if bench is None else [*bench[0], "bench"])
+    if bench is not None:
+        args.bench_args = bench[1]
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:

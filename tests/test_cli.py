@@ -60,3 +60,97 @@ def test_optimize_validates_on_given_sample_inputs(tmp_path, mlp_model):
     assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx"), "--sample-inputs", str(npz),
                  "--report", str(report)]) == 0
     assert json.loads(report.read_text())["sample_inputs"] == "the given sample inputs"
+
+
+def _chain_model() -> onnx.ModelProto:
+    """z = Identity((x @ W1 @ W2) @ x2): a chain the cost model merges, a MatMul by an input the
+    merge rule matches but refuses (a near miss), and an Identity to remove."""
+    from onnx import helper, numpy_helper
+
+    from conftest import make_model, tensor_info
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((16, 64)).astype(np.float32), "W1")
+    w2 = numpy_helper.from_array(rng.standard_normal((64, 8)).astype(np.float32), "W2")
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="/enc/fc1/MatMul"),
+             helper.make_node("MatMul", ["h", "W2"], ["g"], name="/enc/fc2/MatMul"),
+             helper.make_node("MatMul", ["g", "x2"], ["y"], name="/head/MatMul"),
+             helper.make_node("Identity", ["y"], ["z"], name="/head/Identity")]
+    return make_model(nodes, [tensor_info("x", [4, 16]), tensor_info("x2", [8, 8])], [tensor_info("z", [4, 8])],
+                      [w1, w2])
+
+
+def _optimize_chain(tmp_path, capsys, *flags: str) -> tuple[int, str, str]:
+    src = tmp_path / "chain.onnx"
+    onnx.save(_chain_model(), src)
+    code = main(["optimize", str(src), "-o", str(tmp_path / "out.onnx"), "--level", "2", *flags])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_optimize_explain_lists_rewrites_near_misses_and_decisions(tmp_path, capsys):
+    code, out, _ = _optimize_chain(tmp_path, capsys, "--explain")
+    assert code == 0
+    rewrite = next(line for line in out.splitlines() if "merge_matmul_chain" in line and "consecutive" in line)
+    assert "linear_chain_merging" in rewrite and "/enc/fc1/MatMul, /enc/fc2/MatMul" in rewrite  # origin
+    assert "both weights must be constant 2-D float initializers" in out  # the near miss of /head/MatMul
+    assert "linear_chain_merging: decisions" in out and "merge consecutive" in out  # the question
+    assert "weight_elements 1536" in out and "cost_model" in out
+
+
+def test_optimize_without_explain_is_a_compact_table_with_one_row_per_decision(tmp_path, capsys):
+    code, out, _ = _optimize_chain(tmp_path, capsys)
+    assert code == 0
+    assert "passes unchanged" in out and "predicted ms (as written)" in out
+    row = next(line for line in out.splitlines() if "W1 @ W2" in line)
+    assert "merged" in row and "chain " in row and " / merged " in row
+    assert "rewrites, by pass" not in out and "near misses" not in out and "weight_elements" not in out
+
+
+def test_optimize_no_validate_says_why_in_the_total_row(tmp_path, capsys):
+    code, out, _ = _optimize_chain(tmp_path, capsys, "--no-validate")
+    total = next(line for line in out.splitlines() if "total" in line)
+    assert code == 0 and "not validated: validation is off" in total
+
+
+def test_optimize_threads_sets_the_target(tmp_path, capsys, monkeypatch):
+    import kiln.api
+
+    seen = {}
+    real = kiln.api.optimize
+
+    def spy(model, **kwargs):
+        seen.update(kwargs)
+        return real(model, **kwargs)
+
+    monkeypatch.setattr(kiln.api, "optimize", spy)
+    code, _, _ = _optimize_chain(tmp_path, capsys, "--threads", "1")
+    assert code == 0 and seen["target"] == kiln.Target(intra_op_threads=1)
+
+
+def test_optimize_strict_exits_1_naming_the_failed_pass(tmp_path, capsys, monkeypatch):
+    from kiln.passes.cleanup.identity_elimination import EliminateIdentityAndNoOps
+
+    def broken(self, model, ctx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(EliminateIdentityAndNoOps, "call", broken)
+    code, out, _ = _optimize_chain(tmp_path, capsys)
+    assert code == 0 and "failed" in out  # without --strict a rolled-back failure still exits 0
+    code, _, err = _optimize_chain(tmp_path, capsys, "--strict")
+    assert code == 1
+    assert "identity_elimination (failed: raised RuntimeError: boom; rolled back)" in err
+
+
+def test_global_options_before_bench_pass_its_arguments_through(monkeypatch):
+    import logging
+    import subprocess
+
+    calls, levels = [], []
+    monkeypatch.setattr(subprocess, "call", lambda command, cwd: calls.append(command) or 0)
+    monkeypatch.setattr(logging, "basicConfig", lambda level, format: levels.append(level))
+    assert main(["-v", "bench", "--quick", "--models", "bert-tiny"]) == 0
+    assert main(["bench", "--help"]) == 0
+    assert calls == [[sys.executable, "-m", "benchmarks", "-v", "run", "--quick", "--models", "bert-tiny"],
+                     [sys.executable, "-m", "benchmarks", "run", "--help"]]
+    assert levels == [logging.INFO, logging.WARNING]

@@ -1,11 +1,23 @@
-"""Render an OptimizationReport as a rich table, as plain text, or as JSON."""
+"""Render an OptimizationReport as rich tables or plain text: the pass table (runs of passes
+that changed nothing collapsed), a compact decision table, and with `explain` every rewrite,
+near miss and decision in full (`kiln.report.explain`)."""
 
 from __future__ import annotations
 
 import io
 from typing import Any
 
+from kiln.report.explain import explain_renderables
 from kiln.report.model import OptimizationReport, PassReport
+from kiln.report.summary import PassRow, decision_costs, decision_subject, pass_label, pass_rows, truncate
+
+#: What the per-pass prediction is of: the cost model's price of the model's own nodes.
+PREDICTED_COLUMN = "predicted ms (as written)"
+MEASURED_LABEL = "measured on the target"
+# the header of the prediction column, on two lines to leave the width to the pass names
+PREDICTED_HEADER = PREDICTED_COLUMN.replace(" (", "\n(")
+PASS_COLUMNS = ("pass", "status", "nodes", "params", "max abs err", PREDICTED_HEADER, "time s", "rewrites")
+NUMERIC_COLUMNS = ("nodes", "params", "max abs err", PREDICTED_HEADER, "time s")
 
 
 def format_bytes(n: int) -> str:
@@ -34,84 +46,6 @@ def _rules_text(report: PassReport, limit: int = 4) -> str:
     return text
 
 
-def report_table(report: OptimizationReport) -> Any:
-    """A rich Table: one row per pass, then a total row."""
-    from rich.table import Table
-
-    pipeline = "custom passes" if report.level is None else f"level {report.level}"
-    title = f"kiln report: {report.model_name or 'model'} ({pipeline})"
-    table = Table(title=title, show_lines=False)
-    for column, justify in (
-        ("pass", "left"), ("status", "left"), ("nodes", "right"), ("params", "right"),
-        ("max abs err", "right"), ("predicted ms", "right"), ("time s", "right"), ("rewrites", "left"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for p in report.passes:
-        style = {"rolled_back": "red", "failed": "red", "applied": "green"}.get(p.status, "")
-        table.add_row(
-            p.name,
-            p.status,
-            f"{p.nodes_before} -> {p.nodes_after}",
-            f"{format_bytes(p.parameter_bytes_before)} -> {format_bytes(p.parameter_bytes_after)}",
-            _error_text(p),
-            _predicted_text(p.predicted_ms_before, p.predicted_ms_after),
-            f"{p.seconds:.2f}",
-            _rules_text(p),
-            style=style,
-        )
-    final = report.final_error
-    table.add_section()
-    table.add_row(
-        "total",
-        "validated" if report.validated else "not validated",
-        f"{report.nodes_before} -> {report.nodes_after}",
-        f"{format_bytes(report.parameter_bytes_before)} -> {format_bytes(report.parameter_bytes_after)}",
-        f"{final.max_abs:.2e}" if final else "-",
-        _predicted_text(report.predicted_ms_before, report.predicted_ms_after),
-        f"{report.seconds:.2f}",
-        f"validation {report.validation_seconds:.2f} s on {report.sample_inputs}" if report.validated else "",
-    )
-    if report.predicted_compiled_ms_before is not None and report.predicted_compiled_ms_after is not None:
-        table.add_row("predicted, as ORT runs it", "", "", "", "",
-                      _predicted_text(report.predicted_compiled_ms_before, report.predicted_compiled_ms_after),
-                      "", report.compiled_cost_model)
-    if report.measured_ms_before is not None and report.measured_ms_after is not None:
-        table.add_row("measured", "", "", "", "",
-                      _predicted_text(report.measured_ms_before, report.measured_ms_after), "", "")
-    if report.cost_model:
-        table.caption = f"predicted ms: the model as written, by {report.cost_model}"
-    return table
-
-
-def decision_table(report: PassReport) -> Any:
-    """A rich Table of the decisions a pass took: each subject, its alternatives with their
-    predicted (and measured) cost and other figures, the choice and why."""
-    from rich.table import Table
-
-    table = Table(title=f"{report.name}: decisions")
-    for column, justify in (("subject", "left"), ("alternative", "left"), ("predicted ms", "right"),
-                            ("measured ms", "right"), ("figures", "left"), ("chosen", "left"), ("reason", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-
-    def figure(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4g}"
-
-    for decision in report.decisions:
-        for index, alternative in enumerate(decision.alternatives):
-            chosen = alternative.name == decision.chosen
-            figures = ", ".join(f"{k} {v:.6g}" for k, v in alternative.metrics.items())
-            table.add_row(decision.subject if index == 0 else "", alternative.name, figure(alternative.predicted_ms),
-                          figure(alternative.measured_ms), figures, "yes" if chosen else "",
-                          f"{decision.reason} ({decision.decided_by})" if index == 0 else "",
-                          style="green" if chosen else "")
-    return table
-
-
-def report_renderables(report: OptimizationReport) -> list[Any]:
-    """The pass table, then a decision table for every pass that took decisions."""
-    return [report_table(report), *(decision_table(p) for p in report.passes if p.decisions)]
-
-
 def _predicted_text(before: float | None, after: float | None) -> str:
     """"12.3 -> 11.0" for a prediction (or measurement) before and after, "-" without one."""
     if before is None or after is None:
@@ -119,10 +53,116 @@ def _predicted_text(before: float | None, after: float | None) -> str:
     return f"{before:.1f} -> {after:.1f}" if before >= 10 else f"{before:.2f} -> {after:.2f}"
 
 
-def render_text(report: OptimizationReport, width: int = 160) -> str:
-    """The rich table rendered to plain text (no colour codes)."""
+def _change_text(before: int, after: int, bytes_: bool = False) -> str:
+    show = format_bytes if bytes_ else str
+    return f"{show(before)} -> {show(after)}"
+
+
+def _pass_cells(row: PassRow) -> list[str]:
+    """The pass table's cells for one pass, or for a collapsed run of passes."""
+    first, last = row.first, row.last
+    single = len(row.passes) == 1
+    return [
+        row.label,
+        first.status,
+        _change_text(first.nodes_before, last.nodes_after),
+        _change_text(first.parameter_bytes_before, last.parameter_bytes_after, bytes_=True),
+        _error_text(first) if single else "-",
+        _predicted_text(first.predicted_ms_before, last.predicted_ms_after),
+        f"{row.seconds:.2f}",
+        _rules_text(first) if single else first.message,
+    ]
+
+
+def _row_style(row: PassRow) -> str:
+    if len(row.passes) > 1:
+        return "dim"
+    return {"rolled_back": "red", "failed": "red", "applied": "green"}.get(row.first.status, "")
+
+
+def validation_text(report: OptimizationReport) -> str:
+    """Why the run is validated or not ('validated on random inputs (0.01 s)', 'not validated:
+    validation is off (...)'), from `report.validation`, else from the flags."""
+    text = report.validation or (f"validated on {report.sample_inputs or 'the sample inputs'}"
+                                 if report.validated else "not validated")
+    return f"{text} ({report.validation_seconds:.2f} s)" if report.validated else text
+
+
+def _total_rows(table: Any, report: OptimizationReport) -> None:
+    """The total row (with the validation reason), then the compiled prediction and the
+    measurement when there are any."""
+    final = report.final_error
+    table.add_section()
+    table.add_row(
+        "total", "validated" if report.validated else "not validated",
+        _change_text(report.nodes_before, report.nodes_after),
+        _change_text(report.parameter_bytes_before, report.parameter_bytes_after, bytes_=True),
+        f"{final.max_abs:.2e}" if final else "-",
+        _predicted_text(report.predicted_ms_before, report.predicted_ms_after),
+        f"{report.seconds:.2f}", validation_text(report),
+    )
+    if report.predicted_compiled_ms_before is not None and report.predicted_compiled_ms_after is not None:
+        table.add_row("predicted, as ORT runs it", "", "", "", "",
+                      _predicted_text(report.predicted_compiled_ms_before, report.predicted_compiled_ms_after),
+                      "", report.compiled_cost_model)
+    if report.measured_ms_before is not None and report.measured_ms_after is not None:
+        table.add_row(MEASURED_LABEL, "", "", "", "",
+                      _predicted_text(report.measured_ms_before, report.measured_ms_after), "",
+                      "median ms, input and optimized model timed in turn")
+
+
+def _caption(report: OptimizationReport) -> str:
+    """Names what the prediction column predicts, and with what."""
+    if not report.cost_model:
+        return f"{PREDICTED_COLUMN}: no cost model ran"
+    return (f"{PREDICTED_COLUMN}: {report.cost_model}'s latency for the model's own nodes, "
+            "before the runtime's fusions")
+
+
+def report_table(report: OptimizationReport) -> Any:
+    """A rich Table: one row per pass (a run of passes that changed nothing the same way is one
+    row), then the total row."""
+    from rich.table import Table
+
+    pipeline = "custom passes" if report.level is None else f"level {report.level}"
+    table = Table(title=f"kiln report: {report.model_name or 'model'} ({pipeline})", caption=_caption(report))
+    for column in PASS_COLUMNS:
+        numeric = column in NUMERIC_COLUMNS  # a name too long for its column folds instead of being cut
+        table.add_column(column, justify="right" if numeric else "left", overflow="ellipsis" if numeric else "fold")
+    for row in pass_rows(report.passes):
+        table.add_row(*_pass_cells(row), style=_row_style(row))
+    _total_rows(table, report)
+    return table
+
+
+def decision_summary_table(report: OptimizationReport, reason_limit: int = 70) -> Any:
+    """One row per decision: the pass, the subject, what was chosen, each alternative's
+    predicted ms ('chain 0.004 / merged 0.002') and the reason, cut to `reason_limit`."""
+    from rich.table import Table
+
+    table = Table(title="decisions (kiln optimize --explain for every figure)")
+    for column in ("pass", "subject", "chosen", "predicted ms", "reason"):
+        table.add_column(column, overflow="fold")
+    for p in report.passes:
+        for decision in p.decisions:
+            table.add_row(pass_label(p), decision_subject(decision), decision.chosen, decision_costs(decision),
+                          truncate(decision.reason, reason_limit))
+    return table
+
+
+def report_renderables(report: OptimizationReport, explain: bool = False) -> list[Any]:
+    """The pass table, then either the compact decision table (when any pass decided anything)
+    or, with `explain`, the rewrites, near misses and decisions in full."""
+    if explain:
+        return [report_table(report), *explain_renderables(report)]
+    return [report_table(report), *([decision_summary_table(report)] if report.decisions else [])]
+
+
+def render_text(report: OptimizationReport, width: int = 160, explain: bool = False) -> str:
+    """The report's tables rendered to plain text (no colour codes)."""
     from rich.console import Console
 
     buffer = io.StringIO()
-    Console(file=buffer, width=width, color_system=None, force_terminal=False).print(*report_renderables(report))
+    Console(file=buffer, width=width, color_system=None, force_terminal=False).print(
+        *report_renderables(report, explain=explain))
     return buffer.getvalue()
