@@ -143,7 +143,8 @@ class Optimizer:
         capture_seconds = time.perf_counter() - started
         pipeline = self.pipeline
         report = OptimizationReport(model_name=name or _model_name(model),
-                                    level=pipeline.level if pipeline.passes is None else None)
+                                    level=pipeline.level if pipeline.passes is None else None,
+                                    target=f"{self.target.backend}, {self.threads} intra-op threads")
         needs_feeds = self.validation.enabled or pipeline.drop_blocks is not None
         feeds: Feeds | None = None
         if needs_feeds:

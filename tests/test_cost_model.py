@@ -402,7 +402,7 @@ def test_optimize_reports_predicted_latency_per_pass_and_measures_on_request():
     from kiln.report.render import render_text
 
     text = render_text(report)
-    assert "predicted ms" in text and "measured" in text and "CostModel('test')" in text
+    assert "predicted ms" in text and "measured" in text and "CostModel('test', " in text
     assert report.to_dict()["predicted_ms_after"] == report.predicted_ms_after
     plain = optimize(_model_with_dead_work(), level=1, cost_model=None)
     assert plain.report.predicted_ms_before is None and plain.report.measured_ms_before is None

@@ -142,7 +142,7 @@ class CostModel:
         learned = ""
         if self.correction is not None:
             learned = ", learned correction" if self.residual else ", fitted efficiencies"
-        return f"CostModel({self.profile.name!r}{learned})"
+        return f"CostModel({self.profile.name!r}, {self.profile.threads} threads{learned})"
 
     @classmethod
     def from_file(cls, path: str | Path, *, learned: bool = True, residual: bool = True) -> CostModel:

@@ -132,6 +132,8 @@ class OptimizationReport:
 
     model_name: str = ""
     level: int | None = 0  # None when a custom pass list ran
+    # where the model is optimized for: backend, threads (what predictions and measurements assume)
+    target: str = ""
     passes: list[PassReport] = field(default_factory=list)
     nodes_before: int = 0
     nodes_after: int = 0

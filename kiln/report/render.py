@@ -125,6 +125,8 @@ def report_table(report: OptimizationReport) -> Any:
     from rich.table import Table
 
     pipeline = "custom passes" if report.level is None else f"level {report.level}"
+    if report.target:
+        pipeline += f", for {report.target}"
     table = Table(title=f"kiln report: {report.model_name or 'model'} ({pipeline})", caption=_caption(report))
     for column in PASS_COLUMNS:
         numeric = column in NUMERIC_COLUMNS  # a name too long for its column folds instead of being cut

@@ -105,12 +105,17 @@ class PassManager:
 
     def _run_group(self, model: ir.Model, group: FixedPointGroup, ctx: PassContext,
                    report: OptimizationReport) -> ir.Model:
+        broken: set[int] = set()  # a pass that failed or was rolled back is not retried in later rounds
         for round_ in range(1, group.max_rounds + 1):
             changed = False
             for pass_ in group.passes:
+                if id(pass_) in broken:
+                    continue
                 model, entry = self._run_step(model, pass_, ctx, report)
                 entry.group, entry.round = group.name, round_
                 changed = changed or entry.status == "applied"
+                if entry.status in ("failed", "rolled_back"):
+                    broken.add(id(pass_))
             if not changed:
                 break
         else:
