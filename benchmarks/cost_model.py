@@ -56,8 +56,8 @@ class ModelData:
 
 
 def _profile(cache_dir: Path, recalibrate: bool, threads: int) -> Any:
-    from kiln.cost_model.measure.calibration import calibrate
     from kiln.cost_model.hardware import load
+    from kiln.cost_model.measure.calibration import calibrate
 
     path = cache_dir / PROFILE_FILE
     if path.exists() and not recalibrate:

@@ -165,11 +165,10 @@ class ModelFacts:
 
 def model_facts(model: str, batch: int) -> ModelFacts:
     """FLOPs and bytes of the exported graph (runs in the cell process that exported it)."""
+    import kiln
     from benchmarks import zoo
     from kiln.cost_model.analytical import model_cost
     from kiln.ir.analysis import count_nodes
-
-    import kiln
 
     facts = ModelFacts(model, batch)
     try:

@@ -39,11 +39,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-
 from benchmarks.base import CACHE_DIR, THREADS
 from kiln.backends.timing import proc_stat
-from kiln.cost_model.measure import microbench as mb
 from kiln.cost_model.machine import cpu_facts
+from kiln.cost_model.measure import microbench as mb
 
 logger = logging.getLogger(__name__)
 

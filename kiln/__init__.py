@@ -7,7 +7,15 @@
 
 from kiln.api import OptimizedModel, optimize
 from kiln.cost_model import CostModel
-from kiln.errors import BackendError, CaptureError, InputError, InvalidModelError, KilnError, UnsafeModelError, UnsupportedOperatorError
+from kiln.errors import (
+    BackendError,
+    CaptureError,
+    InputError,
+    InvalidModelError,
+    KilnError,
+    UnsafeModelError,
+    UnsupportedOperatorError,
+)
 from kiln.ir.capture import capture, load
 from kiln.passes.approximate.block_dropping import BlockBudget
 from kiln.target import Target

@@ -96,8 +96,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from kiln.cost_model.measure.calibration import calibrate
     from kiln.cost_model.hardware import default_profile_path
+    from kiln.cost_model.measure.calibration import calibrate
 
     output = Path(args.output) if args.output else default_profile_path()
     with Progress(console=err_console, transient=True) as bar:

@@ -65,9 +65,8 @@ def test_optimize_validates_on_given_sample_inputs(tmp_path, mlp_model):
 def _chain_model() -> onnx.ModelProto:
     """z = Identity((x @ W1 @ W2) @ x2): a chain the cost model merges, a MatMul by an input the
     merge rule matches but refuses (a near miss), and an Identity to remove."""
-    from onnx import helper, numpy_helper
-
     from conftest import make_model, tensor_info
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.standard_normal((16, 64)).astype(np.float32), "W1")

@@ -20,8 +20,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import kiln  # noqa: E402
 import models  # noqa: E402  (tests/models.py; pytest puts tests/ on sys.path)
+
+import kiln  # noqa: E402
 from kiln.ir.provenance import Origin, get_provenance  # noqa: E402
 
 pytestmark = pytest.mark.slow

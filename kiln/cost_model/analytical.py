@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
+from kiln.ir.queries import op_key
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -186,7 +188,6 @@ DATA_MOVEMENT_OPS: frozenset[str] = frozenset(
 #: Ops whose subgraph runs an unknown number of times: priced as unknown (body counted once).
 _LOOPING_OPS = frozenset({"Loop", "Scan"})
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 _INT8_OPS = frozenset(
     {
         "MatMulInteger",
@@ -265,7 +266,7 @@ class ModelCost:
         """FLOPs per op type, largest first."""
         totals: Counter[str] = Counter()
         for node, cost in self.per_node:
-            totals[_op_key(node)] += cost.flops
+            totals[op_key(node)] += cost.flops
         return dict(totals.most_common())
 
 
@@ -764,15 +765,6 @@ _FORMULAS: dict[str, _Formula] = _build_formulas()
 # ---------------------------------------------------------------------------------------------
 
 
-def _op_key(node: ir.Node) -> str:
-    return node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
-
-
-def op_key(node: ir.Node) -> str:
-    """The op's name as the formulas key it: "MatMul", or "domain::Op" outside the default domain."""
-    return _op_key(node)
-
-
 def value_nbytes(value: ir.Value | None, dims: Mapping[str, int] | None = None) -> int | None:
     """Bytes of a tensor value from its shape and dtype (None when either is unknown)."""
     return _Shapes(dims).nbytes(value)
@@ -836,7 +828,7 @@ def _precision(node: ir.Node, key: str) -> str:
 def _price(node: ir.Node, sh: _Shapes) -> tuple[OpCost, str | None]:
     """Price a node; the second element says why it is not exact: "unknown op", "missing shape",
     or None."""
-    key = _op_key(node)
+    key = op_key(node)
     read, read_ok = _read_bytes(node, key, sh)
     written, written_ok = _written_bytes(node, key, sh)
     formula = _FORMULAS.get(key)
@@ -929,7 +921,7 @@ def model_cost(
     for original, priced in zip(originals, priced_nodes):
         cost, reason = _price(priced, sh)
         per_node.append((original, cost))
-        key = _op_key(original)
+        key = op_key(original)
         if reason == "unknown op":
             unknown[key] += 1
         elif reason == "missing shape":

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
+from kiln.ir.queries import is_onnx, op_key
+
 
 def iter_nodes(model: ir.Model) -> list[ir.Node]:
     """All nodes of the main graph and of its subgraphs (If/Loop/Scan bodies)."""
@@ -32,7 +34,7 @@ def parameter_bytes(model: ir.Model) -> int:
     """Bytes held by initializers and Constant nodes (main graph and subgraphs)."""
     total = sum(_tensor_nbytes(v) for v in model.graph.initializers.values())
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        if is_onnx(node, "Constant"):
             attr = node.attributes.get("value")
             if attr is not None and attr.type == ir.AttributeType.TENSOR:
                 try:
@@ -49,8 +51,7 @@ def op_histogram(model: ir.Model) -> Counter[str]:
     """How many nodes of each op (domain-qualified outside the default domain)."""
     counts: Counter[str] = Counter()
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-        counts[key] += 1
+        counts[op_key(node)] += 1
     return counts
 
 

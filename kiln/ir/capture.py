@@ -22,8 +22,8 @@ import onnx_ir.passes.common as common_passes
 
 from kiln.errors import CaptureError, InvalidModelError
 from kiln.ir.checks import check_model_proto, read_model_proto
-from kiln.ir.serialization import needs_external_data, to_proto
 from kiln.ir.provenance import stamp_provenance
+from kiln.ir.serialization import needs_external_data, to_proto
 
 if TYPE_CHECKING:
     import torch

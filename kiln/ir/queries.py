@@ -15,6 +15,11 @@ def is_onnx(node: ir.Node, op_type: str | None = None) -> bool:
     return node.domain in ("", "ai.onnx") and (op_type is None or node.op_type == op_type)
 
 
+def op_key(node: ir.Node) -> str:
+    """The op's name as kiln keys it: "MatMul", or "domain::Op" outside the default domain."""
+    return node.op_type if is_onnx(node) else f"{node.domain}::{node.op_type}"
+
+
 def sole_reader(value: ir.Value, node: ir.Node) -> bool:
     """Only `node` reads `value`, and it is not a graph output: a rewrite of `node` may change it."""
     return not value.is_graph_output() and all(user is node for user, _ in value.uses())

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import json
 
-from kiln.report.model import (REPORT_SCHEMA_VERSION, Alternative, Decision, ErrorStats, NearMiss, NodeRef,
-                               OptimizationReport, PassReport, Rewrite)
+from kiln.report.model import (
+    REPORT_SCHEMA_VERSION,
+    Alternative,
+    Decision,
+    ErrorStats,
+    NearMiss,
+    NodeRef,
+    OptimizationReport,
+    PassReport,
+    Rewrite,
+)
 from kiln.report.render import render_text
 from kiln.report.summary import pass_rows, rewrite_origin, top_near_misses
 

@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from kiln.backends.timing import BenchmarkResult, time_calls
 from kiln.backends.onnxruntime.session import create_session
 from kiln.backends.onnxruntime.values import needs_ort_value, ort_value_to_numpy, to_ort_value
+from kiln.backends.timing import BenchmarkResult, time_calls
 from kiln.errors import BackendError
 from kiln.ir.inputs import Feeds, is_torch_tensor, make_feeds, random_inputs
+from kiln.ir.queries import is_onnx
 from kiln.ir.serialization import needs_external_data
 from kiln.target import Target
 
@@ -100,7 +101,7 @@ def weights_as_inputs(model: ir.Model, min_bytes: int = SHARED_WEIGHT_MIN_BYTES)
         tensor = value.const_value
         if tensor is None or tensor.dtype not in _SHAREABLE_DTYPES or tensor.nbytes < min_bytes:
             continue
-        if value.is_graph_input() or any(user.domain not in ("", "ai.onnx") for user, _ in value.uses()):
+        if value.is_graph_input() or any(not is_onnx(user) for user, _ in value.uses()):
             continue
         weights[name] = tensor.numpy()
         clone.graph.initializers.pop(name)

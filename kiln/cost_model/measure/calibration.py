@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable
 
 from kiln.backends.timing import proc_stat
-from kiln.cost_model.measure import microbench as mb
 from kiln.cost_model.hardware import DEFAULT_EFFICIENCY, HardwareProfile, MemoryLevel, preset_for_this_cpu
 from kiln.cost_model.machine import caches, cpu_facts
+from kiln.cost_model.measure import microbench as mb
 
 logger = logging.getLogger(__name__)
 

@@ -56,6 +56,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+from networkx.utils import UnionFind
 from onnx_ir.passes.common import NameFixPass
 
 from kiln.backends.onnxruntime import create_session, loadable, save_optimized_graph, session_options, to_ort_value
@@ -311,23 +312,6 @@ def _view(model: ir.Model) -> _GraphView:
 # ---------------------------------------------------------------------------------------------
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[Any, Any] = {}
-
-    def find(self, item: Any) -> Any:
-        self.parent.setdefault(item, item)
-        root = item
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[item] != root:
-            self.parent[item], item = root, self.parent[item]
-        return root
-
-    def union(self, a: Any, b: Any) -> None:
-        self.parent[self.find(a)] = self.find(b)
-
-
 @dataclass
 class _Mapping:
     groups: list[tuple[list[str], list[str]]]  # (kernel keys, original keys)
@@ -346,11 +330,11 @@ def _map_kernels(orig: _GraphView, opt: _GraphView) -> _Mapping:
     """
     anchors = orig.tensors & opt.tensors
     replaced = _replaced_uses(orig, opt, anchors)
-    uf = _UnionFind()
+    uf = UnionFind()
     for side, view in (("o", orig), ("k", opt)):
         for node in view.nodes.values():
             me = (side, node.key)
-            uf.find(me)
+            uf[me]  # every node is a piece of its own until joined
             for tensor in node.outputs:
                 if tensor in anchors:
                     uf.union(me, ("t", tensor))
@@ -362,7 +346,7 @@ def _map_kernels(orig: _GraphView, opt: _GraphView) -> _Mapping:
     pieces: dict[Any, tuple[list[str], list[str]]] = {}
     for side, view in (("k", opt), ("o", orig)):
         for key in view.nodes:
-            kernels, originals = pieces.setdefault(uf.find((side, key)), ([], []))
+            kernels, originals = pieces.setdefault(uf[(side, key)], ([], []))
             (kernels if side == "k" else originals).append(key)
     groups, unmapped = [], {}
     for kernels, originals in pieces.values():

@@ -25,10 +25,10 @@ import onnx_ir as ir
 
 from kiln.errors import InputError, PassError
 from kiln.ir.inputs import Feeds
-from kiln.passes.infra.contract import CosineBudget, ModelRunner, Pass, PassContext, PassResult
-from kiln.passes.infra.validation import cosine_stats
 from kiln.passes.approximate.residual_blocks import ResidualBlock, analyze_add, drop_block, find_residual_blocks
+from kiln.passes.infra.contract import CosineBudget, ModelRunner, Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
+from kiln.passes.infra.validation import cosine_stats
 from kiln.report.model import Alternative, Decision, Rewrite
 
 logger = logging.getLogger(__name__)

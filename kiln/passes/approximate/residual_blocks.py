@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance
+from kiln.ir.queries import is_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def _is_constant(value: ir.Value) -> bool:
     if value.const_value is not None or value.is_initializer():
         return True
     producer = value.producer()
-    return producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx")
+    return producer is not None and is_onnx(producer, "Constant")
 
 
 def constant_values(graph: ir.Graph) -> set[ir.Value]:
@@ -167,7 +168,7 @@ class GraphFacts:
 def _structural_candidate(graph: ir.Graph, add: ir.Node,
                           facts: GraphFacts) -> tuple[ir.Value, ir.Value, set[ir.Node]] | str:
     """(skip, branch, branch nodes) of an Add whose one input depends on the other, or why not."""
-    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.inputs) != 2:
+    if not is_onnx(add, "Add") or len(add.inputs) != 2:
         return "not a standard two-input Add"
     first, second = add.inputs
     if first is None or second is None:

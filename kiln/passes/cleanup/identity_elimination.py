@@ -10,11 +10,11 @@ from onnxscript import rewriter
 from onnxscript.rewriter.rules import common as common_rules
 
 from kiln.ir.compat import IdentityEliminationHook
+from kiln.ir.queries import is_onnx
 from kiln.passes.cleanup.structural_no_ops import REASONS as STRUCTURAL_NO_OP_REASONS
 from kiln.passes.cleanup.structural_no_ops import replace_structural_no_ops
 from kiln.passes.infra.contract import Pass, PassContext, PassResult
 from kiln.passes.infra.rule_pass import run_ir_passes
-
 
 # onnxscript rules whose match is an op that returns its input unchanged.
 _NO_OP_RULES = (
@@ -51,7 +51,7 @@ class _GuardedIdentityElimination(IdentityEliminationHook):
     wrong values). Both Identities must stay."""
 
     def keep(self, node: ir.Node) -> bool:
-        if node.op_type == "Identity" and node.domain == "" and node.inputs and node.outputs:
+        if is_onnx(node, "Identity") and node.inputs and node.outputs:
             source, output = node.inputs[0], node.outputs[0]
             graph = node.graph
             if source is not None and output.is_graph_output() and graph is not None:

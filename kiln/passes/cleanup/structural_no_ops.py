@@ -12,8 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from kiln.ir.queries import resolved_reshape_shape, static_shape
-
+from kiln.ir.queries import is_onnx, resolved_reshape_shape, static_shape
 
 # Largest Where on constants whose value is computed to see whether it is all zero / all one.
 _MAX_COMPUTED_ELEMENTS = 1 << 22
@@ -32,7 +31,7 @@ def _known_value(value: ir.Value | None) -> np.ndarray | None:
     if known is not None or value is None:
         return known
     producer = value.producer()
-    if producer is None or producer.op_type != "Where" or producer.domain not in ("", "ai.onnx"):
+    if producer is None or not is_onnx(producer, "Where"):
         return None
     arrays = [_const(v) for v in producer.inputs]
     if len(arrays) != 3 or any(a is None for a in arrays):
@@ -127,7 +126,7 @@ def replace_structural_no_ops(model: ir.Model) -> int:
     replaced = 0
     for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
         check = _CHECKS.get(node.op_type)
-        if check is None or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1 or not node.inputs:
+        if check is None or not is_onnx(node) or len(node.outputs) != 1 or not node.inputs:
             continue
         try:
             source = check[0](node)

@@ -10,13 +10,12 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from kiln.passes.infra.rule_pass import CapturedWarnings, run_ir_passes
 from kiln.ir import compat
+from kiln.ir.queries import is_onnx
 from kiln.passes.infra.contract import Pass, PassContext, PassResult
 from kiln.passes.infra.options import PassOptions
 from kiln.passes.infra.recording import describe_value
-
-
+from kiln.passes.infra.rule_pass import CapturedWarnings, run_ir_passes
 
 # Ops whose folded result can dwarf their inputs (a 2-element shape becoming megabytes).
 _EXPANDING_OPS = frozenset({"Tile", "Expand", "ConstantOfShape", "Range", "Resize", "Upsample", "Pad", "OneHot"})
@@ -110,7 +109,7 @@ class FoldPolicy:
         self.kept: list[tuple[str, int]] = []  # (node name, bytes folding would have stored)
 
     def __call__(self, node: ir.Node) -> bool | None:
-        if node.domain not in ("", "ai.onnx"):
+        if not is_onnx(node):
             return None
         if folds_without_growth(node):
             return True
@@ -185,7 +184,7 @@ def _cast_like_to_cast(model: ir.Model) -> int:
     them (float8 casts then saturate where the model asked for NaN). Returns how many."""
     rewritten = 0
     for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
-        if node.op_type != "CastLike" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+        if not is_onnx(node, "CastLike") or len(node.inputs) != 2:
             continue
         like = node.inputs[1]
         if like is None or like.dtype is None or not ({"saturate", "round_mode"} & set(node.attributes)):

@@ -17,18 +17,14 @@ Plain graph pass (the path has no fixed length); one rewrite per Mul, named `sca
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
 from kiln.ir.queries import FLOAT_TYPES, initializer_array, is_onnx, sole_reader
-from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.passes.infra.graph_rules import GraphRule, GraphRulePass
 from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Rewrite
-
-logger = logging.getLogger(__name__)
 
 RULE = "scale_folding"
 
@@ -75,7 +71,7 @@ def _weights(value: ir.Value, depth: int = 0) -> list[ir.Value] | None:
                 if found is not None:
                     return found
         return None
-    if node.op_type in _LAYOUT_OPS and node.domain in ("", "ai.onnx") and node.inputs[0] is not None:
+    if node.op_type in _LAYOUT_OPS and is_onnx(node) and node.inputs[0] is not None:
         data = node.inputs[0]
         return _weights(data, depth + 1) if sole_reader(data, node) else None
     return None
@@ -104,21 +100,10 @@ def _fold(graph: ir.Graph, mul: ir.Node) -> Rewrite | None:
     return None
 
 
-def fold_scales_into_weights(model: ir.Model) -> list[Rewrite]:
-    """Fold every foldable scalar Mul of the main graph into weights; the rewrites."""
-    graph = model.graph
-    rewrites = [r for mul in [n for n in graph if is_onnx(n, "Mul") and len(n.inputs) == 2]
-                if (r := _fold(graph, mul)) is not None]
-    logger.debug("Folded %d scalar multiplications into weights", len(rewrites))
-    return rewrites
-
-
-class FoldScalesIntoWeights(Pass):
+class FoldScalesIntoWeights(GraphRulePass):
     """Fold scalar multiplications into the weights of the linear layer they scale (see the
     module docstring)."""
 
     name = "scale_folding"
-
-    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        rewrites = fold_scales_into_weights(model)
-        return PassResult(model, bool(rewrites), rewrites=rewrites)
+    graph_rules = (GraphRule(RULE, frozenset({"Mul"}),
+                             lambda mul, state: _fold(mul.graph, mul) if len(mul.inputs) == 2 else None),)

@@ -27,15 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from kiln.ir.provenance import get_provenance, merge_provenance
 from kiln.cost_model.decisions import measured_decision
 from kiln.ir.edits import new_initializer, placeholder_weight, sketch_node
-from kiln.ir.queries import FLOAT_TYPES, initializer_array
+from kiln.ir.provenance import get_provenance, merge_provenance
+from kiln.ir.queries import FLOAT_TYPES, initializer_array, is_onnx
 from kiln.passes.fusion.parallel_matmul_forms import GroupShape, alternatives
 from kiln.passes.infra.contract import Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
-from kiln.report.model import Decision
-from kiln.report.model import Rewrite
+from kiln.report.model import Decision, Rewrite
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class _Branch:
 
 def _branch(matmul: ir.Node, x: ir.Value) -> _Branch | None:
     """The branch `matmul` starts when it multiplies `x` by a private 2-D float weight."""
-    if matmul.op_type != "MatMul" or matmul.domain not in ("", "ai.onnx") or len(matmul.inputs) != 2:
+    if not is_onnx(matmul, "MatMul") or len(matmul.inputs) != 2:
         return None
     if matmul.inputs[0] is not x or matmul.inputs[1] is x or matmul.inputs[1] is None:
         return None
@@ -77,7 +76,7 @@ def _branch(matmul: ir.Node, x: ir.Value) -> _Branch | None:
     if product.is_graph_output() or len(users) != 1:
         return branch
     add = users[0]
-    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.inputs) != 2:
+    if not is_onnx(add, "Add") or len(add.inputs) != 2:
         return branch
     other = add.inputs[1] if add.inputs[0] is product else add.inputs[0]
     if other is product:

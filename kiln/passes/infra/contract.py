@@ -10,12 +10,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
 import numpy as np
 import onnx_ir as ir
 
+from kiln.cost_model.decisions import CostOracle, MeasuredChoiceOracle, MeasuredPolicy
 from kiln.errors import PassError
 from kiln.ir.inputs import Feeds
-from kiln.cost_model.decisions import CostOracle, MeasuredChoiceOracle, MeasuredPolicy
 from kiln.passes.infra.options import PassOptions
 from kiln.report.model import Decision, NearMiss, Rewrite
 from kiln.target import Target

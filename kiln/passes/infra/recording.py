@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx_ir as ir
+from networkx.utils import UnionFind
 
 from kiln.ir.compat import RULE_NAME_KEY
 from kiln.ir.provenance import Origin, get_provenance, merge_provenance
 from kiln.report.model import NodeRef, Rewrite
-
 
 # Given the removed nodes of one rewrite and the values that took over their outputs,
 # return the reason text.
@@ -72,24 +72,16 @@ class GraphSnapshot:
             if old is not new:
                 replaced[id(old)] = new
 
-        # Group removed nodes connected through their own values (union-find).
-        removed_ids = {id(s.node) for s in removed}
+        # Group removed nodes connected through their own values.
         producer_of = {id(v): id(s.node) for s in removed for v in s.outputs}
-        parent = {key: key for key in removed_ids}
-
-        def find(key: int) -> int:
-            while parent[key] != key:
-                parent[key] = parent[parent[key]]
-                key = parent[key]
-            return key
-
+        connected = UnionFind(id(s.node) for s in removed)
         for state in removed:
             for value in state.inputs:
                 if value is not None and id(value) in producer_of:
-                    parent[find(id(state.node))] = find(producer_of[id(value)])
+                    connected.union(id(state.node), producer_of[id(value)])
         clusters: dict[int, list[_NodeState]] = {}
         for state in removed:
-            clusters.setdefault(find(id(state.node)), []).append(state)
+            clusters.setdefault(connected[id(state.node)], []).append(state)
 
         added_ids = {id(n) for n in added}
         explained_added: set[int] = set()

@@ -17,20 +17,16 @@ operand has the same rank (ORT fuses a batch transpose only then); a plain graph
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.edits import new_initializer
-from kiln.ir.queries import is_onnx, sole_reader
-from kiln.ir.queries import resolved_reshape_shape, static_shape
-from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.ir.queries import is_onnx, resolved_reshape_shape, sole_reader, static_shape
+from kiln.passes.infra.graph_rules import GraphRule, GraphRulePass
 from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Rewrite
-
-logger = logging.getLogger(__name__)
 
 RULE = "batch_transpose"
 
@@ -123,21 +119,10 @@ def _relayout(transpose: ir.Node, targets: dict[tuple[int, ...], ir.Value]) -> R
     )
 
 
-def expose_batch_transposes(model: ir.Model) -> list[Rewrite]:
-    """Apply the rule to every Transpose of the main graph; the rewrites."""
-    targets: dict[tuple[int, ...], ir.Value] = {}
-    rewrites = [r for node in list(model.graph)
-                if is_onnx(node, "Transpose") and (r := _relayout(node, targets)) is not None]
-    if rewrites:
-        logger.debug("Re-laid %d Reshape -> Transpose pairs as batch transposes", len(rewrites))
-    return rewrites
-
-
-class ExposeBatchTransposes(Pass):
-    """Lay out Reshape -> Transpose pairs feeding MatMuls as batch transposes (see the module docstring)."""
+class ExposeBatchTransposes(GraphRulePass):
+    """Lay out Reshape -> Transpose pairs feeding MatMuls as batch transposes (see the module
+    docstring); the head splits of every layer share one shape constant per layout."""
 
     name = "batch_transpose"
-
-    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        rewrites = expose_batch_transposes(model)
-        return PassResult(model, bool(rewrites), rewrites=rewrites)
+    graph_rules = (GraphRule(RULE, frozenset({"Transpose"}),
+                             lambda node, state: _relayout(node, state.setdefault("targets", {}))),)

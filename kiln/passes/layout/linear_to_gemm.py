@@ -22,9 +22,9 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
+from kiln.ir.queries import static_shape
 from kiln.passes.infra.contract import PassContext
 from kiln.passes.infra.rule_pass import RulePass
-from kiln.ir.queries import static_shape
 
 
 class MatMulAddToGemm(orp.RewriteRuleClassBase):

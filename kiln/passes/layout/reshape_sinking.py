@@ -15,19 +15,15 @@ each, named `sink_reshape_through_elementwise` / `sink_reshape_through_split`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
-import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
 from kiln.ir.queries import is_onnx, reshape_target, resolved_reshape_shape, static_shape
-from kiln.passes.infra.contract import Pass, PassContext, PassResult
+from kiln.passes.infra.graph_rules import GraphRule, GraphRulePass
 from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Rewrite
-
-logger = logging.getLogger(__name__)
 
 ELEMENTWISE_RULE = "sink_reshape_through_elementwise"
 SPLIT_RULE = "sink_reshape_through_split"
@@ -176,25 +172,16 @@ def _sink_through_split(reshape: ir.Node) -> Rewrite | None:
     )
 
 
-def sink_reshapes(model: ir.Model) -> list[Rewrite]:
-    """Apply both rules to every Reshape of the main graph until none applies; the rewrites."""
-    rewrites: list[Rewrite] = []
-    for node in list(model.graph):
-        if node.graph is None or not is_onnx(node, "Reshape") or len(node.inputs) < 1 or node.inputs[0] is None:
-            continue
-        rewrite = _sink_through_split(node) or _sink_through_elementwise(node)
-        if rewrite is not None:
-            rewrites.append(rewrite)
-    if rewrites:
-        logger.debug("Sank %d Reshapes", len(rewrites))
-    return rewrites
+def _with_data(rule):
+    """`rule` on Reshapes that have a data input."""
+    return lambda node, state: rule(node) if node.inputs and node.inputs[0] is not None else None
 
 
-class SinkReshapes(Pass):
-    """Remove Reshapes around elementwise regions and before Splits (see the module docstring)."""
+class SinkReshapes(GraphRulePass):
+    """Remove Reshapes before Splits and around elementwise regions (see the module docstring)."""
 
     name = "reshape_sinking"
-
-    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        rewrites = sink_reshapes(model)
-        return PassResult(model, bool(rewrites), rewrites=rewrites)
+    graph_rules = (
+        GraphRule(SPLIT_RULE, frozenset({"Reshape"}), _with_data(_sink_through_split)),
+        GraphRule(ELEMENTWISE_RULE, frozenset({"Reshape"}), _with_data(_sink_through_elementwise)),
+    )

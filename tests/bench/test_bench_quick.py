@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.configs import CONFIGS
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.mark.slow

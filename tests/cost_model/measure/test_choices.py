@@ -11,7 +11,13 @@ import onnx_ir as ir
 import pytest
 
 from kiln.cost_model.decisions import MeasuredPolicy, measured_decision
-from kiln.cost_model.measure.choices import CACHE_VERSION, ChoiceMeasurement, MeasuredChoices, OrtPairTimer, default_cache_path
+from kiln.cost_model.measure.choices import (
+    CACHE_VERSION,
+    ChoiceMeasurement,
+    MeasuredChoices,
+    OrtPairTimer,
+    default_cache_path,
+)
 from kiln.errors import MeasurementError
 from kiln.optimizer import CostConfig, Optimizer
 from kiln.passes.fusion.parallel_matmul_forms import GroupShape, alternatives

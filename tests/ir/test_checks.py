@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import make_model, tensor_info
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import kiln
 from kiln.errors import InvalidModelError, UnsafeModelError, UnsupportedOperatorError

@@ -15,7 +15,7 @@ from benchmarks.large_model_memory import build
 def test_external_data_model_loads_optimizes_and_saves_without_a_second_copy(tmp_path):
     path, weight_bytes = build(tmp_path, gib=0.375, width=4096)  # 6 x 64 MiB weights
     out = tmp_path / "big.opt.onnx"
-    script = Path(__file__).parents[1] / "benchmarks" / "large_model_memory.py"
+    script = Path(__file__).parents[2] / "benchmarks" / "large_model_memory.py"
     # Below the 1 GiB threshold save() would write one protobuf file; force the streaming path.
     result = subprocess.run([sys.executable, str(script), "--measure", str(path), str(out), "--external"],
                             capture_output=True, text=True, timeout=300)

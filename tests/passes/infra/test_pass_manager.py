@@ -10,8 +10,8 @@ import pytest
 
 import kiln
 from kiln.ir.provenance import get_provenance
-from kiln.passes import Pass, PassContext, PassResult, Tolerance
-from kiln.passes.infra.instruments import check_structure, StructuralCheck
+from kiln.passes.infra import Pass, PassContext, PassResult, Tolerance
+from kiln.passes.infra.instruments import StructuralCheck, check_structure
 from kiln.passes.infra.manager import PassManager
 from kiln.passes.infra.validation import compare_outputs
 

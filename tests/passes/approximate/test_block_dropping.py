@@ -10,15 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import pytest
-from test_block_dropping_blocks import residual_mlp
+from test_residual_blocks import residual_mlp
 
 import kiln
 from kiln.cli import main
 from kiln.errors import InputError, PassError
-from kiln.passes import Pass, PassContext, PassResult
+from kiln.passes.infra import Pass, PassContext, PassResult
+from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
 from kiln.passes.infra.contract import CosineBudget
 from kiln.passes.infra.validation import cosine_similarity
-from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
 from kiln.passes.pipeline import passes_for_level
 
 X = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)

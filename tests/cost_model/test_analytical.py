@@ -8,7 +8,15 @@ import pytest
 from conftest import make_model, tensor_info
 from onnx import TensorProto, helper, numpy_helper
 
-from kiln.cost_model.analytical import GELU_ERF_FLOPS_PER_ELEMENT, LAYERNORM_FLOPS_PER_ELEMENT, SOFTMAX_FLOPS_PER_ELEMENT, ModelCost, OpCost, model_cost, node_cost
+from kiln.cost_model.analytical import (
+    GELU_ERF_FLOPS_PER_ELEMENT,
+    LAYERNORM_FLOPS_PER_ELEMENT,
+    SOFTMAX_FLOPS_PER_ELEMENT,
+    ModelCost,
+    OpCost,
+    model_cost,
+    node_cost,
+)
 
 F32 = 4  # bytes
 

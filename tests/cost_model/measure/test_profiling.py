@@ -5,8 +5,8 @@ from __future__ import annotations
 import statistics
 
 import numpy as np
-import onnx_ir as ir
 import onnx
+import onnx_ir as ir
 import pytest
 from conftest import make_model, tensor_info
 from onnx import TensorProto, helper, numpy_helper

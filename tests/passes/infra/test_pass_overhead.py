@@ -12,10 +12,10 @@ from onnx import helper, numpy_helper
 
 import kiln
 from kiln.ir import serialization
+from kiln.passes.cleanup.initializer_deduplication import DeduplicateInitializers
 from kiln.passes.infra.contract import Pass, PassContext, PassResult
 from kiln.passes.infra.instruments import StructuralCheck
 from kiln.passes.infra.manager import PassManager
-from kiln.passes.cleanup.initializer_deduplication import DeduplicateInitializers
 
 
 class _Unchanged(Pass):
