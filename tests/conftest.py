@@ -93,3 +93,13 @@ def run_pass(pass_, model, *, feeds=None, strict: bool = True, **context):
     manager = PassManager([pass_], [StructuralCheck(), NumericValidation(runner, feeds)], strict=strict)
     optimized, report = manager.run(captured, ctx)
     return optimized, report.passes[-1]
+
+
+def optimize_with(model, *passes, cleanup: bool = True, **kwargs):
+    """`kiln.optimize` running only `passes` (then, by default, the level-2 clean-ups to their
+    fixed point): a test of these passes that a pass joining the levels later cannot break."""
+    import kiln
+    from kiln.passes.pipeline import cleanup_group
+
+    steps = [*passes, cleanup_group("cleanup", deduplicate_initializers=True)] if cleanup else list(passes)
+    return kiln.optimize(model, passes=steps, **kwargs)

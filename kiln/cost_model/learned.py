@@ -12,8 +12,8 @@ measured median):
    precision, FLOPs, bytes, intensity, group size, the roofline time) that predicts the log of
    measured / roofline-with-fitted-efficiencies. Its prediction is scaled by a weight in [0, 1]
    chosen by leave-one-model-out cross-validation when the samples come from three or more
-   models: a booster fitted on a few models can learn one model's odd kernel (a 65 MB-weight
-   LM head that ran 40 % below the GEMM roofline) as a rule and misprice every other model's,
+   models: a booster fitted on a few models can learn one model's odd kernel (a large-weight LM
+   head far below the GEMM roofline) as a rule and misprice every other model's,
    and the weight is how much of it survives on models it has not seen.
 
 The correction is saved as JSON beside the hardware profile (``<profile>.learned.json``): the
@@ -106,7 +106,7 @@ def _features(terms: Sample | Estimate, op: str, group_size: int, roofline_ms: f
         math.log1p(terms.flops / total) if total else 0.0,
         math.log(max(roofline_ms, 1e-6)),
         # written vs read: BERT's 768->3072 and 3072->768 GEMMs have the same FLOPs and bytes,
-        # and the second ran 25 % slower
+        # and the second runs measurably slower
         math.log1p(terms.output_bytes),
     ]
 

@@ -194,7 +194,7 @@ class CostModel:
                    compiled: bool = False, infer_shapes: bool = True) -> ModelEstimate:
         """Predicted latency and peak memory of `model` (not modified). With ``compiled=True``
         the graph ONNX Runtime will run is priced instead of the model as written. With
-        ``infer_shapes=False`` the shapes already on the values are used (10x faster; what the
+        ``infer_shapes=False`` the shapes already on the values are used (no shape inference; what the
         PassManager does after every pass, since rewrites keep the shapes they know)."""
         if compiled:
             from kiln.cost_model.measure.lowering import ort_compiled_model

@@ -15,8 +15,8 @@ from test_residual_blocks import residual_mlp
 import kiln
 from kiln.cli import main
 from kiln.errors import InputError, PassError
-from kiln.passes.infra import Pass, PassContext, PassResult
 from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
+from kiln.passes.infra import Pass, PassContext, PassResult
 from kiln.passes.infra.contract import CosineBudget
 from kiln.passes.infra.validation import cosine_similarity
 from kiln.passes.pipeline import passes_for_level

@@ -7,11 +7,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, tensor_info
+from conftest import make_model, optimize_with, tensor_info
 from onnx import TensorProto, helper, numpy_helper
 
 import kiln
 from kiln.ir.analysis import op_histogram
+from kiln.passes.folding.constant_folding import FoldConstants
+from kiln.passes.fusion.parallel_matmul_joining import JoinParallelMatMuls
+from kiln.passes.layout.linear_to_gemm import LinearToGemm
+from kiln.passes.layout.reshape_sinking import SinkReshapes
 
 RNG = np.random.default_rng(0)
 
@@ -49,7 +53,7 @@ def test_small_parallel_matmuls_stay_apart(bias):
     # Joining is decided by measuring both forms (tests/test_parallel_linear_merging.py); a group
     # this small is below the measuring floor, so kiln leaves it apart without timing anything.
     model = _projections((8, 8, 4), bias=bias)
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model, JoinParallelMatMuls(), FoldConstants(), LinearToGemm())
     histogram = op_histogram(optimized.model)
     assert "Split" not in histogram and histogram["Gemm" if bias else "MatMul"] == 3
     x = RNG.standard_normal((2, 5, 8)).astype(np.float32)
@@ -77,7 +81,7 @@ def _gelu_between_flat_rows(exit_shape: list[int]) -> onnx.ModelProto:
 
 def test_reshapes_around_an_elementwise_region_are_removed():
     model = _gelu_between_flat_rows([-1, 4])
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model, FoldConstants(), SinkReshapes())
     assert "Reshape" not in op_histogram(optimized.model)
     shapes = next(p for p in optimized.report.passes if p.name == "reshape_sinking")
     assert [r.rule for r in shapes.rewrites] == ["sink_reshape_through_elementwise"]
@@ -86,7 +90,7 @@ def test_reshapes_around_an_elementwise_region_are_removed():
 
 
 def test_reshapes_stay_when_the_region_does_not_return_to_the_original_shape():
-    optimized = kiln.optimize(_gelu_between_flat_rows([3, 8]), level=2)
+    optimized = optimize_with(_gelu_between_flat_rows([3, 8]), FoldConstants(), SinkReshapes())
     assert op_histogram(optimized.model)["Reshape"] == 2
 
 
@@ -96,7 +100,7 @@ def test_reshape_stays_when_a_region_op_reads_a_non_scalar_tensor():
              helper.make_node("Reshape", ["s", "down"], ["y"])]
     model = make_model(nodes, [tensor_info("x", [6, 4]), tensor_info("z", [1, 6, 4])], [tensor_info("y", [6, 4])],
                        [_array("up", np.array([1, 6, 4], np.int64)), _array("down", np.array([6, 4], np.int64))])
-    assert op_histogram(kiln.optimize(model, level=2).model)["Reshape"] == 2
+    assert op_histogram(optimize_with(model, FoldConstants(), SinkReshapes()).model)["Reshape"] == 2
 
 
 def _reshape_split(split_axis: int, target: list[int]) -> onnx.ModelProto:
@@ -113,7 +117,7 @@ def _reshape_split(split_axis: int, target: list[int]) -> onnx.ModelProto:
 
 def test_reshape_before_a_split_along_a_kept_axis_goes():
     model = _reshape_split(2, [1, 4, 2, 2])
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model, FoldConstants(), SinkReshapes())
     assert op_histogram(optimized.model) == {"Split": 1, "Reshape": 3}
     shapes = next(p for p in optimized.report.passes if p.name == "reshape_sinking")
     assert [r.rule for r in shapes.rewrites] == ["sink_reshape_through_split"]
@@ -131,7 +135,7 @@ def test_reshape_before_a_split_along_a_reshaped_axis_stays():
     inits = [_array("up", np.array([2, 2, 12], np.int64)), _array("sizes", np.array([1, 1], np.int64)),
              _array("flat", np.array([-1], np.int64))]
     model = make_model(nodes, [tensor_info("x", [4, 12])], [tensor_info("y0", [24]), tensor_info("y1", [24])], inits)
-    assert op_histogram(kiln.optimize(model, level=2).model)["Reshape"] == 3
+    assert op_histogram(optimize_with(model, FoldConstants(), SinkReshapes()).model)["Reshape"] == 3
 
 
 def test_large_constant_mask_and_folds_without_growing_the_model():
@@ -167,7 +171,7 @@ def _masked_scores(condition: np.ndarray) -> onnx.ModelProto:
 
 
 def test_adding_a_where_mask_that_masks_nothing_is_removed():
-    optimized = kiln.optimize(_masked_scores(np.ones((1, 1, 100, 100), bool)), level=2)
+    optimized = optimize_with(_masked_scores(np.ones((1, 1, 100, 100), bool)))
     assert op_histogram(optimized.model) == {"Relu": 1}
     x = RNG.standard_normal((1, 4, 100, 100)).astype(np.float32)
     np.testing.assert_array_equal(optimized(x), np.maximum(x, 0))
@@ -176,5 +180,5 @@ def test_adding_a_where_mask_that_masks_nothing_is_removed():
 def test_adding_a_where_mask_that_masks_something_stays():
     condition = np.ones((1, 1, 100, 100), bool)
     condition[..., 0] = False
-    optimized = kiln.optimize(_masked_scores(condition), level=2)
+    optimized = optimize_with(_masked_scores(condition))
     assert op_histogram(optimized.model)["Add"] == 1

@@ -7,12 +7,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import make_model, tensor_info
+from conftest import make_model, optimize_with, tensor_info
 from onnx import helper, numpy_helper
 
 import kiln
 from kiln.ir.analysis import op_histogram
 from kiln.ir.provenance import get_provenance
+from kiln.passes.folding.layer_folding import FoldLayers
+from kiln.passes.folding.linear_chain_merging import MergeLinearChains
+from kiln.passes.layout.chain_collapse import CollapseLayoutChains
+from kiln.passes.layout.linear_to_gemm import LinearToGemm
 
 
 def _export(module: torch.nn.Module, x: torch.Tensor) -> onnx.ModelProto:
@@ -41,7 +45,7 @@ class ConvBn(torch.nn.Module):
 def test_batchnorm_folds_into_the_conv_before_it():
     torch.manual_seed(0)
     module, x = ConvBn(relu_between=False), torch.randn(2, 3, 12, 12)
-    optimized = kiln.optimize(_export(module, x), level=2)
+    optimized = optimize_with(_export(module, x), FoldLayers())
     ops = op_histogram(optimized.model)
     assert "BatchNormalization" not in ops and ops["Conv"] == 1
     layer = next(p for p in optimized.report.passes if p.name == "layer_folding")
@@ -54,7 +58,7 @@ def test_batchnorm_folds_into_the_conv_before_it():
 def test_batchnorm_after_relu_does_not_fold_into_the_conv_before_the_relu():
     torch.manual_seed(0)
     module, x = ConvBn(relu_between=True), torch.randn(2, 3, 12, 12)
-    optimized = kiln.optimize(_export(module, x), level=2)
+    optimized = optimize_with(_export(module, x), FoldLayers())
     assert op_histogram(optimized.model)["BatchNormalization"] == 1
     np.testing.assert_allclose(optimized(x.numpy()), module(x).detach().numpy(), atol=1e-5)
 
@@ -69,7 +73,7 @@ def test_transpose_pairs_cancel_and_reshape_chains_collapse():
     inits = [numpy_helper.from_array(np.array([2, 12], np.int64), "s1"),
              numpy_helper.from_array(np.array([4, 6], np.int64), "s2")]
     model = make_model(nodes, [tensor_info("x", [1, 2, 3, 4])], [tensor_info("y", [4, 6])], inits)
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model, CollapseLayoutChains())
     assert dict(op_histogram(optimized.model)) == {"Reshape": 1}
     rules = {r.rule for p in optimized.report.passes for r in p.rewrites}
     assert {"transpose_transpose", "reshape_reshape"} & rules
@@ -84,7 +88,7 @@ def test_duplicate_initializers_are_merged_and_reported():
              helper.make_node("Add", ["a", "b"], ["y"])]
     model = make_model(nodes, [tensor_info("x", [2, 64]), tensor_info("z", [2, 64])], [tensor_info("y", [2, 64])],
                        [numpy_helper.from_array(w, "W1"), numpy_helper.from_array(w.copy(), "W2")])
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model)
     assert len(optimized.model.graph.initializers) == 1
     assert optimized.report.parameter_bytes_after == optimized.report.parameter_bytes_before // 2
     dedupe = next(p for p in optimized.report.passes if p.name == "initializer_deduplication")
@@ -121,7 +125,7 @@ def test_small_expansions_still_fold():
     model = make_model(nodes, [tensor_info("x", [4, 4])], [tensor_info("y", [4, 4])],
                        [numpy_helper.from_array(np.full((1, 4), 2.0, np.float32), "row"),
                         numpy_helper.from_array(np.array([4, 1], np.int64), "reps")])
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model)
     assert "Tile" not in op_histogram(optimized.model)
     np.testing.assert_allclose(optimized(np.ones((4, 4), np.float32)), np.full((4, 4), 2.0))
 
@@ -133,7 +137,7 @@ def test_gemm_batchnorm_folds():
         module[1].running_mean.uniform_(-1, 1)
         module[1].running_var.uniform_(0.5, 2)
     x = torch.randn(4, 8)
-    optimized = kiln.optimize(_export(module, x), level=2)
+    optimized = optimize_with(_export(module, x), FoldLayers())
     assert "BatchNormalization" not in op_histogram(optimized.model)
     np.testing.assert_allclose(optimized(x.numpy()), module(x).detach().numpy(), atol=1e-5)
 
@@ -188,7 +192,7 @@ def test_consecutive_linear_maps_merge_when_cheaper(with_bias):
     nodes.append(helper.make_node("MatMul", ["hb" if with_bias else "h", "W2"], ["y"]))
     inits = [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2"), numpy_helper.from_array(b1, "b1")]
     model = make_model(nodes, [tensor_info("x", [3, 16])], [tensor_info("y", [3, 8])], inits)
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model, MergeLinearChains(), LinearToGemm())
     assert op_histogram(optimized.model) == ({"Gemm": 1} if with_bias else {"MatMul": 1})  # MatMul + bias: Gemm
     merging = next(p for p in optimized.report.passes if p.name == "linear_chain_merging")
     assert merging.status == "applied" and merging.rewrites
@@ -208,20 +212,20 @@ def test_linear_maps_stay_apart_when_merging_costs_more_or_something_nonlinear_s
     inits = [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")]
     bottleneck = make_model([helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("MatMul", ["h", "W2"], ["y"])],
                             [tensor_info("x", [1024, 256])], [tensor_info("y", [1024, 256])], inits)
-    optimized = kiln.optimize(bottleneck, level=2)
+    optimized = optimize_with(bottleneck, MergeLinearChains())
     assert op_histogram(optimized.model)["MatMul"] == 2
     merging = next(p for p in optimized.report.passes if p.name == "linear_chain_merging")
     (decision,) = merging.decisions  # 16x the FLOPs per row: the cost model keeps the chain
     assert decision.chosen == "chain" and decision.alternative("merged").metrics["weight_elements"] == 256 * 256
     assert decision.alternative("merged").predicted_ms > decision.alternative("chain").predicted_ms
-    without_cost_model = kiln.optimize(bottleneck, level=2, cost_model=None)
+    without_cost_model = optimize_with(bottleneck, MergeLinearChains(), cost_model=None)
     assert op_histogram(without_cost_model.model)["MatMul"] == 2
     w3 = rng.standard_normal((8, 4)).astype(np.float32)
     relu = make_model([helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
                        helper.make_node("MatMul", ["r", "W3"], ["y"])],
                       [tensor_info("x", [2, 64])], [tensor_info("y", [2, 4])],
                       [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w3, "W3")])
-    assert op_histogram(kiln.optimize(relu, level=2).model)["MatMul"] == 2
+    assert op_histogram(optimize_with(relu, MergeLinearChains()).model)["MatMul"] == 2
 
 
 def test_linear_maps_do_not_merge_when_the_intermediate_is_used_elsewhere():
@@ -232,7 +236,7 @@ def test_linear_maps_do_not_merge_when_the_intermediate_is_used_elsewhere():
              helper.make_node("Relu", ["h"], ["z"])]
     model = make_model(nodes, [tensor_info("x", [3, 16])], [tensor_info("y", [3, 8]), tensor_info("z", [3, 64])],
                        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")])
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model, MergeLinearChains())
     x = rng.standard_normal((3, 16)).astype(np.float32)
     y, z = optimized(x)
     np.testing.assert_allclose(y, x @ w1 @ w2, rtol=1e-4, atol=1e-4)

@@ -170,3 +170,60 @@ def test_non_pass_objects_are_refused(mlp_model):
         kiln.optimize(mlp_model, passes=[object()])
     with pytest.raises(kiln.errors.PassError, match="Unknown optimization level"):
         kiln.optimize(mlp_model, level=7)
+
+
+class CountdownPass(Pass):
+    """Reports a change `times` times, then none (a clean-up that enables another)."""
+
+    name = "countdown"
+
+    def __init__(self, times: int):
+        self.left = times
+
+    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        self.left -= 1
+        return PassResult(model, self.left >= 0, rewrites=[])
+
+
+def test_a_fixed_point_group_repeats_until_a_round_changes_nothing(mlp_model):
+    from kiln.passes.infra.manager import FixedPointGroup
+
+    group = FixedPointGroup("group", (CountdownPass(2),), max_rounds=5)
+    _, report = PassManager([group]).run(kiln.capture(mlp_model))
+    assert [(p.group, p.round, p.status) for p in report.passes] == [
+        ("group", 1, "applied"), ("group", 2, "applied"), ("group", 3, "unchanged")]
+    capped = FixedPointGroup("capped", (CountdownPass(10),), max_rounds=2)
+    _, report = PassManager([capped]).run(kiln.capture(mlp_model))
+    assert [p.round for p in report.passes] == [1, 2]
+
+
+def test_a_group_does_not_retry_a_pass_that_failed(mlp_model):
+    from kiln.passes.infra.manager import FixedPointGroup
+
+    group = FixedPointGroup("group", (RaisingPass(), CountdownPass(1)), max_rounds=3)
+    _, report = PassManager([group]).run(kiln.capture(mlp_model))
+    assert [(p.name, p.status) for p in report.passes] == [
+        ("raises", "failed"), ("countdown", "applied"), ("countdown", "unchanged")]
+
+
+def test_strict_mode_raises_where_rollback_would_hide_a_crash(mlp_model):
+    with pytest.raises(RuntimeError):
+        PassManager([RaisingPass()], strict=True).run(kiln.capture(mlp_model))
+    with pytest.raises(kiln.errors.PassError, match="strict mode"):
+        PassManager([DanglingInputPass()], [StructuralCheck()], strict=True).run(kiln.capture(mlp_model))
+
+
+def test_decisions_land_in_the_pass_report_with_its_name(mlp_model):
+    from kiln.report.model import Alternative, Decision
+
+    class Deciding(Pass):
+        name = "deciding"
+
+        def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+            for _ in range(2):  # the same question asked twice is one row
+                ctx.record(Decision("node", "q", [Alternative("a", 1.0), Alternative("b", 2.0)], "a", "cheaper"))
+            return PassResult(model, False)
+
+    _, report = PassManager([Deciding()]).run(kiln.capture(mlp_model))
+    (decision,) = report.passes[0].decisions
+    assert decision.pass_name == "deciding" and decision.chosen == "a" and report.decisions == [decision]

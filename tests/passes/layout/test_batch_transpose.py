@@ -11,11 +11,12 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from conftest import make_model, tensor_info
+from conftest import make_model, optimize_with, tensor_info
 from onnx import helper, numpy_helper
 
 import kiln
-from kiln.passes.layout.batch_transpose import relayout_for_batch_transpose
+from kiln.passes.folding.constant_folding import FoldConstants
+from kiln.passes.layout.batch_transpose import ExposeBatchTransposes, relayout_for_batch_transpose
 
 RNG = np.random.default_rng(0)
 
@@ -86,7 +87,7 @@ def _ort_op_types(model: onnx.ModelProto | ir.Model, tmp_path: Path) -> list[str
 
 def test_ort_reads_the_head_splits_in_place_at_batch_one(tmp_path):
     model = _attention_scores()
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model, FoldConstants(), ExposeBatchTransposes())
     assert _relayouts(optimized) == 3
     assert sum(name.endswith("_batch_layout") for name in optimized.model.graph.initializers) == 1  # shared
     x = RNG.standard_normal((1, 6, 8)).astype(np.float32)
@@ -98,12 +99,12 @@ def test_ort_reads_the_head_splits_in_place_at_batch_one(tmp_path):
 
 
 def test_batch_two_is_left_as_it_is():
-    optimized = kiln.optimize(_attention_scores(batch=2), level=2)
+    optimized = optimize_with(_attention_scores(batch=2), FoldConstants(), ExposeBatchTransposes())
     assert _relayouts(optimized) == 0
 
 
 def test_a_transpose_read_by_another_op_is_left_as_it_is():
-    optimized = kiln.optimize(_attention_scores(key_reader="Relu"), level=2)
+    optimized = optimize_with(_attention_scores(key_reader="Relu"), FoldConstants(), ExposeBatchTransposes())
     assert _relayouts(optimized) == 2  # queries and values; the keys' Transpose also feeds the Relu
     perms = {tuple(n.attributes["perm"].value) for n in optimized.model.graph if n.op_type == "Transpose"}
     assert (0, 2, 3, 1) in perms

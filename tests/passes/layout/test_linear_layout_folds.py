@@ -7,11 +7,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, tensor_info
+from conftest import make_model, optimize_with, tensor_info
 from onnx import helper, numpy_helper
 
 import kiln
 from kiln.ir.analysis import op_histogram
+from kiln.passes.folding.constant_folding import FoldConstants
+from kiln.passes.folding.scale_folding import FoldScalesIntoWeights
+from kiln.passes.layout.chain_collapse import CollapseLayoutChains
+from kiln.passes.layout.linear_to_gemm import LinearToGemm
+from kiln.passes.layout.reshape_sinking import SinkReshapes
 
 RNG = np.random.default_rng(1)
 
@@ -39,7 +44,7 @@ def _mlp(x_shape: list, bias_shape: tuple[int, ...] = (16,)) -> onnx.ModelProto:
 
 def test_linears_with_bias_become_gemms_and_the_reshapes_around_the_gelu_go():
     model = _mlp([1, 6, 8])
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model, FoldConstants(), LinearToGemm(), CollapseLayoutChains(), SinkReshapes())
     assert op_histogram(optimized.model) == {"Reshape": 2, "Gemm": 2, "Gelu": 1, "Add": 1}
     gemm_pass = next(p for p in optimized.report.passes if p.name == "linear_to_gemm")
     assert {r.rule for r in gemm_pass.rewrites} == {"linear_to_gemm"} and len(gemm_pass.rewrites) == 2
@@ -51,7 +56,7 @@ def test_the_output_reshape_merges_with_a_split_heads_reshape():
              helper.make_node("Reshape", ["hb", "heads"], ["y"])]
     inits = _inits(W=_weight(8, 8), b=_weight(8), heads=np.array([1, 6, 2, 4], np.int64))
     model = make_model(nodes, [tensor_info("x", [1, 6, 8])], [tensor_info("y", [1, 6, 2, 4])], inits)
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model, FoldConstants(), LinearToGemm(), CollapseLayoutChains(), SinkReshapes())
     assert op_histogram(optimized.model) == {"Reshape": 2, "Gemm": 1}
     _check_outputs(model, optimized, RNG.standard_normal((1, 6, 8)).astype(np.float32))
 
@@ -59,7 +64,7 @@ def test_the_output_reshape_merges_with_a_split_heads_reshape():
 @pytest.mark.parametrize("x_shape, bias_shape", [(["batch", 6, 8], (16,)), ([1, 6, 8], (6, 16))],
                          ids=["symbolic-rows", "bias-per-row"])
 def test_linears_stay_matmul_add_without_static_rows_or_with_a_bias_that_is_not_per_column(x_shape, bias_shape):
-    optimized = kiln.optimize(_mlp(x_shape, bias_shape), level=2)
+    optimized = optimize_with(_mlp(x_shape, bias_shape), FoldConstants(), LinearToGemm(), CollapseLayoutChains(), SinkReshapes())
     # Symbolic rows: neither linear changes; a per-row bias: only the first stays.
     assert op_histogram(optimized.model)["MatMul"] == (2 if x_shape[0] == "batch" else 1)
 
@@ -69,7 +74,7 @@ def test_a_matmul_read_elsewhere_is_not_made_a_gemm():
              helper.make_node("Relu", ["h"], ["z"])]
     model = make_model(nodes, [tensor_info("x", [6, 8])], [tensor_info("y", [6, 8]), tensor_info("z", [6, 8])],
                        _inits(W=_weight(8, 8), b=_weight(8)))
-    assert op_histogram(kiln.optimize(model, level=2).model) == {"MatMul": 1, "Add": 1, "Relu": 1}
+    assert op_histogram(optimize_with(model, FoldConstants(), LinearToGemm(), CollapseLayoutChains(), SinkReshapes()).model) == {"MatMul": 1, "Add": 1, "Relu": 1}
 
 
 def _attention_scores(scale: float = 0.5, relu_scores: bool = False, share_scores: bool = False) -> onnx.ModelProto:
@@ -92,7 +97,7 @@ def _attention_scores(scale: float = 0.5, relu_scores: bool = False, share_score
 @pytest.mark.parametrize("scale", [0.5, 0.3])
 def test_attention_score_scaling_folds_into_the_query_weights(scale):
     model = _attention_scores(scale)
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model, FoldConstants(), FoldScalesIntoWeights())
     assert "Mul" not in op_histogram(optimized.model)
     folding = next(p for p in optimized.report.passes if p.name == "scale_folding")
     assert [r.rule for r in folding.rewrites] == ["scale_folding"]
@@ -104,7 +109,7 @@ def test_a_scaled_projection_folds_its_scale():
              helper.make_node("Relu", ["hs"], ["y"])]
     model = make_model(nodes, [tensor_info("x", [1, 6, 8])], [tensor_info("y", [1, 6, 8])],
                        _inits(W=_weight(8, 8), s=np.array([0.125], np.float32)))
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model, FoldConstants(), FoldScalesIntoWeights())
     assert op_histogram(optimized.model) == {"MatMul": 1, "Relu": 1}
     _check_outputs(model, optimized, RNG.standard_normal((1, 6, 8)).astype(np.float32))
 
@@ -120,7 +125,7 @@ def test_a_scale_does_not_fold_through_a_nonlinearity_or_into_values_others_read
     else:
         model = _attention_scores(relu_scores=case == "relu-on-the-path", share_scores=case != "relu-on-the-path")
         x = RNG.standard_normal((1, 6, 8)).astype(np.float32)
-    optimized = kiln.optimize(model, level=2)
+    optimized = optimize_with(model, FoldConstants(), FoldScalesIntoWeights())
     assert op_histogram(optimized.model)["Mul"] == 1
     got, want = optimized(x), kiln.optimize(model, level=0)(x)
     for g, w in zip(got if isinstance(got, (list, tuple)) else [got], want if isinstance(want, (list, tuple)) else [want]):
