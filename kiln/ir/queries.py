@@ -25,6 +25,21 @@ def sole_reader(value: ir.Value, node: ir.Node) -> bool:
     return not value.is_graph_output() and all(user is node for user, _ in value.uses())
 
 
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The array of any value whose data is known (an initializer or a folded constant), else None."""
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def constant_scalar(value: ir.Value | None, *, max_rank: int = 1) -> float | None:
+    """The number a one-element constant of rank <= `max_rank` holds, else None."""
+    array = constant_array(value)
+    if array is None or array.size != 1 or array.ndim > max_rank:
+        return None
+    return float(array.reshape(()))
+
+
 def initializer_array(value: ir.Value | None, private_to: ir.Node | None = None) -> np.ndarray | None:
     """The array of a constant initializer that is neither a graph input nor a graph output (and
     that only `private_to` reads, when given), else None."""
@@ -34,7 +49,7 @@ def initializer_array(value: ir.Value | None, private_to: ir.Node | None = None)
         return None
     if private_to is not None and not sole_reader(value, private_to):
         return None
-    return value.const_value.numpy()
+    return constant_array(value)
 
 
 def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:

@@ -12,28 +12,22 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from kiln.ir.queries import is_onnx, resolved_reshape_shape, static_shape
+from kiln.ir.queries import constant_array, is_onnx, resolved_reshape_shape, static_shape
 
 # Largest Where on constants whose value is computed to see whether it is all zero / all one.
 _MAX_COMPUTED_ELEMENTS = 1 << 22
 
 
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
-
-
 def _known_value(value: ir.Value | None) -> np.ndarray | None:
     """The value of a constant, or of a Where on constants (a mask select the constant folder
     leaves alone because its result is larger than its inputs), else None."""
-    known = _const(value)
+    known = constant_array(value)
     if known is not None or value is None:
         return known
     producer = value.producer()
     if producer is None or not is_onnx(producer, "Where"):
         return None
-    arrays = [_const(v) for v in producer.inputs]
+    arrays = [constant_array(v) for v in producer.inputs]
     if len(arrays) != 3 or any(a is None for a in arrays):
         return None
     if int(np.prod(np.broadcast_shapes(*(a.shape for a in arrays)))) > _MAX_COMPUTED_ELEMENTS:
@@ -47,7 +41,7 @@ def _reshape_is_no_op(node: ir.Node) -> bool:
 
 
 def _pad_is_no_op(node: ir.Node) -> bool:
-    pads = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    pads = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
     if pads is None:
         attr = node.attributes.get("pads")  # opset < 11
         pads = np.asarray(attr.value) if attr is not None else None
@@ -58,12 +52,12 @@ def _slice_is_no_op(node: ir.Node) -> bool:
     shape = static_shape(node.inputs[0])
     if shape is None or len(node.inputs) < 3:
         return False
-    starts, ends = _const(node.inputs[1]), _const(node.inputs[2])
+    starts, ends = constant_array(node.inputs[1]), constant_array(node.inputs[2])
     if starts is None or ends is None:
         return False
     # Optional inputs: absent means all axes in order and steps of one.
-    axes = _const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else np.arange(len(starts))
-    steps = _const(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else np.ones_like(starts)
+    axes = constant_array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else np.arange(len(starts))
+    steps = constant_array(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else np.ones_like(starts)
     if axes is None or steps is None:
         return False
     for start, end, axis, step in zip(starts, ends, axes, steps):

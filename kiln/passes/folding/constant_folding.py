@@ -11,7 +11,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from kiln.ir import compat
-from kiln.ir.queries import is_onnx
+from kiln.ir.queries import constant_array, is_onnx
 from kiln.passes.infra.contract import Pass, PassContext, PassResult
 from kiln.passes.infra.options import PassOptions
 from kiln.passes.infra.recording import describe_value
@@ -27,7 +27,7 @@ def _elements(shape: object) -> int:
 
 def folded_elements(node: ir.Node) -> int | None:
     """How many elements folding `node` would store, from its constant inputs (None if unknown)."""
-    values = [v.const_value.numpy() if v is not None and v.const_value is not None else None for v in node.inputs]
+    values = [constant_array(v) for v in node.inputs]
 
     def known(count: int) -> bool:
         return len(values) >= count and all(v is not None for v in values[:count])

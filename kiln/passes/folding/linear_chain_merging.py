@@ -17,18 +17,15 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
 from kiln.ir.edits import placeholder_weight, sketch_node
-from kiln.ir.queries import FLOAT_TYPES
+from kiln.ir.queries import FLOAT_TYPES, initializer_array
 from kiln.passes.infra.contract import PassContext
 from kiln.passes.infra.rule_pass import RulePass
 
 
 def _constant_matrix(value: ir.Value) -> np.ndarray | None:
-    """The value of a 2-D float initializer that is not a graph input, else None."""
-    if not value.is_initializer() or value.is_graph_input() or value.const_value is None:
-        return None
-    if value.dtype not in FLOAT_TYPES or value.const_value.shape is None or len(value.const_value.shape) != 2:
-        return None
-    return value.const_value.numpy()
+    """The value of a 2-D float initializer that is not a graph input or output, else None."""
+    array = initializer_array(value) if value.dtype in FLOAT_TYPES else None
+    return array if array is not None and array.ndim == 2 else None
 
 
 def _product(a: ir.Value, b: ir.Value) -> ir.TensorProtocol:

@@ -21,7 +21,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.provenance import get_provenance, merge_provenance
-from kiln.ir.queries import FLOAT_TYPES, initializer_array, is_onnx, sole_reader
+from kiln.ir.queries import FLOAT_TYPES, constant_scalar, initializer_array, is_onnx, sole_reader
 from kiln.passes.infra.graph_rules import GraphRule, GraphRulePass
 from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Rewrite
@@ -41,10 +41,7 @@ def _private_float(value: ir.Value | None, reader: ir.Node) -> np.ndarray | None
 
 
 def _scalar(value: ir.Value | None) -> float | None:
-    if value is None or value.const_value is None or value.dtype not in FLOAT_TYPES:
-        return None
-    array = value.const_value.numpy()
-    return float(array.reshape(())) if array.size == 1 and array.ndim <= 1 else None
+    return constant_scalar(value) if value is not None and value.dtype in FLOAT_TYPES else None
 
 
 def _weights(value: ir.Value, depth: int = 0) -> list[ir.Value] | None:

@@ -7,12 +7,13 @@ import math
 
 import numpy as np
 
+from kiln.ir.queries import constant_scalar
 from kiln.passes.fusion.fusion_rule import FusionRule
 
 
 def _scalar_close(value, expected: float) -> bool:
-    array = value.const_value.numpy() if value is not None and value.const_value is not None else None
-    return array is not None and array.size == 1 and math.isclose(float(array.reshape(())), expected, rel_tol=1e-6)
+    number = constant_scalar(value, max_rank=4)
+    return number is not None and math.isclose(number, expected, rel_tol=1e-6)
 
 
 class ErfGelu(FusionRule):
