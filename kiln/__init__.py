@@ -17,7 +17,9 @@ from kiln.errors import (
     UnsupportedOperatorError,
 )
 from kiln.ir.capture import capture, load
+from kiln.optimizer import CostConfig, Optimizer, PipelineConfig, ValidationConfig
 from kiln.passes.approximate.block_dropping import BlockBudget
+from kiln.passes.infra.options import PassOptions
 from kiln.target import Target
 
 __version__ = "0.1.0"
@@ -26,14 +28,19 @@ __all__ = [
     "BackendError",
     "BlockBudget",
     "CaptureError",
+    "CostConfig",
     "CostModel",
     "InputError",
     "InvalidModelError",
     "KilnError",
     "OptimizedModel",
+    "Optimizer",
+    "PassOptions",
+    "PipelineConfig",
     "Target",
     "UnsafeModelError",
     "UnsupportedOperatorError",
+    "ValidationConfig",
     "__version__",
     "capture",
     "load",
