@@ -1,9 +1,12 @@
 """Every use kiln makes of onnx-ir's and onnxscript's private API, in one place, behind a version
 check: the constant folder's pass class and limits, the metadata key the rewriter stamps rule
 names with, and the Identity-elimination hook kiln guards. A version outside the tested range
-fails here with a clear message instead of deep inside a pass."""
+fails here with a clear message instead of deep inside a pass. So does the provenance merger
+kiln adds to onnxscript's rewriter."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
@@ -36,6 +39,18 @@ DEFAULT_FOLD_OUTPUT_SIZE_LIMIT: int = _constant_folding.DEFAULT_CONSTANT_FOLD_OU
 
 #: Metadata key onnxscript's rewriter puts on the nodes a rule created, holding the rule's name.
 RULE_NAME_KEY = "pkg.onnxscript.rewriter.rule_name"
+
+
+def add_rewriter_metadata_merger(key: str, merge: Callable[[str, str], str]) -> None:
+    """Have onnxscript's rewriter merge metadata `key` with `merge` when a rule replaces nodes:
+    it merges through one private module-level MetadataMerger and offers no public hook."""
+    from onnxscript.rewriter import _rewrite_rule
+
+    merger = getattr(_rewrite_rule, "_default_metadata_merger", None)
+    if merger is None or not hasattr(merger, "mergers"):
+        raise KilnError("onnxscript's rewriter has no metadata merger table any more; kiln's provenance would be "
+                        "lost in rewrites. Install the onnxscript version in kiln's constraints.txt.")
+    merger.mergers.setdefault(key, merge)
 
 
 class IdentityEliminationHook(common_passes.IdentityEliminationPass):

@@ -114,10 +114,6 @@ def register_with_onnxscript_rewriter() -> None:
     public hook for new keys, so we add ours to its table (idempotent). Without this its
     default keeps only the first matched node's provenance.
     """
-    try:
-        from onnxscript.rewriter import _rewrite_rule
-    except ImportError:  # pragma: no cover - onnxscript is a pinned dependency
-        return
-    merger = getattr(_rewrite_rule, "_default_metadata_merger", None)
-    if merger is not None and hasattr(merger, "mergers"):
-        merger.mergers.setdefault(PROVENANCE_KEY, _merge_json_lists)
+    from kiln.ir.compat import add_rewriter_metadata_merger
+
+    add_rewriter_metadata_merger(PROVENANCE_KEY, _merge_json_lists)

@@ -13,9 +13,13 @@ import onnx_ir as ir
 from onnxscript import rewriter
 from onnxscript.rewriter import pattern
 
+from kiln.ir.provenance import register_with_onnxscript_rewriter
 from kiln.passes.infra.contract import Pass, PassContext, PassResult
 from kiln.passes.infra.recording import snake_case
 from kiln.report.model import NearMiss
+
+# nodes an onnxscript rule writes keep the provenance of every node it replaced
+register_with_onnxscript_rewriter()
 
 
 def run_ir_passes(model: ir.Model, passes: Sequence[ir.passes.PassBase]) -> PassResult:
