@@ -27,6 +27,8 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments `kiln optimize` gives `kiln.optimize`."""
     kwargs: dict[str, Any] = {"level": args.level, "validate": not args.no_validate, "dump_ir": args.dump_ir,
                               "measure": args.measure}
+    if args.explain:
+        kwargs["options"] = {"trace_near_misses": True}  # the rules' "no" reasons, for the explanation
     if args.sample_inputs:
         import numpy as np
 

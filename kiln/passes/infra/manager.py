@@ -105,22 +105,24 @@ class PassManager:
 
     def _run_group(self, model: ir.Model, group: FixedPointGroup, ctx: PassContext,
                    report: OptimizationReport) -> ir.Model:
-        broken: set[int] = set()  # a pass that failed or was rolled back is not retried in later rounds
+        """Cycle through the group's passes until every pass has run once since the last change
+        (the fixed point: none of them would change the model now) or `max_rounds` rounds ran."""
+        broken: set[int] = set()  # a pass that failed or was rolled back is not retried
+        since_change = 0
         for round_ in range(1, group.max_rounds + 1):
-            changed = False
             for pass_ in group.passes:
+                if since_change >= len(group.passes):
+                    return model
                 if id(pass_) in broken:
+                    since_change += 1
                     continue
                 model, entry = self._run_step(model, pass_, ctx, report)
                 entry.group, entry.round = group.name, round_
-                changed = changed or entry.status == "applied"
+                since_change = 0 if entry.status == "applied" else since_change + 1
                 if entry.status in ("failed", "rolled_back"):
                     broken.add(id(pass_))
-            if not changed:
-                break
-        else:
-            logger.info("Group %s still changed the model after %d rounds; moving on.", group.name,
-                        group.max_rounds)
+        if since_change < len(group.passes):
+            logger.info("Group %s still changed the model after %d rounds; moving on.", group.name, group.max_rounds)
         return model
 
     def _run_step(self, model: ir.Model, pass_: Pass, ctx: PassContext,

@@ -27,7 +27,9 @@ class PassOptions:
     measured candidate only when every trial ran at most this fraction of the baseline's time;
     ``measured_choice_min_ms`` leaves forms the cost model prices faster than this unmeasured.
     Cost decisions: ``cost_resolution`` is the relative difference below which a predicted
-    gain does not change the graph.
+    gain does not change the graph. Reports: ``trace_near_misses`` sweeps each rule pass's rules
+    once more to keep every check's "no" reason (``kiln optimize --explain`` sets it; it costs
+    a second match of every rule).
     """
 
     fold_input_size_limit: int = compat.DEFAULT_FOLD_INPUT_SIZE_LIMIT
@@ -39,6 +41,7 @@ class PassOptions:
     measured_choice_max_ratio: float = 0.95
     measured_choice_min_ms: float = 0.1
     cost_resolution: float = 0.0
+    trace_near_misses: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | PassOptions | None) -> PassOptions:

@@ -88,8 +88,8 @@ def near_misses(rules: pattern.RewriteRuleSet, model: ir.Model) -> list[NearMiss
 
 class RulePass(Pass):
     """A pass that applies a set of onnxscript pattern / check / rewrite rules, reports each
-    rewrite under its rule's (snake_case) name, and keeps the reasons of every check that said
-    no (`PassReport.near_misses`). Subclasses give `name`, `explanation` (why the rewrites are
+    rewrite under its rule's (snake_case) name, and, with ``PassOptions.trace_near_misses``,
+    keeps the reasons of every check that said no (`PassReport.near_misses`). Subclasses give `name`, `explanation` (why the rewrites are
     right, used for rewrites inferred from the graph diff) and `rules(ctx)`."""
 
     #: Why a rewrite of this pass is right, for the report.
@@ -111,7 +111,8 @@ class RulePass(Pass):
         # onnxscript's rewriter also drops initializers nothing reads any more, and reports that
         # as no change when no rule applied: a change all the same, to validate and report
         result.modified = result.modified or set(model.graph.initializers) != initializers
-        decisions = list(ctx.decisions)
-        result.near_misses = near_misses(rule_set, model)
-        ctx.decisions[:] = decisions  # the tracing sweep asks the same checks again: keep the first answers
+        if ctx.options.trace_near_misses:
+            decisions = list(ctx.decisions)
+            result.near_misses = near_misses(rule_set, model)
+            ctx.decisions[:] = decisions  # the tracing sweep asks the same checks again: keep the first answers
         return result

@@ -29,6 +29,11 @@ def test_erf_gelu_becomes_one_gelu_op_priced_as_one_kernel():
 
 def test_other_constants_or_an_old_opset_stay_with_the_reason():
     for model, reason in ((_erf_gelu(sqrt2=1.5), "not sqrt(2)"), (_erf_gelu(opset=18), "opset 20")):
-        optimized, report = run_pass(FuseOperators(), model)
+        optimized, report = run_pass(FuseOperators(), model, options={"trace_near_misses": True})
         assert "Gelu" not in {n.op_type for n in optimized.graph} and report.status == "unchanged"
         assert any(reason in miss.reason for miss in report.near_misses)
+
+
+def test_near_misses_are_traced_only_when_asked():
+    _, report = run_pass(FuseOperators(), _erf_gelu(opset=18))
+    assert report.near_misses == []
