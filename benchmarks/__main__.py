@@ -89,6 +89,13 @@ def cmd_folding(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_equivalence(args: argparse.Namespace) -> int:
+    from benchmarks import equivalence
+
+    command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return equivalence.main(args, command=command)
+
+
 def cmd_cell(args: argparse.Namespace) -> int:
     from benchmarks.harness import RunSettings, measure_cell
 
@@ -134,6 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     fold.add_argument("--quick", action="store_true", help="the tiny models, fewer repeats")
     fold.add_argument("--out", help="also write the table to this markdown file")
     fold.set_defaults(func=cmd_folding)
+    equiv = sub.add_parser("equivalence", help="kiln.optimize of the working tree vs a base revision on the zoo "
+                           "(batch 1): same graphs, same outputs?")
+    equiv.add_argument("--base", required=True, metavar="REV", help="the git revision to compare with (any commit-ish)")
+    equiv.add_argument("--models", help="comma-separated zoo names (default: the full zoo, or the quick set)")
+    equiv.add_argument("--quick", action="store_true", help="the zoo's tiny models")
+    equiv.add_argument("--out", help="also write the markdown table to this file")
+    equiv.add_argument("--cache-dir", help="zoo export cache (default: the zoo's, .cache/benchmarks)")
+    equiv.add_argument("--atol", type=float, help="outputs within this max abs diff are 'close' (default 1e-05)")
+    equiv.add_argument("--timeout", type=float, default=3600.0, help="seconds per case and tree (default 3600)")
+    equiv.add_argument("--keep", metavar="DIR", help="keep both snapshots (records, outputs, worker logs) in DIR")
+    equiv.set_defaults(func=cmd_equivalence)
     sub.add_parser("cost-model", help="cost model accuracy: fit on some zoo models, test on the others")
     sub.add_parser("block-dropping", help="approximate block dropping at several cosine budgets (MiniLM, BERT-base)")
     cell = sub.add_parser("cell", help=argparse.SUPPRESS)
