@@ -3,7 +3,6 @@ declares itself not applicable)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +110,6 @@ def test_timed_ort_call_is_the_bare_session_run(case: ModelCase, tmp_path: Path)
     prepared = CONFIGS["ort-all"].prepare(case, tmp_path)
     result = prepared.run()
     assert isinstance(result, list) and isinstance(result[0], np.ndarray)  # session.run's own result
-    started = time.perf_counter()
-    for _ in range(20):
-        prepared.run()
-    assert time.perf_counter() - started < 1.0
+    # the timed closure holds only the session and its feeds: nothing else runs per call
+    cells = {type(c.cell_contents).__name__ for c in prepared.run.__closure__ or ()}
+    assert cells == {"InferenceSession", "dict"}, cells
