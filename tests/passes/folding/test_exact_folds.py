@@ -50,7 +50,7 @@ def _outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_small_parallel_matmuls_stay_apart(bias):
-    # Joining is decided by measuring both forms (tests/test_parallel_linear_merging.py); a group
+    # Joining is decided by measuring both forms (tests/passes/fusion/test_parallel_matmul_joining.py); a group
     # this small is below the measuring floor, so kiln leaves it apart without timing anything.
     model = _projections((8, 8, 4), bias=bias)
     optimized = optimize_with(model, JoinParallelMatMuls(), FoldConstants(), LinearToGemm())
