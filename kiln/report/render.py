@@ -9,7 +9,15 @@ from typing import Any
 
 from kiln.report.explain import explain_renderables
 from kiln.report.model import OptimizationReport, PassReport
-from kiln.report.summary import PassRow, decision_costs, decision_subject, pass_label, pass_rows, truncate
+from kiln.report.summary import (
+    PassRow,
+    decision_costs,
+    decision_subject,
+    grouped_decisions,
+    pass_label,
+    pass_rows,
+    truncate,
+)
 
 #: What the per-pass prediction is of: the cost model's price of the model's own nodes.
 PREDICTED_COLUMN = "predicted ms (as written)"
@@ -146,8 +154,9 @@ def decision_summary_table(report: OptimizationReport, reason_limit: int = 70) -
     for column in ("pass", "subject", "chosen", "predicted ms", "reason"):
         table.add_column(column, overflow="fold")
     for p in report.passes:
-        for decision in p.decisions:
-            table.add_row(pass_label(p), decision_subject(decision), decision.chosen, decision_costs(decision),
+        for decision, alike in grouped_decisions(p.decisions):
+            subject = decision_subject(decision) + (f" and {alike - 1} more alike" if alike > 1 else "")
+            table.add_row(pass_label(p), subject, decision.chosen, decision_costs(decision),
                           truncate(decision.reason, reason_limit))
     return table
 

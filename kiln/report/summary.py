@@ -117,6 +117,21 @@ def decision_subject(decision: Decision) -> str:
     return decision.subject if decision.count == 1 else f"{decision.subject} (x{decision.count})"
 
 
+def grouped_decisions(decisions: list[Decision]) -> list[tuple[Decision, int]]:
+    """Consecutive decisions that chose alike for alike reasons at alike prices (the nine norms of
+    one model) as one (first decision, how many) pair: the compact table's rows."""
+    groups: list[tuple[Decision, int]] = []
+    for decision in decisions:
+        key = (decision.question, decision.chosen, decision.reason, decision_costs(decision))
+        if groups:
+            first, count = groups[-1]
+            if (first.question, first.chosen, first.reason, decision_costs(first)) == key:
+                groups[-1] = (first, count + 1)
+                continue
+        groups.append((decision, 1))
+    return groups
+
+
 def truncate(text: str, limit: int) -> str:
     """`text` cut to `limit` characters, ending in '...' when cut."""
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."

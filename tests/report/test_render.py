@@ -153,3 +153,15 @@ def test_json_carries_schema_version_and_round_trips_decisions():
     assert data["passes"][2]["near_misses"][0] == {"rule": "fold_bn", "reason": "reason 1", "count": 1}
     assert Decision(**{**decision, "alternatives": [Alternative(**a) for a in decision["alternatives"]]}) \
         == _merge_decision(count=3)
+
+
+def test_alike_decisions_share_one_row_in_the_compact_table():
+    def norm(i: int) -> Decision:
+        return Decision(f"norm_{i}", "fold Reciprocal into Div", [Alternative("reciprocal_mul", 0.0106),
+                        Alternative("div", 0.00856)], "reciprocal_mul", "below the timing's resolution", "precondition")
+
+    other = Decision("mm", "merge", [Alternative("chain", 2.0), Alternative("merged", 1.0)], "merged", "faster")
+    report = OptimizationReport(passes=[PassReport(name="p", exact=True, decisions=[norm(0), norm(1), norm(2), other])])
+    text = render_text(report)
+    assert "norm_0 and 2 more alike" in text and "norm_1" not in text and "mm" in text
+    assert "norm_1" in render_text(report, explain=True)  # --explain keeps every row
