@@ -90,8 +90,8 @@ class PassContext:
     - `runner`: runs a model on feeds (the validation runner; passes never import a backend).
     - `options`: typed options (`PassOptions`; unknown keys are an error).
 
-    Every decision a pass takes goes through `decide` (or is appended to `decisions`): the
-    PassManager moves them into the pass's report.
+    Every decision a pass takes is kept with `record`; `decisions` is the running pass's
+    report's list, so they land there.
     """
 
     target: Target = field(default_factory=Target)

@@ -1,11 +1,11 @@
 """Plain graph rules (after tinygrad's PatternMatcher: rules as data, indexed by op): a rule
 that has no fixed pattern (a path of any length, a region) is a function from a node of its op
-types to a `Rewrite` or None. `GraphRulePass` walks the main graph once, tries the rules indexed
-by each node's op in order (the first that rewrites wins) and counts matches per rule."""
+types to a `Rewrite` or None. `GraphRulePass` walks the main graph once and tries the rules
+indexed by each node's op in order (the first that rewrites wins); each rewrite carries its
+rule's name, so the report counts them per rule."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,16 +29,15 @@ class GraphRule:
     apply: RuleFunction
 
 
-def apply_graph_rules(model: ir.Model, rules: Sequence[GraphRule]) -> tuple[list[Rewrite], Counter[str]]:
+def apply_graph_rules(model: ir.Model, rules: Sequence[GraphRule]) -> list[Rewrite]:
     """Try `rules` on every node of the main graph (a snapshot of its order: rules may remove
-    nodes, which are then skipped); the rewrites and the match count per rule."""
+    nodes, which are then skipped); the rewrites."""
     index: dict[str, list[GraphRule]] = {}
     for rule in rules:
         for op in rule.op_types:
             index.setdefault(op, []).append(rule)
     state: dict[str, Any] = {}
     rewrites: list[Rewrite] = []
-    counts: Counter[str] = Counter()
     for node in list(model.graph):
         if node.graph is None or not is_onnx(node):
             continue
@@ -46,9 +45,8 @@ def apply_graph_rules(model: ir.Model, rules: Sequence[GraphRule]) -> tuple[list
             rewrite = rule.apply(node, state)
             if rewrite is not None:
                 rewrites.append(rewrite)
-                counts[rule.name] += 1
                 break
-    return rewrites, counts
+    return rewrites
 
 
 class GraphRulePass(Pass):
@@ -57,5 +55,5 @@ class GraphRulePass(Pass):
     graph_rules: tuple[GraphRule, ...] = ()
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        rewrites, _ = apply_graph_rules(model, self.graph_rules)
+        rewrites = apply_graph_rules(model, self.graph_rules)
         return PassResult(model, bool(rewrites), rewrites=rewrites)

@@ -3,7 +3,6 @@ it, and rolls it back when one vetoes it."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -48,6 +47,12 @@ class FixedPointGroup:
 
 
 PipelineStep = Pass | FixedPointGroup
+
+
+def _name_decisions(entry: PassReport) -> None:
+    """Stamp the pass's name on the decisions it recorded."""
+    for decision in entry.decisions:
+        decision.pass_name = decision.pass_name or entry.name
 
 
 def _check_pass(p: object) -> None:
@@ -152,13 +157,13 @@ class PassManager:
                 return model, checkpoint
         for instrument in self.instruments:
             instrument.before_pass(model, pass_, ctx)
-        ctx.decisions = []
+        ctx.decisions = entry.decisions  # what the pass records lands in its report
         started = time.perf_counter()
         try:
             result = pass_.call(model, ctx)
         except Exception as exc:
             entry.seconds = time.perf_counter() - started
-            entry.decisions = ctx.decisions
+            _name_decisions(entry)
             if backup is None or self.strict:
                 raise
             logger.warning("Pass %s raised %s: %s; rolled back.", pass_.name, type(exc).__name__, exc)
@@ -166,8 +171,7 @@ class PassManager:
             entry.message = f"raised {type(exc).__name__}: {str(exc)[:300]}; rolled back"
             return backup, None
         entry.seconds = time.perf_counter() - started
-        entry.decisions = [dataclasses.replace(d, pass_name=d.pass_name or pass_.name) for d in ctx.decisions]
-        ctx.decisions = []
+        _name_decisions(entry)
         new_model = result.model
         entry.message = result.message
         entry.near_misses = list(result.near_misses)
@@ -196,7 +200,8 @@ class PassManager:
                 entry.parameter_bytes_after = entry.parameter_bytes_before
                 return backup, None
             if veto:
-                raise PassError(f"Pass {pass_.name} failed a check ({'strict mode' if self.strict else 'rollback is off'}): {veto}")
+                mode = "strict mode" if self.strict else "rollback is off"
+                raise PassError(f"Pass {pass_.name} failed a check ({mode}): {veto}")
         for instrument in self.instruments:
             instrument.pass_accepted(new_model, pass_, ctx, entry)
         logger.info("Pass %s: %d -> %d nodes, %d rewrites, %.3f s", pass_.name, entry.nodes_before,
