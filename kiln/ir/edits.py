@@ -33,7 +33,8 @@ def placeholder_weight(name: str, shape: tuple[int, ...], dtype: ir.DataType) ->
     return ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(shape), const_value=ir.Tensor(data, name=name))
 
 
-OutputSpec = tuple[Sequence[int | str | None] | None, ir.DataType | None]
+# an output's shape (an ir.Shape or its dims; None when unknown) and dtype
+OutputSpec = tuple[ir.Shape | Sequence[int | str | None] | None, ir.DataType | None]
 
 
 def sketch_node(op_type: str, inputs: Sequence[ir.Value | None], output_shapes: Sequence[OutputSpec], *,
@@ -48,3 +49,22 @@ def sketch_node(op_type: str, inputs: Sequence[ir.Value | None], output_shapes: 
         output.shape = ir.Shape(list(shape)) if shape is not None else None
         output.dtype = dtype
     return node
+
+
+#: The opset and IR version of the small models alternatives are measured as (any ONNX Runtime
+#: this project pins runs them).
+STANDALONE_OPSET = 17
+STANDALONE_IR_VERSION = 8
+
+
+def tensor_input(name: str, shape: Sequence[int], dtype: ir.DataType) -> ir.Value:
+    """A graph input of a static `shape` and `dtype`."""
+    return ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(list(shape)))
+
+
+def standalone_model(inputs: Sequence[ir.Value], outputs: Sequence[ir.Value], nodes: Sequence[ir.Node], *,
+                     initializers: Sequence[ir.Value] = (), name: str = "alternative") -> ir.Model:
+    """`nodes` as a model of their own (default ONNX domain): one form of a choice, to time it."""
+    graph = ir.Graph(list(inputs), list(outputs), nodes=list(nodes), initializers=list(initializers),
+                     opset_imports={"": STANDALONE_OPSET}, name=name)
+    return ir.Model(graph, ir_version=STANDALONE_IR_VERSION)

@@ -10,8 +10,6 @@ onnxscript pattern / check / rewrite rules (onnxscript ships none); the check as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
@@ -19,7 +17,7 @@ from onnxscript.rewriter import pattern as orp
 from kiln.ir.edits import placeholder_weight, sketch_node
 from kiln.ir.queries import FLOAT_TYPES, initializer_array
 from kiln.passes.infra.contract import PassContext
-from kiln.passes.infra.rule_pass import RulePass
+from kiln.passes.infra.rule_pass import DecidingRule, RulePass
 
 
 def _constant_matrix(value: ir.Value) -> np.ndarray | None:
@@ -34,13 +32,9 @@ def _product(a: ir.Value, b: ir.Value) -> ir.TensorProtocol:
     return ir.tensor((x.astype(np.float64) @ y.astype(np.float64)).astype(x.dtype))
 
 
-class _MergeRule(orp.RewriteRuleClassBase):
+class _MergeRule(DecidingRule):
     """Shared check: both weights constant matrices of matching inner size, and the cost model
     predicts one MatMul by W1 W2 (plus the merged bias) faster than the chain it replaces."""
-
-    def __init__(self, ctx: PassContext, name: str) -> None:
-        super().__init__(name)
-        self.ctx = ctx
 
     def _decide(self, context, x: ir.Value, w1: ir.Value, w2: ir.Value, biased: bool) -> orp.MatchResult:
         result = orp.MatchResult()
@@ -53,19 +47,15 @@ class _MergeRule(orp.RewriteRuleClassBase):
         if self.ctx.cost is None:
             return result.fail("no cost model in the context to price the merge")
         out = context.root.outputs[0]
-        merged: list[ir.Node] = [sketch_node("MatMul", [x, placeholder_weight("w1_x_w2", (k, n), w1.dtype)],
-                                             [(out.shape.dims if out.shape is not None else None, out.dtype)])]
+        merged = [sketch_node("MatMul", [x, placeholder_weight("w1_x_w2", (k, n), w1.dtype)], [(out.shape, out.dtype)])]
         if biased:
             merged.append(sketch_node("Add", [merged[0].outputs[0], placeholder_weight("b1_x_w2", (n,), w1.dtype)],
-                                      [(out.shape.dims if out.shape is not None else None, out.dtype)]))
-        chain: Sequence[ir.Node] = list(context.nodes)
-        decision = self.ctx.record(self.ctx.cost.choose(
+                                      [(out.shape, out.dtype)]))
+        return self.follow(self.ctx.cost.choose(
             subject=f"{w1.name} @ {w2.name}", question="merge consecutive linear maps",
-            alternatives={"chain": chain, "merged": merged}, keep="chain",
-            metrics={"chain": {"weight_elements": float(k * m + m * n)}, "merged": {"weight_elements": float(k * n)}}))
-        if decision.chosen != "merged":
-            return result.fail(f"kept: {decision.reason}")
-        return result
+            alternatives={"chain": list(context.nodes), "merged": merged}, keep="chain",
+            metrics={"chain": {"weight_elements": float(k * m + m * n)}, "merged": {"weight_elements": float(k * n)}}),
+            "merged")
 
 
 class MergeMatMulChain(_MergeRule):

@@ -27,12 +27,10 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
 from kiln.cost_model.decisions import Fused, measured_decision
-from kiln.ir.edits import sketch_node
+from kiln.ir.edits import sketch_node, standalone_model, tensor_input
 from kiln.ir.queries import FLOAT_TYPES, is_onnx, static_shape
 from kiln.passes.infra.contract import PassContext
-from kiln.passes.infra.rule_pass import RulePass
-
-_OPSET = 17
+from kiln.passes.infra.rule_pass import DecidingRule, RulePass
 
 
 def _constant_vector_scale(value: ir.Value) -> ir.Node | None:
@@ -62,22 +60,16 @@ def _rms_statistics(y: ir.Value, x: ir.Value) -> list[ir.Node] | None:
 
 def _single_op_model(op: str, x: ir.Value, y: ir.Value, *, reciprocal_first: bool) -> ir.Model:
     """x op y (or x * Reciprocal(y)) as a model with static inputs of x's and y's shapes."""
-    a = ir.Value(name="x", type=ir.TensorType(x.dtype), shape=ir.Shape(list(static_shape(x))))
-    b = ir.Value(name="y", type=ir.TensorType(y.dtype), shape=ir.Shape(list(static_shape(y))))
+    a, b = tensor_input("x", static_shape(x), x.dtype), tensor_input("y", static_shape(y), y.dtype)
     nodes = [ir.Node("", "Reciprocal", [b])] if reciprocal_first else []
     nodes.append(ir.Node("", op, [a, nodes[0].outputs[0] if reciprocal_first else b]))
     out = nodes[-1].outputs[0]
     out.name, out.dtype = "z", x.dtype
-    graph = ir.Graph([a, b], [out], nodes=nodes, opset_imports={"": _OPSET}, name=op)
-    return ir.Model(graph, ir_version=8)
+    return standalone_model([a, b], [out], nodes, name=op)
 
 
-class MulByReciprocalToDiv(orp.RewriteRuleClassBase):
+class MulByReciprocalToDiv(DecidingRule):
     """Mul(x, Reciprocal(y)) -> Div(x, y) where the context says Div is cheaper."""
-
-    def __init__(self, ctx: PassContext, name: str) -> None:
-        super().__init__(name)
-        self.ctx = ctx
 
     def pattern(self, op, x, y):
         return op.Mul(x, op.Reciprocal(y, _outputs=["inverse"]))
@@ -91,7 +83,7 @@ class MulByReciprocalToDiv(orp.RewriteRuleClassBase):
         mul = context.root
         product = mul.outputs[0]
         separate = list(context.nodes)
-        div = sketch_node("Div", [x, y], [(product.shape.dims if product.shape is not None else None, product.dtype)])
+        div = sketch_node("Div", [x, y], [(product.shape, product.dtype)])
         subject = f"{mul.name} = {x.name} * 1/{y.name}"
         question = "fold Reciprocal into Div"
         scale = _constant_vector_scale(product)
@@ -119,8 +111,7 @@ class MulByReciprocalToDiv(orp.RewriteRuleClassBase):
                 predicted={"reciprocal_mul": self.ctx.cost.price(separate), "div": self.ctx.cost.price([div])}
                 if self.ctx.cost is not None else None,
                 policy=self.ctx.measured_policy, static=None not in shapes)
-        self.ctx.record(decision)
-        return result if decision.chosen == "div" else result.fail(f"kept: {decision.reason}")
+        return self.follow(decision, "div")
 
     def rewrite(self, op, x, y, inverse):
         return op.Div(x, y)

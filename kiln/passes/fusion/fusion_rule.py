@@ -8,16 +8,12 @@ from __future__ import annotations
 from onnxscript.rewriter import pattern as orp
 
 from kiln.cost_model.decisions import Fused
-from kiln.passes.infra.contract import PassContext
+from kiln.passes.infra.rule_pass import DecidingRule
 
 
-class FusionRule(orp.RewriteRuleClassBase):
+class FusionRule(DecidingRule):
     """Subclasses implement `pattern`, `rewrite` and, when the match alone is not enough,
     `condition` (a reason string when the rewrite would not be exact, else "")."""
-
-    def __init__(self, ctx: PassContext, name: str) -> None:
-        super().__init__(name)
-        self.ctx = ctx
 
     def condition(self, context, **bindings) -> str:
         """Why this match cannot be fused exactly ("" when it can)."""
@@ -31,7 +27,6 @@ class FusionRule(orp.RewriteRuleClassBase):
         if self.ctx.cost is None:
             return result.fail("no cost model in the context to price the fusion")
         nodes = list(context.nodes)
-        decision = self.ctx.record(self.ctx.cost.choose(
+        return self.follow(self.ctx.cost.choose(
             subject=f"{self.name} at {context.root.name}", question="fuse into one kernel",
-            alternatives={"separate": nodes, "fused": Fused(nodes)}, keep="separate"))
-        return result if decision.chosen == "fused" else result.fail(f"kept: {decision.reason}")
+            alternatives={"separate": nodes, "fused": Fused(nodes)}, keep="separate"), "fused")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-_OPSET = 17
+from kiln.ir.edits import standalone_model, tensor_input
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,6 @@ class GroupShape:
         return f"{rows}x{self.x_shape[-1]} -> {'+'.join(str(w) for w in self.widths)}"
 
 
-def _tensor_value(name: str, shape: list[int], dtype: ir.DataType) -> ir.Value:
-    return ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(shape))
-
-
 def alternatives(shape: GroupShape, seed: int = 0) -> tuple[ir.Model, ir.Model]:
     """(separate, joined): each branch's MatMul (+ Add), against one MatMul (+ Add of the biases,
     zero for a branch without) and a Split; same input and outputs. The weights are random: the
@@ -65,7 +61,7 @@ def alternatives(shape: GroupShape, seed: int = 0) -> tuple[ir.Model, ir.Model]:
                                                          name=name))
 
     def build(joined: bool) -> ir.Model:
-        x = _tensor_value("x", dims, shape.dtype)
+        x = tensor_input("x", dims, shape.dtype)
         nodes: list[ir.Node] = []
         inits: list[ir.Value] = []
         if joined:
@@ -94,8 +90,6 @@ def alternatives(shape: GroupShape, seed: int = 0) -> tuple[ir.Model, ir.Model]:
                 outputs.append(nodes[-1].outputs[0])
         for i, (value, width) in enumerate(zip(outputs, shape.widths)):
             value.name, value.type, value.shape = f"y{i}", ir.TensorType(shape.dtype), ir.Shape([*dims[:-1], width])
-        graph = ir.Graph([x], outputs, nodes=nodes, initializers=inits, opset_imports={"": _OPSET},
-                         name="joined" if joined else "separate")
-        return ir.Model(graph, ir_version=8)
+        return standalone_model([x], outputs, nodes, initializers=inits, name="joined" if joined else "separate")
 
     return build(False), build(True)

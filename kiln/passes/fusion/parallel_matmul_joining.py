@@ -181,8 +181,7 @@ def _joined_sketch(branches: list[_Branch]) -> list[ir.Node]:
     if any(b.add is not None for b in branches):
         nodes.append(sketch_node("Add", [nodes[-1].outputs[0], placeholder_weight("b", (sum(widths),), dtype)],
                                  [(joined_shape, dtype)]))
-    nodes.append(sketch_node("Split", [nodes[-1].outputs[0]], [(b.output.shape.dims if b.output.shape is not None
-                                                                  else None, dtype) for b in branches],
+    nodes.append(sketch_node("Split", [nodes[-1].outputs[0]], [(b.output.shape, dtype) for b in branches],
                              attributes=[ir.AttrInt64("axis", -1)]))
     return nodes
 
@@ -211,8 +210,8 @@ def join_parallel_matmuls(model: ir.Model, ctx: PassContext) -> list[Rewrite]:
         decision = decisions.get(shape.key)
         if decision is None:
             decision = decisions[shape.key] = ctx.record(_decide(group, shape, ctx))
-            decision.count = 0
-        decision.count += 1
+        else:
+            decision.count += 1
         if decision.chosen == "joined":
             rewrites.append(_merge(graph, group, decision.reason))
     logger.debug("Joined %d groups of parallel MatMuls, left %d apart", len(rewrites), len(groups) - len(rewrites))

@@ -16,7 +16,7 @@ from onnxscript.rewriter import pattern
 from kiln.ir.provenance import register_with_onnxscript_rewriter
 from kiln.passes.infra.contract import Pass, PassContext, PassResult
 from kiln.passes.infra.recording import snake_case
-from kiln.report.model import NearMiss
+from kiln.report.model import Decision, NearMiss
 
 # nodes an onnxscript rule writes keep the provenance of every node it replaced
 register_with_onnxscript_rewriter()
@@ -86,6 +86,22 @@ def near_misses(rules: pattern.RewriteRuleSet, model: ir.Model) -> list[NearMiss
             for (rule, reason), count in tracer.misses.most_common()]
 
 
+class DecidingRule(pattern.RewriteRuleClassBase):
+    """An onnxscript rule whose check settles a trade-off through the context's decision API
+    (`PassContext.cost` / `.measured`): built per run with the context, it records the decision
+    and lets the match go ahead only when the decision chose the rewritten form."""
+
+    def __init__(self, ctx: PassContext, name: str) -> None:
+        super().__init__(name)
+        self.ctx = ctx
+
+    def follow(self, decision: Decision, rewritten: str) -> pattern.MatchResult:
+        """Record `decision`; the match succeeds when it chose `rewritten`, else fails with why."""
+        self.ctx.record(decision)
+        result = pattern.MatchResult()
+        return result if decision.chosen == rewritten else result.fail(f"kept: {decision.reason}")
+
+
 def _footprint(model: ir.Model) -> tuple[int, frozenset[str]]:
     """The main graph's node count and initializer names."""
     return len(model.graph), frozenset(model.graph.initializers)
@@ -94,8 +110,9 @@ def _footprint(model: ir.Model) -> tuple[int, frozenset[str]]:
 class RulePass(Pass):
     """A pass that applies a set of onnxscript pattern / check / rewrite rules, reports each
     rewrite under its rule's (snake_case) name, and, with ``PassOptions.trace_near_misses``,
-    keeps the reasons of every check that said no (`PassReport.near_misses`). Subclasses give `name`, `explanation` (why the rewrites are
-    right, used for rewrites inferred from the graph diff) and `rules(ctx)`."""
+    keeps the reasons of every check that said no (`PassReport.near_misses`). Subclasses give
+    `name`, `explanation` (why the rewrites are right, used for rewrites inferred from the graph
+    diff) and `rules(ctx)`."""
 
     #: Why a rewrite of this pass is right, for the report.
     explanation: str = ""
