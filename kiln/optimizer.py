@@ -159,7 +159,7 @@ class Optimizer:
             report.validation = "not validated: validation is off (validate=False, --no-validate)"
         cost_model = self.cost_model()
         ctx = PassContext(
-            target=self.target, cost=CostOracle(cost_model, self.target, resolution=pipeline.options.cost_resolution)
+            target=self.target, cost=CostOracle(cost_model, resolution=pipeline.options.cost_resolution)
             if cost_model is not None else None, measured=self.measured_choices(), sample_inputs=feeds,
             calibration=list(self.validation.calibration), options=pipeline.options, runner=self.run_reference)
         original = captured.clone() if self.cost.measure else None  # the clone shares weight tensors

@@ -87,7 +87,7 @@ def run_pass(pass_, model, *, feeds=None, strict: bool = True, **context):
     captured = capture(model)
     feeds = feeds if feeds is not None else random_inputs([v for v in captured.graph.inputs if not v.is_initializer()])
     target = Target(intra_op_threads=2)
-    context.setdefault("cost", CostOracle(CostModel.default(2, learned=False), target))
+    context.setdefault("cost", CostOracle(CostModel.default(2, learned=False)))
     ctx = PassContext(target=target, sample_inputs=feeds, **context)
     runner = lambda m, f: ort_backend.run_model(m, f, Target(graph_optimization_level="disable"))  # noqa: E731
     manager = PassManager([pass_], [StructuralCheck(), NumericValidation(runner, feeds)], strict=strict)

@@ -20,7 +20,6 @@ import onnx_ir as ir
 from kiln.cost_model.model import CostModel
 from kiln.errors import KilnError
 from kiln.report.model import Alternative, Decision
-from kiln.target import Target
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +39,8 @@ class Fused:
 
 
 class CostOracle:
-    """Prices the alternatives of a rewrite with a `CostModel` for one target and thread count.
+    """Prices the alternatives of a rewrite with a `CostModel` (whose profile is the target's
+    hardware at its thread count).
 
     An alternative is a sequence of nodes (real graph nodes for the form that exists, sketched
     ones from `kiln.ir.edits.sketch_node` for a form that does not yet), priced kernel by kernel
@@ -49,12 +49,11 @@ class CostOracle:
     the decision keeps the form that exists (`keep`) and says so.
     """
 
-    def __init__(self, cost_model: CostModel, target: Target, *, resolution: float = 0.0) -> None:
+    def __init__(self, cost_model: CostModel, *, resolution: float = 0.0) -> None:
         if not 0.0 <= resolution < 1.0:
             raise KilnError(f"resolution={resolution} is not in [0, 1): give the relative difference the cost model "
                             "cannot resolve, e.g. 0.02.")
         self.cost_model = cost_model
-        self.target = target
         self.resolution = resolution
 
     @property

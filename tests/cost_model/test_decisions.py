@@ -12,7 +12,6 @@ from kiln.cost_model.hardware import preset
 from kiln.cost_model.model import CostModel
 from kiln.errors import KilnError
 from kiln.ir.edits import placeholder_weight, sketch_node
-from kiln.target import Target
 
 F32 = ir.DataType.FLOAT
 
@@ -32,7 +31,7 @@ def _chain(rows: int = 256, width: int = 512):
 
 @pytest.fixture
 def oracle() -> CostOracle:
-    return CostOracle(CostModel(preset("generic-avx2", threads=2)), Target(intra_op_threads=2))
+    return CostOracle(CostModel(preset("generic-avx2", threads=2)))
 
 
 def test_a_sketched_alternative_adds_no_use_to_the_graph(oracle):
@@ -53,13 +52,13 @@ def test_fewer_kernels_win_and_a_fused_group_costs_less_than_its_parts(oracle):
 
 def test_inside_the_resolution_the_existing_form_stays(oracle):
     _, x, nodes = _chain()
-    coarse = CostOracle(oracle.cost_model, oracle.target, resolution=0.99)
+    coarse = CostOracle(oracle.cost_model, resolution=0.99)
     decision = coarse.choose("chain", "fuse", {"separate": nodes, "fused": Fused(nodes)}, keep="separate")
     assert decision.chosen == "separate" and "within the cost model's resolution" in decision.reason
     with pytest.raises(KilnError, match="keep="):
         oracle.choose("chain", "fuse", {"separate": nodes}, keep="other")
     with pytest.raises(KilnError, match="resolution"):
-        CostOracle(oracle.cost_model, oracle.target, resolution=1.5)
+        CostOracle(oracle.cost_model, resolution=1.5)
 
 
 def test_a_placeholder_weight_is_priced_as_a_weight_without_memory(oracle):
