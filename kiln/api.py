@@ -19,6 +19,7 @@ from kiln.cost_model.model import CostModel
 from kiln.errors import BackendError
 from kiln.ir.inputs import Feeds
 from kiln.ir.serialization import save_model
+from kiln.ir.shapes import ShapeBinding
 from kiln.optimizer import CostConfig, Optimizer, PipelineConfig, ValidationConfig
 from kiln.passes.approximate.block_dropping import BlockBudget
 from kiln.passes.infra import Tolerance
@@ -77,6 +78,9 @@ def optimize(
     measure: bool = False,
     drop_blocks: BlockBudget | None = None,
     measured_choices: MeasuredChoiceOracle | None | Literal["default"] = "default",
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    dim_values: Mapping[str, int] | None = None,
+    fix_shapes: bool = False,
 ) -> OptimizedModel:
     """Optimize a PyTorch or ONNX model.
 
@@ -112,6 +116,13 @@ def optimize(
             "default": for ONNX Runtime on the CPU, measured on the target and cached in
             ``~/.cache/kiln/measured_choices.json`` (``$KILN_MEASURED_CHOICES``); None: such
             choices are not made.
+        input_shapes: concrete shapes for inputs with symbolic or unknown (``-1``) dims, by input
+            name, e.g. ``{"x": (1, 3, 48, 192)}``: what sample inputs, validation and predictions
+            use. Dims nothing binds get the defaults of ``kiln.ir.shapes`` (batch 1, sequence 128,
+            image sides 224, ...), and the report warns about each one guessed.
+        dim_values: sizes of symbolic dims by name, e.g. ``{"image_width": 160, "batch": 1}``.
+        fix_shapes: write the bound shapes into the model (its inputs become static, and folding
+            may use them); by default they stay symbolic in the optimized model.
     """
     if target is None:
         target = Target(backend=backend)  # type: ignore[arg-type]
@@ -123,6 +134,7 @@ def optimize(
                                 options=PassOptions.from_mapping(options)),
         validation=ValidationConfig(enabled=validate, tolerance=tolerance or Tolerance(), sample_inputs=sample_inputs),
         cost=CostConfig(cost_model=cost_model, measured_choices=measured_choices, measure=measure),
+        shapes=ShapeBinding(input_shapes=dict(input_shapes or {}), dim_values=dict(dim_values or {}), fix=fix_shapes),
         dump_ir=dump_ir,
     )
     run = optimizer.optimize(model, example_inputs, dynamic_shapes=dynamic_shapes)

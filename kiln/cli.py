@@ -23,10 +23,53 @@ if not console.is_terminal:
 err_console = Console(stderr=True)
 
 
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """`--input-shape x:1,3,48,192` -> ("x", (1, 3, 48, 192)); the name may itself hold colons."""
+    name, sep, dims = text.rpartition(":")
+    try:
+        shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
+    except ValueError:
+        shape = None
+    if not sep or not name or shape is None or any(d < 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"{text!r}: write an input shape as NAME:D0,D1,... e.g. x:1,3,48,192")
+    return name, shape
+
+
+def parse_dim(text: str) -> tuple[str, int]:
+    """`--dim image_width=160` -> ("image_width", 160)."""
+    name, sep, size = text.rpartition("=")
+    if not sep or not name or not size.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: write a dim as NAME=SIZE, e.g. batch=1")
+    return name, int(size)
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """--input-shape and --dim, shared by the commands that run or price a model."""
+    parser.add_argument("--input-shape", type=parse_input_shape, action="append", default=[], metavar="NAME:D0,D1,..",
+                        help="bind an input's shape, e.g. x:1,3,48,192 (repeatable); what validation and "
+                             "prediction use for symbolic or -1 dims")
+    parser.add_argument("--dim", type=parse_dim, action="append", default=[], metavar="NAME=SIZE",
+                        help="bind a symbolic dim by name, e.g. image_width=160 (repeatable); unbound dims get "
+                             "documented defaults (batch 1, sequence 128, image sides 224, ...)")
+
+
+def shape_binding_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """input_shapes / dim_values from --input-shape / --dim (a name given twice is an error)."""
+    out: dict[str, Any] = {}
+    for flag, key, pairs in (("--input-shape", "input_shapes", args.input_shape), ("--dim", "dim_values", args.dim)):
+        names = [name for name, _ in pairs]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise KilnError(f"{flag} binds {repeated} more than once; give each name once.")
+        if pairs:
+            out[key] = dict(pairs)
+    return out
+
+
 def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments `kiln optimize` gives `kiln.optimize`."""
     kwargs: dict[str, Any] = {"level": args.level, "validate": not args.no_validate, "dump_ir": args.dump_ir,
-                              "measure": args.measure}
+                              "measure": args.measure, "fix_shapes": args.fix_shapes, **shape_binding_kwargs(args)}
     if args.explain:
         kwargs["options"] = {"trace_near_misses": True}  # the rules' "no" reasons, for the explanation
     if args.sample_inputs:
@@ -226,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--no-validate", action="store_true", help="skip numeric validation")
     opt.add_argument("--sample-inputs", metavar="NPZ",
                      help="validate on these inputs (.npz keyed by input name) instead of random ones")
+    add_shape_arguments(opt)
+    opt.add_argument("--fix-shapes", action="store_true",
+                     help="write the bound input shapes into the saved model (default: they stay symbolic); "
+                          "folding may then use them")
     opt.add_argument("--dump-ir", help="write the model after every pass into this folder")
     opt.add_argument("--measure", action="store_true",
                      help="also time the input and the optimized model (in turn) next to the predictions")

@@ -30,6 +30,7 @@ from kiln.cost_model.model import CostModel
 from kiln.errors import InputError
 from kiln.ir.capture import capture, split_example_inputs
 from kiln.ir.inputs import Feeds, make_feeds, random_inputs
+from kiln.ir.shapes import BoundShapes, ShapeBinding, bind_shapes, fix_input_shapes
 from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
 from kiln.passes.infra import IRDump, NumericValidation, PassContext, PassManager, StructuralCheck, Tolerance
 from kiln.passes.infra.cost_prediction import CostPrediction
@@ -96,8 +97,9 @@ class Optimizer:
 
     def __init__(self, target: Target | None = None, *, pipeline: PipelineConfig | None = None,
                  validation: ValidationConfig | None = None, cost: CostConfig | None = None,
-                 dump_ir: str | os.PathLike | None = None) -> None:
+                 shapes: ShapeBinding | None = None, dump_ir: str | os.PathLike | None = None) -> None:
         self.target = target or Target()
+        self.shapes = shapes or ShapeBinding()
         self.pipeline = pipeline or PipelineConfig()
         self.validation = validation or ValidationConfig()
         self.cost = cost or CostConfig()
@@ -145,16 +147,8 @@ class Optimizer:
         report = OptimizationReport(model_name=name or _model_name(model),
                                     level=pipeline.level if pipeline.passes is None else None,
                                     target=f"{self.target.backend}, {self.threads} intra-op threads")
-        needs_feeds = self.validation.enabled or pipeline.drop_blocks is not None
-        feeds: Feeds | None = None
-        if needs_feeds:
-            feeds, report.sample_inputs = self._sample_feeds(captured, example_inputs)
-            if pipeline.drop_blocks is not None and report.sample_inputs == "random inputs" \
-                    and not self.validation.calibration:
-                raise InputError(
-                    "Block dropping scores blocks by how much the outputs change on real inputs, and none were "
-                    "given: pass sample_inputs={input name: array} (or example_inputs) to kiln.optimize, or "
-                    "--sample-inputs inputs.npz to `kiln optimize`.")
+        inputs = [v for v in captured.graph.inputs if not v.is_initializer()]
+        feeds, bound = self._shapes_and_feeds(captured, example_inputs, report)
         if not self.validation.enabled:
             report.validation = "not validated: validation is off (validate=False, --no-validate)"
         cost_model = self.cost_model()
@@ -163,15 +157,40 @@ class Optimizer:
             if cost_model is not None else None, measured=self.measured_choices(), sample_inputs=feeds,
             calibration=list(self.validation.calibration), options=pipeline.options, runner=self.run_reference)
         original = captured.clone() if self.cost.measure else None  # the clone shares weight tensors
-        manager = PassManager(pipeline.steps(), self._instruments(feeds, cost_model))
+        manager = PassManager(pipeline.steps(), self._instruments(feeds, cost_model, bound))
         optimized, report = manager.run(captured, ctx, report)
         if original is not None:
-            self._measure(original, optimized, feeds, report)
+            self._measure(original, optimized, feeds if feeds is not None else random_inputs(inputs, shapes=bound),
+                          report, bound)
         logger.info("Captured in %.2f s; passes ran in %.2f s (validation %.2f s)", capture_seconds,
                     report.seconds - report.validation_seconds, report.validation_seconds)
         return OptimizationRun(optimized, report)
 
-    def _instruments(self, feeds: Feeds | None, cost_model: CostModel | None) -> list[Instrument]:
+    def _shapes_and_feeds(self, captured: ir.Model, example_inputs: Any,
+                          report: OptimizationReport) -> tuple[Feeds | None, BoundShapes]:
+        """Bind the input shapes, make or take the sample inputs (when validation or block dropping
+        needs them), record in the report which shapes ran, and write them into the model when the
+        user fixed them (before the passes: folding may then use the bound sizes)."""
+        inputs = [v for v in captured.graph.inputs if not v.is_initializer()]
+        bound = bind_shapes(inputs, self.shapes)
+        feeds: Feeds | None = None
+        if self.validation.enabled or self.pipeline.drop_blocks is not None:
+            feeds, report.sample_inputs = self._sample_feeds(captured, example_inputs, bound)
+            if self.pipeline.drop_blocks is not None and report.sample_inputs == "random inputs" \
+                    and not self.validation.calibration:
+                raise InputError(
+                    "Block dropping scores blocks by how much the outputs change on real inputs, and none were "
+                    "given: pass sample_inputs={input name: array} (or example_inputs) to kiln.optimize, or "
+                    "--sample-inputs inputs.npz to `kiln optimize`.")
+            if report.sample_inputs != "random inputs":  # the given inputs' shapes are what runs
+                bound = bind_shapes(inputs, ShapeBinding(input_shapes=_feed_shapes(inputs, feeds), fix=self.shapes.fix))
+        report.input_shapes, report.shape_warnings, report.shapes_fixed = bound.summary(), bound.warnings, bound.fixed
+        if self.shapes.fix:
+            fix_input_shapes(captured, bound)
+        return feeds, bound
+
+    def _instruments(self, feeds: Feeds | None, cost_model: CostModel | None,
+                     bound: BoundShapes) -> list[Instrument]:
         instruments: list[Instrument] = [StructuralCheck()]
         if self.validation.enabled and feeds is not None:
             instruments.append(NumericValidation(self.run_reference, feeds, self.validation.tolerance,
@@ -179,10 +198,10 @@ class Optimizer:
         if self.dump_ir is not None:
             instruments.append(IRDump(self.dump_ir))
         if cost_model is not None:
-            instruments.append(CostPrediction(cost_model))  # last: it sees only the passes every check accepted
+            instruments.append(CostPrediction(cost_model, dims=bound.dims))  # last: it sees only the passes every check accepted
         return instruments
 
-    def _sample_feeds(self, model: ir.Model, example_inputs: Any) -> tuple[Feeds, str]:
+    def _sample_feeds(self, model: ir.Model, example_inputs: Any, bound: BoundShapes) -> tuple[Feeds, str]:
         inputs = [v for v in model.graph.inputs if not v.is_initializer()]
         if self.validation.sample_inputs is not None:
             return make_feeds(inputs, (), self.validation.sample_inputs), "the given sample inputs"
@@ -192,17 +211,25 @@ class Optimizer:
                 return make_feeds(inputs, args, kwargs), "the example inputs"
             except InputError as exc:
                 logger.info("Example inputs do not map onto the ONNX inputs (%s); using random inputs.", exc)
-        return random_inputs(inputs), "random inputs"
+        return random_inputs(inputs, shapes=bound), "random inputs"
 
-    def _measure(self, before: ir.Model, after: ir.Model, feeds: Feeds | None, report: OptimizationReport) -> None:
+    def _measure(self, before: ir.Model, after: ir.Model, feeds: Feeds, report: OptimizationReport,
+                 bound: BoundShapes) -> None:
         """Time both models on the target, in turn on the same inputs, and price the graphs ORT
         really runs next to the measurement (with the full learned correction)."""
-        report.measured_ms_before, report.measured_ms_after = _measure_both(
-            before, after, self.target, feeds if feeds is not None else self._sample_feeds(before, None)[0])
+        report.measured_ms_before, report.measured_ms_after = _measure_both(before, after, self.target, feeds)
         compiled_model = CostModel.default(self.threads)
         report.compiled_cost_model = repr(compiled_model)
-        report.predicted_compiled_ms_before = compiled_model.model_cost(before, compiled=True).latency_ms
-        report.predicted_compiled_ms_after = compiled_model.model_cost(after, compiled=True).latency_ms
+        report.predicted_compiled_ms_before = compiled_model.model_cost(before, compiled=True,
+                                                                        dims=bound.dims).latency_ms
+        report.predicted_compiled_ms_after = compiled_model.model_cost(after, compiled=True,
+                                                                       dims=bound.dims).latency_ms
+
+
+def _feed_shapes(inputs: list[ir.Value], feeds: Feeds) -> dict[str, tuple[int, ...]]:
+    """The shapes of the tensor feeds, by input name."""
+    return {v.name: tuple(feeds[v.name].shape) for v in inputs
+            if v.shape is not None and hasattr(feeds.get(v.name), "shape")}
 
 
 def _model_name(obj: Any) -> str:

@@ -23,6 +23,7 @@ import onnx_ir.passes.common as common_passes
 from kiln.errors import CaptureError, InvalidModelError
 from kiln.ir.checks import check_model_proto, read_model_proto
 from kiln.ir.provenance import stamp_provenance
+from kiln.ir.shapes import normalize_unknown_dims
 from kiln.ir.serialization import needs_external_data, to_proto
 
 if TYPE_CHECKING:
@@ -66,8 +67,9 @@ def from_ir_model(model: ir.Model) -> ir.Model:
 
 
 def _finish(model: ir.Model) -> ir.Model:
-    """Name unnamed nodes and values, then stamp provenance."""
+    """Name unnamed nodes and values, read -1 / 0 input dims as unknown, then stamp provenance."""
     common_passes.NameFixPass()(model)
+    normalize_unknown_dims(model)
     stamp_provenance(model)
     return model
 

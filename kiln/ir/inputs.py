@@ -1,22 +1,20 @@
 """Model inputs: normalize user inputs (numpy or torch, positional or by name) into feeds,
-and make random sample inputs of the declared shapes and dtypes when the user gave none."""
+and make sample inputs of the bound shapes (`kiln.ir.shapes`) when the user gave none."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from kiln.errors import InputError
+from kiln.ir.shapes import BoundShapes, bind_shapes
+from kiln.ir.value_ranges import integer_range
 
 # Sequence inputs take lists of arrays and optional inputs may be None.
 Feeds = dict[str, Any]
-
-# Symbolic dims get this size in random inputs (same symbol, same size).
-DEFAULT_SYMBOLIC_DIM = 2
-
 
 def is_torch_tensor(obj: Any) -> bool:
     """True for a torch.Tensor, without importing torch when it is not loaded."""
@@ -117,31 +115,32 @@ def check_feed(value: ir.Value, array: np.ndarray) -> None:
         )
 
 
-def random_inputs(model_inputs: list[ir.Value], seed: int = 0) -> Feeds:
-    """Random inputs of the declared shapes and dtypes; symbolic dims get one consistent size.
+def random_inputs(model_inputs: Sequence[ir.Value], seed: int = 0, shapes: BoundShapes | None = None) -> Feeds:
+    """Sample inputs for `model_inputs` at `shapes` (default: `bind_shapes` with nothing bound, so
+    symbolic dims get their documented defaults).
 
-    Integers are drawn from [0, 2) so they are valid indices, token ids and type ids for any
-    table; booleans are random; floats are standard normal.
+    Floats are standard normal; booleans random; integers take the values their readers accept
+    (`kiln.ir.value_ranges`: Gather indices within the table, OneHot classes within the depth, masks
+    of ones, segment ids of zeros, positions counting up), else [0, 2). An input that sets a shape,
+    a size or a trip count raises InputError: only real data can say what it holds.
     """
     rng = np.random.default_rng(seed)
-    feeds: Feeds = {}
     for value in model_inputs:
         if not is_tensor_input(value):
             raise InputError(
                 f"Input {value.name!r} is a {type(value.type).__name__}; kiln makes random inputs for "
-                "tensors only: pass sample inputs (a list for a sequence, None for an empty optional)."
+                "tensors only: pass sample inputs (sample_inputs= / --sample-inputs inputs.npz; a list for a "
+                "sequence, None for an empty optional)."
             )
         if value.dtype is None or value.shape is None:
             raise InputError(
                 f"Input {value.name!r} has no declared dtype or shape, so kiln cannot make sample "
-                "inputs for it: pass example inputs."
+                "inputs for it: pass them (sample_inputs= / --sample-inputs inputs.npz)."
             )
-        shape = []
-        for dim in value.shape:
-            if isinstance(dim, int):
-                shape.append(dim)
-            else:
-                shape.append(DEFAULT_SYMBOLIC_DIM)
+    shapes = shapes if shapes is not None else bind_shapes(list(model_inputs))
+    feeds: Feeds = {}
+    for value in model_inputs:
+        shape = shapes.shape(value.name)
         try:
             dtype = np.dtype(value.dtype.numpy())
         except TypeError as exc:
@@ -149,7 +148,7 @@ def random_inputs(model_inputs: list[ir.Value], seed: int = 0) -> Feeds:
         if dtype == np.bool_:
             array = rng.integers(0, 2, size=shape).astype(np.bool_)
         elif np.issubdtype(dtype, np.integer):
-            array = rng.integers(0, 2, size=shape).astype(dtype)
+            array = _integers(value, shape, dtype, rng)
         elif dtype.kind == "f" or dtype.kind == "V":
             array = rng.standard_normal(size=shape).astype(dtype)
         elif dtype.kind == "c":
@@ -160,3 +159,20 @@ def random_inputs(model_inputs: list[ir.Value], seed: int = 0) -> Feeds:
             raise InputError(f"Input {value.name!r} has dtype {dtype}, which kiln cannot sample.")
         feeds[value.name] = array
     return feeds
+
+
+def _integers(value: ir.Value, shape: tuple[int, ...], dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
+    allowed = integer_range(value)
+    if allowed.unsampleable is not None:
+        raise InputError(
+            f"Input {value.name!r} sets {allowed.unsampleable}, so kiln cannot make up a value for it: give "
+            f"real inputs with sample_inputs={{{value.name!r}: array, ...}} (kiln optimize --sample-inputs inputs.npz)."
+        )
+    if allowed.fill is not None:
+        return np.full(shape, allowed.fill, dtype=dtype)
+    if allowed.positions:
+        if not shape:
+            return np.zeros((), dtype=dtype)
+        return np.ascontiguousarray(np.broadcast_to(np.arange(shape[-1]), shape)).astype(dtype)
+    high = min(allowed.high, int(np.iinfo(dtype).max))
+    return rng.integers(allowed.low, max(high, allowed.low + 1), size=shape).astype(dtype)

@@ -146,6 +146,12 @@ class OptimizationReport:
     # --no-validate", "not validated: the original model does not run: ...")
     validation: str = ""
     sample_inputs: str = ""
+    # the concrete input shapes validation and prediction used ("x [1, 3, 224, 224], ..."), one line
+    # per size kiln guessed because nothing bound it, and whether the bound shapes were written
+    # into the optimized model (`fix_shapes`)
+    input_shapes: str = ""
+    shape_warnings: list[str] = field(default_factory=list)
+    shapes_fixed: bool = False
     final_error: ErrorStats | None = None
     # cost model: what it is, its predicted latency and peak memory before and after, and (when
     # the caller measured it, e.g. `kiln optimize --measure`) the measured latency of both

@@ -161,12 +161,30 @@ def decision_summary_table(report: OptimizationReport, reason_limit: int = 70) -
     return table
 
 
+def shape_lines(report: OptimizationReport) -> list[Any]:
+    """'input shapes ...: x [1, 3, 224, 224] (kept symbolic in the saved model)', then a warning line
+    naming every size kiln guessed and the flags that bind it (one renderable, or none)."""
+    from rich.text import Text
+
+    if not report.input_shapes:
+        return []
+    where = "written into the model (--fix-shapes)" if report.shapes_fixed else "kept symbolic in the saved model"
+    text = Text(f"input shapes validated and priced at: {report.input_shapes} ({where})")
+    if report.shape_warnings:
+        text.append("\nwarning: guessed " + "; ".join(w.replace(" guessed ", " = ") for w in report.shape_warnings)
+                    + ". Bind them with --dim NAME=SIZE or --input-shape INPUT:D0,D1,... "
+                    "(input_shapes= / dim_values= in kiln.optimize).", style="yellow")
+    return [text]
+
+
 def report_renderables(report: OptimizationReport, explain: bool = False) -> list[Any]:
-    """The pass table, then either the compact decision table (when any pass decided anything)
-    or, with `explain`, the rewrites, near misses and decisions in full."""
+    """The pass table, the input shapes used (with a warning for guessed sizes), then either the
+    compact decision table (when any pass decided anything) or, with `explain`, the rewrites, near
+    misses and decisions in full."""
     if explain:
-        return [report_table(report), *explain_renderables(report)]
-    return [report_table(report), *([decision_summary_table(report)] if report.decisions else [])]
+        return [report_table(report), *shape_lines(report), *explain_renderables(report)]
+    return [report_table(report), *shape_lines(report),
+            *([decision_summary_table(report)] if report.decisions else [])]
 
 
 def render_text(report: OptimizationReport, width: int = 160, explain: bool = False) -> str:

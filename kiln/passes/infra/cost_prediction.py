@@ -1,15 +1,18 @@
 """The `CostPrediction` instrument: the cost model's predicted latency before and after every pass.
 
-Installed last by `kiln.optimize`, so it only sees passes every other instrument accepted. The
-input model is priced once with shape inference; after each accepted pass the new model is priced
-with the shapes already on its values (rewrites keep the shapes they know, and pricing then costs
-milliseconds, not a shape inference per pass). Values a rewrite left without a shape are priced
-conservatively by the analytical model.
+Installed last by `kiln.optimize`, so it only sees passes every other instrument accepted. Models
+are priced at the bound input shapes (`dims`: symbol -> size, what validation ran at). A model with
+static inputs is priced once with shape inference, then after each accepted pass with the shapes
+already on its values (rewrites keep the shapes they know, and pricing then costs milliseconds, not
+a shape inference per pass). A model whose inputs stay symbolic is priced with shape inference from
+the bound inputs every time: its values carry symbols that only inference turns into sizes. Values
+without a shape are priced conservatively by the analytical model and counted as missing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import onnx_ir as ir
 
@@ -27,16 +30,17 @@ class CostPrediction(Instrument):
     """Fills `PassReport.predicted_ms_before/after` after every accepted pass, and at the end the
     run's predicted latency and peak memory before and after (`OptimizationReport.predicted_*`)."""
 
-    def __init__(self, cost_model: CostModel) -> None:
+    def __init__(self, cost_model: CostModel, dims: Mapping[str, int] | None = None) -> None:
         self.cost_model = cost_model
+        self.dims = dict(dims or {})
         self.initial: ModelEstimate | None = None
         self.latest: ModelEstimate | None = None
 
     def run_before(self, model: ir.Model, ctx: PassContext) -> None:
-        self.initial = self.latest = self.cost_model.model_cost(model)
+        self.initial = self.latest = self.cost_model.model_cost(model, dims=self.dims)
 
     def after_pass(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> str | None:
-        estimate = self.cost_model.model_cost(model, infer_shapes=False)
+        estimate = self.cost_model.model_cost(model, dims=self.dims, infer_shapes=_has_symbolic_inputs(model))
         if self.latest is not None:
             report.predicted_ms_before = self.latest.latency_ms
         report.predicted_ms_after = estimate.latency_ms
@@ -53,3 +57,7 @@ class CostPrediction(Instrument):
         report.predicted_ms_after = self.latest.latency_ms
         report.predicted_peak_bytes_before = self.initial.peak_memory_bytes
         report.predicted_peak_bytes_after = self.latest.peak_memory_bytes
+
+
+def _has_symbolic_inputs(model: ir.Model) -> bool:
+    return any(v.shape is not None and not all(isinstance(d, int) for d in v.shape) for v in model.graph.inputs)
