@@ -170,20 +170,40 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cost_feeds(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
+    """(feeds, bound shapes) `kiln cost` prices and measures at: --sample-inputs, else sample inputs
+    at the shapes --input-shape / --dim bind (defaults for the rest)."""
+    from kiln.ir.inputs import make_feeds, random_inputs
+    from kiln.ir.shapes import ShapeBinding, bind_shapes
+
+    inputs = [v for v in model.graph.inputs if not v.is_initializer()]
+    if args.sample_inputs:
+        import numpy as np
+
+        with np.load(args.sample_inputs, allow_pickle=False) as data:
+            feeds = make_feeds(inputs, (), {name: data[name] for name in data.files})
+        shapes = {v.name: tuple(feeds[v.name].shape) for v in inputs if hasattr(feeds.get(v.name), "shape")}
+        return feeds, bind_shapes(inputs, ShapeBinding(input_shapes=shapes))
+    bound = bind_shapes(inputs, ShapeBinding(**shape_binding_kwargs(args)))
+    return random_inputs(inputs, shapes=bound), bound
+
+
 def cmd_cost(args: argparse.Namespace) -> int:
     from kiln.cost_model.analytical import op_key
+    from kiln.cost_model.measure.observed import price_at_inputs
     from kiln.cost_model.model import CostModel
     from kiln.ir.capture import load
 
     model = load(args.model)
     cost_model = CostModel.from_file(args.profile) if args.profile else CostModel.default(args.threads)
-    estimate = cost_model.model_cost(model, compiled=not args.as_written)
+    feeds, bound = _cost_feeds(args, model)
+    estimate, facts = price_at_inputs(cost_model, model, feeds, dims=bound.dims, compiled=not args.as_written)
     measured: dict[str, float] = {}
     measured_total = None
     if args.measure:
         from kiln.cost_model.measure.profiling import profile_model
 
-        profile = profile_model(model, repeats=args.repeats, threads=cost_model.profile.threads)
+        profile = profile_model(model, feeds, repeats=args.repeats, threads=cost_model.profile.threads)
         measured = {k.ort_name: k.median_us / 1e3 for k in profile.kernels} if not args.as_written else {
             name: group.median_us / 1e3 / len(group.node_names) for group in profile.groups for name in group.node_names}
         measured_total = profile.model_median_ms
@@ -204,7 +224,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     for column in ("op", "kernels", "GFLOP", "MB", "FLOP/B", "bound", "predicted ms", "measured ms"):
         table.add_column(column, justify="left" if column in ("op", "bound") else "right")
     for op, (count, flops, nbytes, ms, meas, bounds) in sorted(by_op.items(), key=lambda kv: -kv[1][3]):
-        table.add_row(op, str(count), f"{flops / 1e9:.3f}", f"{nbytes / 1e6:.2f}",
+        table.add_row(op, str(count), _gflop_text(flops), f"{nbytes / 1e6:.2f}",
                       f"{flops / nbytes:.1f}" if nbytes else "-", max(bounds, key=bounds.get), f"{ms:.3f}",
                       f"{meas:.3f}" if measured else "-")
     console.print(table)
@@ -212,7 +232,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     for column in ("node", "op", "GFLOP", "MB", "FLOP/B", "bound", "level", "predicted ms", "measured ms"):
         top.add_column(column, justify="left" if column in ("node", "op", "bound", "level") else "right")
     for node, e in sorted(estimate.per_node, key=lambda item: -item[1].ms)[: args.top]:
-        top.add_row(node.name[:48], node.op_type, f"{e.flops / 1e9:.3f}", f"{e.bytes / 1e6:.2f}",
+        top.add_row(node.name[:48], node.op_type, _gflop_text(e.flops), f"{e.bytes / 1e6:.2f}",
                     f"{e.intensity:.1f}", e.bound, e.memory_level, f"{e.ms:.3f}",
                     f"{measured[node.name]:.3f}" if node.name in measured else "-")
     console.print(top)
@@ -221,8 +241,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
     if measured_total is not None:
         line += f"; measured {measured_total:.2f} ms (ratio {estimate.latency_ms / measured_total:.2f})"
     console.print(line)
-    if estimate.unknown_ops:
-        console.print(f"[yellow]priced conservatively (no formula):[/yellow] {estimate.unknown_ops}")
+    for line in cost_notes(estimate, bound, facts is not None):
+        console.print(line, style="yellow" if line.startswith(("guessed", "not exact", "no formula")) else None,
+                      markup=False, soft_wrap=True)
     if args.plot:
         from kiln.cost_model.plot import roofline_png
 
@@ -230,6 +251,31 @@ def cmd_cost(args: argparse.Namespace) -> int:
                             title=f"{Path(args.model).name} on {cost_model.profile.name}")
         console.print(f"Roofline plot written to {path}")
     return 0
+
+
+def _gflop_text(flops: int) -> str:
+    """GFLOP to three significant digits: a small Conv's work shows as 0.000221, not as 0.000."""
+    return f"{flops / 1e9:.3g}" if flops else "0"
+
+
+def cost_notes(estimate: Any, bound: Any, observed: bool) -> list[str]:
+    """What `kiln cost` says under its tables: the shapes priced and how they were found, every size
+    guessed, and every node not priced exactly (never silently at zero)."""
+    lines = [f"input shapes: {bound.summary()}" + (" (other shapes observed on one ONNX Runtime run)" if observed
+                                                  else " (other shapes by ONNX shape inference)")]
+    if bound.warnings:
+        lines.append("guessed: " + "; ".join(bound.warnings) + " - bind with --input-shape / --dim")
+    if estimate.unknown_ops:
+        lines.append(f"no formula, priced at one FLOP per output element: {estimate.unknown_ops}")
+    if estimate.missing_shapes:
+        lines.append(f"not exact, a shape is unknown (priced at one FLOP per output element): {estimate.missing_shapes}")
+    if estimate.defaulted_ops:
+        lines.append(f"data-dependent, priced at a conservative bound: {estimate.defaulted_ops}")
+    if estimate.both_branches:
+        lines.append(f"If with an unknown branch, both priced: {estimate.both_branches}")
+    if estimate.trip_counts:
+        lines.append("loop iterations priced: " + ", ".join(f"{k} x{v}" for k, v in estimate.trip_counts.items()))
+    return lines
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -303,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     cost = sub.add_parser("cost", help="predict per-kernel and whole-model latency with the cost model")
     cost.add_argument("model", help=".onnx file")
     cost.add_argument("--measure", action="store_true", help="also measure every kernel with ORT's profiler")
+    add_shape_arguments(cost)
+    cost.add_argument("--sample-inputs", metavar="NPZ",
+                      help="price and measure at these inputs (.npz keyed by input name) instead of sampled ones")
     cost.add_argument("--profile", help="hardware profile JSON (default: the calibrated one, else a preset)")
     cost.add_argument("--threads", type=int, default=2, help="threads (when no --profile is given)")
     cost.add_argument("--as-written", action="store_true",

@@ -198,7 +198,9 @@ class Optimizer:
         if self.dump_ir is not None:
             instruments.append(IRDump(self.dump_ir))
         if cost_model is not None:
-            instruments.append(CostPrediction(cost_model, dims=bound.dims))  # last: it sees only the passes every check accepted
+            # last: it sees only the passes every check accepted
+            instruments.append(CostPrediction(cost_model, dims=bound.dims,
+                                              input_shapes={n: b.shape for n, b in bound.inputs.items()}))
         return instruments
 
     def _sample_feeds(self, model: ir.Model, example_inputs: Any, bound: BoundShapes) -> tuple[Feeds, str]:

@@ -30,9 +30,14 @@ vocabulary), Constant moves nothing (ONNX Runtime folds it into an initializer).
 A node is ``known=False`` when its op has no formula (it is then priced conservatively at one FLOP
 per output element and listed in `ModelCost.unknown_ops`) or when a shape it needs is missing or
 symbolic (listed in `ModelCost.missing_shapes`; pass ``dims={"batch": 1, ...}`` to `model_cost`
-to bind symbolic dimensions). Control flow: subgraph nodes are priced once each, so both branches
-of an If count, and a Loop or Scan body counts once while the Loop / Scan node itself is listed in
-``unknown_ops`` (its trip count is unknown).
+to bind symbolic dimensions, and ``facts=`` the shapes a run showed for data-dependent ones).
+Data-dependent ops (NonMaxSuppression, RoiAlign, TopK) are priced at a conservative bound and
+listed in `ModelCost.defaulted_ops`.
+
+Control flow: an If prices the branch it took when `RunFacts` says which, else both (listed in
+`ModelCost.both_branches`); a Loop or Scan prices its body once per iteration when its trip count
+is known (from `RunFacts`, a constant trip count, or a Scan's static input), else once, and the
+Loop / Scan node is then listed in ``unknown_ops``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
@@ -52,6 +58,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "PER_ELEMENT_FLOPS",
+    "RunFacts",
+    "loop_trip_count",
+    "scan_trip_count",
+    "set_shapes",
     "ModelCost",
     "OpCost",
     "model_cost",
@@ -97,6 +107,18 @@ ATTENTION_SCALE_FLOPS_PER_SCORE = 1
 #: GRU = 2 sigmoids (8) + tanh (1) + r*(...) (1) + h = (1-z)*n + z*h (3) = 13; RNN = tanh = 1.
 RNN_CELL_FLOPS = {"LSTM": 18, "GRU": 13, "RNN": 1}
 RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+#: Intersection over union of two boxes: 4 max/min for the intersection corners, 2 subtractions
+#: and 2 clamps for its sides, 1 product, 1 sum and 1 difference for the union, 1 division = 12.
+IOU_FLOPS = 12
+#: One bilinear sample of RoiAlign: 4 neighbour weights (4 products) and the weighted sum (4
+#: multiply-adds) = 12, plus the sample's coordinates amortised as 2 more: 14.
+ROI_ALIGN_SAMPLE_FLOPS = 14
+#: RoiAlign with sampling_ratio=0 samples ceil(roi_size / output_size) points per bin and axis,
+#: which depends on the boxes: priced at this many per axis.
+ROI_ALIGN_ADAPTIVE_SAMPLES = 2
+#: Ops whose work depends on the data (how many boxes survive, where they are): priced at a
+#: conservative bound and listed in `ModelCost.defaulted_ops`.
+DEFAULTED_OPS = frozenset({"NonMaxSuppression", "RoiAlign", "TopK"})
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -164,7 +186,6 @@ PER_INPUT_ELEMENT_FLOPS: dict[str, int] = {
     "ArgMin": 1,
     "CumSum": 1,
     "CumProd": 1,
-    "TopK": 1,  # one comparison per input element: a lower bound (a heap adds log2(k))
     "GlobalMaxPool": 1,
     "GlobalAveragePool": 1,  # plus one division per output element
     "GlobalLpPool": 2,
@@ -229,6 +250,9 @@ class OpCost:
     bytes_written: int
     known: bool
     precision: str = ""
+    # how many times the node runs per model run (a Loop body's trip count; 1 in the main graph);
+    # flops and bytes are totals over all runs
+    runs: int = 1
 
     @property
     def bytes(self) -> int:
@@ -261,6 +285,13 @@ class ModelCost:
     flops_by_precision: dict[str, int] = field(default_factory=dict)
     bytes_read: int = 0
     bytes_written: int = 0
+    # nodes priced by a conservative default formula (data-dependent work such as NMS), by op
+    defaulted_ops: dict[str, int] = field(default_factory=dict)
+    # control flow: If nodes whose taken branch was unknown (both priced), subgraph nodes not run
+    # (the branch not taken, a Loop that ran 0 times), and each Loop / Scan's trip count used
+    both_branches: list[str] = field(default_factory=list)
+    skipped_nodes: int = 0
+    trip_counts: dict[str, int] = field(default_factory=dict)
 
     def flops_by_op(self) -> dict[str, int]:
         """FLOPs per op type, largest first."""
@@ -591,6 +622,40 @@ def _rnn(node: ir.Node, sh: _Shapes) -> int:
     return directions * seq * batch * per_step
 
 
+def _non_max_suppression(node: ir.Node, sh: _Shapes) -> int:
+    """NonMaxSuppression (boxes (B, N, 4), scores (B, C, N)): per batch and class, sort the scores
+    (N log2 N comparisons) and compare every kept box with the rest (IOU_FLOPS a pair), at most
+    min(max_output_boxes_per_class, N) kept boxes against N (N^2/2 pairs when the bound is unknown)."""
+    boxes = sh.need(_inp(node, 0))
+    scores = sh.need(_inp(node, 1))
+    batch, classes, n = scores[0], scores[1], boxes[1]
+    limit = _inp(node, 2)
+    kept: float = n / 2
+    if limit is not None and limit.const_value is not None and limit.const_value.numpy().size == 1:
+        kept = min(int(limit.const_value.numpy().reshape(())), n)
+    per_class = n * max(math.log2(n), 1.0) + kept * n * IOU_FLOPS if n else 0
+    return int(batch * classes * per_class)
+
+
+def _roi_align(node: ir.Node, sh: _Shapes) -> int:
+    """RoiAlign: every output bin (R, C, out_h, out_w) averages sampling_ratio^2 bilinear samples
+    (ROI_ALIGN_SAMPLE_FLOPS each) and divides once; sampling_ratio 0 (adaptive) is priced at
+    ROI_ALIGN_ADAPTIVE_SAMPLES per axis."""
+    y = sh.need_numel(_out(node))
+    ratio = node.attributes.get_int("sampling_ratio", 0) or ROI_ALIGN_ADAPTIVE_SAMPLES
+    return y * (ratio * ratio * ROI_ALIGN_SAMPLE_FLOPS + 1)
+
+
+def _top_k(node: ir.Node, sh: _Shapes) -> int:
+    """TopK: one comparison per input element plus a heap of k: log2(k) per input element along
+    the axis (a bound of partial sorting)."""
+    x = sh.need_numel(_inp(node, 0))
+    y = sh.numel(_out(node)) or x
+    rows = max(x // max(sh.need(_inp(node, 0))[node.attributes.get_int("axis", -1)], 1), 1)
+    k = max(y // rows, 1)
+    return int(x * (1 + math.log2(k))) if k > 1 else x
+
+
 def _attention_core(batch: int, q_len: int, kv_len: int, heads: int, qk_dim: int, v_dim: int, masked: bool) -> int:
     """Scaled dot-product attention summed over heads: Q K^T (2*S*L*Dqk), scale (+ mask add),
     softmax, and P V (2*S*L*Dv); qk_dim and v_dim are summed over the query heads."""
@@ -723,6 +788,9 @@ def _build_formulas() -> dict[str, _Formula]:
             "RNN": _rnn,
             "GRU": _rnn,
             "LSTM": _rnn,
+            "NonMaxSuppression": _non_max_suppression,
+            "RoiAlign": _roi_align,
+            "TopK": _top_k,
             "Attention": _onnx_attention,
             # ONNX Runtime contrib ops
             "com.microsoft::Gelu": _gelu,
@@ -787,14 +855,26 @@ def _read_bytes(node: ir.Node, key: str, sh: _Shapes) -> tuple[int, bool]:
     - Constant reads nothing (and `_written_bytes` counts nothing: it is an initializer at run time);
     - If moves nothing itself: its branches' nodes are priced on their own;
     - Gather, GatherElements and GatherND read the indices plus the gathered elements (the
-      output's size in the data's dtype), not the whole data tensor."""
+      output's size in the data's dtype), not the whole data tensor;
+    - Loop and Scan move nothing themselves: their bodies' nodes are priced per iteration;
+    - RNN, GRU and LSTM read their recurrent weights once per time step."""
     if key in ("Shape", "Size", "Constant", "If"):
         return 0, True
     if key in ("Gather", "GatherElements", "GatherND"):
         indices, ok_i = _sum_bytes([_inp(node, 1)], sh)
         gathered, ok_g = _sum_bytes([_out(node)], sh)
         return indices + gathered, ok_i and ok_g
-    return _sum_bytes(node.inputs, sh)
+    if key in ("Loop", "Scan"):
+        return 0, True  # its body's nodes are priced on their own, once per iteration
+    total, ok = _sum_bytes(node.inputs, sh)
+    if key in RNN_GATES:
+        # the recurrent weights are read again at every time step after the first
+        x, recurrent = sh.shape(_inp(node, 0)), sh.nbytes(_inp(node, 2))
+        if x is None or recurrent is None:
+            return total, False
+        steps = x[1] if node.attributes.get_int("layout", 0) else x[0]
+        total += recurrent * max(steps - 1, 0)
+    return total, ok
 
 
 def _produced(node: ir.Node) -> list[ir.Value]:
@@ -825,15 +905,22 @@ def _precision(node: ir.Node, key: str) -> str:
     return ""
 
 
-def _price(node: ir.Node, sh: _Shapes) -> tuple[OpCost, str | None]:
-    """Price a node; the second element says why it is not exact: "unknown op", "missing shape",
-    or None."""
+def _price(node: ir.Node, sh: _Shapes, *, runs: int = 1, trips: int | None = None) -> tuple[OpCost, str | None]:
+    """Price a node run `runs` times; the second element says why it is not exact: "unknown op",
+    "missing shape", "default" (a data-dependent op at its conservative bound), or None. A Loop or
+    Scan with a known trip count `trips` costs only its outputs (its body is priced per iteration);
+    with an unknown one it is an "unknown op"."""
     key = op_key(node)
     read, read_ok = _read_bytes(node, key, sh)
     written, written_ok = _written_bytes(node, key, sh)
     formula = _FORMULAS.get(key)
     reason: str | None = None
-    if formula is None or key in _LOOPING_OPS:
+    if key in _LOOPING_OPS:
+        flops = 0
+        if trips is None:
+            reason = "unknown op"
+            flops = sum(sh.numel(v) or 0 for v in _produced(node))
+    elif formula is None:
         reason = "unknown op"
         flops = sum(sh.numel(v) or 0 for v in _produced(node))
     else:
@@ -847,15 +934,18 @@ def _price(node: ir.Node, sh: _Shapes) -> tuple[OpCost, str | None]:
             logger.debug("cost formula for %s failed on node %s: %s", key, node.name, exc)
             reason = "missing shape"
             flops = sum(sh.numel(v) or 0 for v in _produced(node))
+        if reason is None and key in DEFAULTED_OPS and read_ok:
+            reason = "default"  # its output's size is the data's to decide: the bound is the price
         if reason is None and not (read_ok and written_ok):
             reason = "missing shape"
     cost = OpCost(
         op_type=node.op_type,
-        flops=int(flops),
-        bytes_read=int(read),
-        bytes_written=int(written),
-        known=reason is None,
+        flops=int(flops) * runs,
+        bytes_read=int(read) * runs,
+        bytes_written=int(written) * runs,
+        known=reason in (None, "default"),
         precision=_precision(node, key),
+        runs=runs,
     )
     return cost, reason
 
@@ -866,13 +956,16 @@ def node_cost(node: ir.Node, dims: Mapping[str, int] | None = None) -> OpCost:
     return _price(node, _Shapes(dims))[0]
 
 
-def _inferred_clone(model: ir.Model, dims: Mapping[str, int] | None) -> ir.Model | None:
+def _inferred_clone(model: ir.Model, dims: Mapping[str, int] | None,
+                    shapes: Mapping[str, tuple[int, ...]] | None = None) -> ir.Model | None:
     """A clone of `model` with shapes inferred by ONNX shape inference.
 
     The clone shares tensors with the original (no weight is copied or loaded); onnx-ir's
     ShapeInferencePass strips initializers over 1 KB before serializing, so models with external
     data and models of hundreds of MB cost only their graph structure. Symbolic dimensions of the
-    graph inputs named in `dims` are bound first so inference propagates concrete shapes.
+    graph inputs named in `dims` are bound first so inference propagates concrete shapes, and
+    `shapes` (value name -> shape, e.g. observed on a run) are set on the main graph's values whose
+    shape is missing or symbolic, so inference carries them into what follows and into subgraphs.
     """
     try:
         clone = model.clone()
@@ -887,8 +980,114 @@ def _inferred_clone(model: ir.Model, dims: Mapping[str, int] | None) -> ir.Model
                 int(dims[str(d.value)]) if not isinstance(d, int) and str(d.value) in dims else d for d in value.shape
             ]
             value.shape = ir.Shape(bound)
+    if shapes:
+        set_shapes(clone, shapes)
     ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(clone)
+    if shapes:
+        set_shapes(clone, shapes)  # where inference could only produce a symbol, the observed size wins
     return clone
+
+
+def set_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Set `shapes` (by value name) on the main graph's values whose shape is missing or symbolic
+    (of the same rank); returns how many were set."""
+    filled = 0
+    for value in [*model.graph.inputs, *(v for node in model.graph for v in node.outputs)]:
+        shape = shapes.get(value.name or "")
+        if shape is None or (value.shape is not None and value.shape.is_static()):
+            continue
+        if value.shape is not None and len(value.shape) != len(shape):
+            continue
+        value.shape = ir.Shape(list(shape))
+        filled += 1
+    return filled
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What one run of the model showed (`kiln.cost_model.measure.observed`): tensor shapes by value
+    name, which branch every If took and how many times every Loop / Scan ran (by node name)."""
+
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    taken_branches: Mapping[str, str] = field(default_factory=dict)
+    trip_counts: Mapping[str, int] = field(default_factory=dict)
+
+
+def constant_int(value: ir.Value | None) -> int | None:
+    """The integer a one-element constant holds, else None."""
+    if value is None or value.const_value is None:
+        return None
+    array = value.const_value.numpy()
+    return int(array.reshape(-1)[0]) if array.size == 1 else None
+
+
+def loop_trip_count(node: ir.Node, known: Callable[[ir.Value], int | None] = constant_int) -> int | None:
+    """How many times a Loop runs when its inputs say so: the trip count M when the condition is
+    absent or true and the body passes it on unchanged (else M is only an upper bound: None); 0
+    when the initial condition is false. `known` reads an input's value (default: constants)."""
+    m = known(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
+    cond_in = node.inputs[1] if len(node.inputs) > 1 else None
+    cond = known(cond_in) if cond_in is not None else 1
+    if cond == 0:
+        return 0
+    if m is None or cond is None:
+        return None
+    body = node.attributes["body"].as_graph() if "body" in node.attributes else None
+    if body is not None and body.outputs and len(body.inputs) > 1:
+        cond_out = body.outputs[0]
+        producer = cond_out.producer()
+        passed_on = cond_out is body.inputs[1] or (producer is not None and producer.op_type == "Identity"
+                                                   and producer.inputs[0] is body.inputs[1])
+        if not passed_on and constant_int(cond_out) is None:
+            return None
+    return m
+
+
+def scan_trip_count(node: ir.Node, shape_of: Callable[[ir.Value], tuple[int, ...] | None]) -> int | None:
+    """A Scan runs once per element of its first scan input along its scan axis (axis 0 unless set)."""
+    num_scan = node.attributes.get_int("num_scan_inputs")
+    if num_scan is None or num_scan < 1 or len(node.inputs) < num_scan:
+        return None
+    first = node.inputs[len(node.inputs) - num_scan]
+    shape = shape_of(first) if first is not None else None
+    if not shape:
+        return None
+    axes = node.attributes.get_ints("scan_input_axes")
+    axis = axes[0] if axes else 0
+    return shape[axis % len(shape)]
+
+
+def _walk(graph: ir.Graph, runs: int, facts: RunFacts, sh: _Shapes, out: list[tuple[ir.Node, int, int | None]],
+          notes: dict[str, Any]) -> None:
+    """Every node of `graph` and its subgraphs with how many times it runs per model run (If: the
+    taken branch when known, else both; Loop / Scan: body x trip count when known, else once) and,
+    for Loop / Scan, the trip count used."""
+    for node in graph:
+        trips: int | None = None
+        key = op_key(node)
+        if key == "Loop":
+            trips = facts.trip_counts.get(node.name or "")
+            if trips is None:
+                trips = loop_trip_count(node)
+        elif key == "Scan":
+            trips = facts.trip_counts.get(node.name or "") or scan_trip_count(node, sh.shape)
+        out.append((node, runs, trips))
+        if trips is not None and key in _LOOPING_OPS:
+            notes["trips"][node.name or key] = trips
+        for name, attr in node.attributes.items():
+            if attr.type != ir.AttributeType.GRAPH:
+                continue
+            sub_runs = runs
+            if key == "If":
+                taken = facts.taken_branches.get(node.name or "")
+                if taken is None:
+                    if name == "then_branch":
+                        notes["both"].append(node.name or key)
+                elif taken != name:
+                    sub_runs = 0
+            elif key in _LOOPING_OPS:
+                sub_runs = runs * (trips if trips is not None else 1)
+            _walk(attr.as_graph(), sub_runs, facts, sh, out, notes)
 
 
 def model_cost(
@@ -896,36 +1095,53 @@ def model_cost(
     *,
     dims: Mapping[str, int] | None = None,
     infer_shapes: bool = True,
+    facts: RunFacts | None = None,
 ) -> ModelCost:
     """Price every node of `model` (main graph and subgraphs) after shape inference.
 
     The caller's model is not modified: shapes are inferred on a clone and the costs are reported
-    against the caller's nodes. `dims` binds symbolic dimensions by name; with
-    ``infer_shapes=False`` the shapes already on the model are used as they are.
+    against the caller's nodes. `dims` binds symbolic dimensions by name; `facts` (observed on a
+    run) supplies the shapes inference cannot know, the branch every If took and every Loop's trip
+    count. With ``infer_shapes=False`` the shapes already on the model are used as they are.
+    A node that does not run (the branch not taken) is left out and counted in `skipped_nodes`; a
+    Loop body's nodes are priced once per iteration.
     """
+    facts = facts or RunFacts()
     sh = _Shapes(dims)
-    originals = list(ir.traversal.RecursiveGraphIterator(model.graph))
-    priced_nodes = originals
+    priced_model = model
     if infer_shapes:
-        clone = _inferred_clone(model, dims)
+        clone = _inferred_clone(model, dims, facts.shapes)
         if clone is not None:
-            cloned = list(ir.traversal.RecursiveGraphIterator(clone.graph))
-            if len(cloned) == len(originals):
-                priced_nodes = cloned
-            else:  # pragma: no cover - clone() preserves structure
-                logger.warning("cost model: clone has a different node count; using original shapes")
+            priced_model = clone
+    elif facts.shapes:
+        logger.debug("cost model: observed shapes are applied only with shape inference")
+    notes: dict[str, Any] = {"trips": {}, "both": []}
+    originals: list[tuple[ir.Node, int, int | None]] = []
+    _walk(model.graph, 1, facts, sh, originals, {"trips": {}, "both": []})
+    priced_nodes: list[tuple[ir.Node, int, int | None]] = []
+    _walk(priced_model.graph, 1, facts, sh, priced_nodes, notes)
+    if len(priced_nodes) != len(originals):  # pragma: no cover - clone() preserves structure
+        logger.warning("cost model: clone has a different node count; using original shapes")
+        priced_nodes = originals
     per_node: list[tuple[ir.Node, OpCost]] = []
     unknown: Counter[str] = Counter()
     missing: Counter[str] = Counter()
+    defaulted: Counter[str] = Counter()
     by_precision: Counter[str] = Counter()
-    for original, priced in zip(originals, priced_nodes):
-        cost, reason = _price(priced, sh)
+    skipped = 0
+    for (original, _, _), (priced, runs, trips) in zip(originals, priced_nodes):
+        if runs == 0:
+            skipped += 1
+            continue
+        cost, reason = _price(priced, sh, runs=runs, trips=trips)
         per_node.append((original, cost))
         key = op_key(original)
         if reason == "unknown op":
             unknown[key] += 1
         elif reason == "missing shape":
             missing[key] += 1
+        elif reason == "default":
+            defaulted[key] += 1
         if cost.flops:
             by_precision[cost.precision or "unknown"] += cost.flops
     bytes_read = sum(c.bytes_read for _, c in per_node)
@@ -939,4 +1155,8 @@ def model_cost(
         flops_by_precision=dict(by_precision.most_common()),
         bytes_read=bytes_read,
         bytes_written=bytes_written,
+        defaulted_ops=dict(defaulted.most_common()),
+        both_branches=list(notes["both"]),
+        skipped_nodes=skipped,
+        trip_counts=dict(notes["trips"]),
     )

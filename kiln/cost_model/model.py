@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
+from kiln.cost_model.analytical import RunFacts
 from kiln.cost_model.analytical import model_cost as analytical_model_cost
 from kiln.cost_model.analytical import op_key, value_nbytes
 from kiln.cost_model.hardware import HardwareProfile, default_profile_path, load, preset_for_this_cpu
@@ -51,6 +52,15 @@ class ModelEstimate:
     missing_shapes: dict[str, int] = field(default_factory=dict)
     corrected: bool = False  # the learned correction was applied
     compiled: bool = False  # priced after ONNX Runtime's graph optimizer
+    defaulted_ops: dict[str, int] = field(default_factory=dict)  # data-dependent ops at their bound
+    both_branches: list[str] = field(default_factory=list)  # If nodes whose branch was unknown
+    trip_counts: dict[str, int] = field(default_factory=dict)  # Loop / Scan node -> iterations priced
+
+    def inclusive_ms(self, node: ir.Node) -> float:
+        """The node's predicted time with every node of its subgraphs (what a profiler reports
+        for an If, Loop or Scan kernel)."""
+        inner = {id(n) for n in _subgraph_nodes(node)}
+        return sum(e.ms for n, e in self.per_node if n is node or id(n) in inner)
 
     def ms_by_op(self) -> dict[str, float]:
         """Predicted milliseconds per op type, largest first."""
@@ -83,6 +93,34 @@ class Comparison:
     @property
     def saved_ms(self) -> float:
         return self.before_ms - self.after_ms
+
+
+def _subgraph_nodes(node: ir.Node) -> list[ir.Node]:
+    out: list[ir.Node] = []
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            out.extend(ir.traversal.RecursiveGraphIterator(attr.as_graph()))
+    return out
+
+
+def _bound_inputs(model: ir.Model, dims: Mapping[str, int] | None, facts: RunFacts | None) -> ir.Model:
+    """`model`, or a clone whose graph inputs have the bound (or observed) static shapes, so the
+    graph ORT lowers it to carries concrete shapes (ORT infers them at session creation)."""
+    dims = dict(dims or {})
+    observed = dict(facts.shapes) if facts is not None else {}
+    symbolic = [v for v in model.graph.inputs if v.shape is not None and not v.shape.is_static()]
+    if not symbolic or not (dims or observed):
+        return model
+    clone = model.clone()
+    for value in clone.graph.inputs:
+        if value.shape is None or value.shape.is_static():
+            continue
+        if value.name in observed and len(observed[value.name]) == len(value.shape):
+            value.shape = ir.Shape(list(observed[value.name]))
+        else:
+            value.shape = ir.Shape([int(dims[str(d.value)]) if not isinstance(d, int) and str(d.value) in dims
+                                    else d for d in value.shape])
+    return clone
 
 
 def peak_memory_bytes(graph: ir.Graph, dims: Mapping[str, int] | None = None) -> tuple[int, int]:
@@ -174,9 +212,10 @@ class CostModel:
         """The estimates with the learned correction's times (one booster call for all)."""
         if self.correction is None or not estimates:
             return estimates
-        corrected = self.correction.predict_many(estimates, [e.op for e in estimates], group_sizes,
+        one_run = [e.per_run() for e in estimates]
+        corrected = self.correction.predict_many(one_run, [e.op for e in one_run], group_sizes,
                                                  residual=self.residual)
-        return [dataclasses.replace(e, ms=float(ms)) for e, ms in zip(estimates, corrected)]
+        return [dataclasses.replace(e, ms=float(ms) * e.runs) for e, ms in zip(estimates, corrected)]
 
     def node_cost(self, node: ir.Node, *, weights_resident: bool = True,
                   dims: Mapping[str, int] | None = None) -> Estimate:
@@ -191,16 +230,19 @@ class CostModel:
         return self._corrected([estimate], [len(nodes)])[0]
 
     def model_cost(self, model: ir.Model, *, dims: Mapping[str, int] | None = None,
-                   compiled: bool = False, infer_shapes: bool = True) -> ModelEstimate:
+                   compiled: bool = False, infer_shapes: bool = True, facts: RunFacts | None = None) -> ModelEstimate:
         """Predicted latency and peak memory of `model` (not modified). With ``compiled=True``
         the graph ONNX Runtime will run is priced instead of the model as written. With
         ``infer_shapes=False`` the shapes already on the values are used (no shape inference; what the
-        PassManager does after every pass, since rewrites keep the shapes they know)."""
+        PassManager does after every pass, since rewrites keep the shapes they know). `dims` binds
+        symbolic dims by name; `facts` (`kiln.cost_model.measure.observed.observe`) gives the shapes,
+        branches and trip counts of a real run (matched by value and node name, so facts observed on
+        the model as written also serve its compiled graph where names survive ORT's fusions)."""
         if compiled:
             from kiln.cost_model.measure.lowering import ort_compiled_model
 
-            model = ort_compiled_model(model, threads=self.profile.threads)
-        costs = analytical_model_cost(model, dims=dims, infer_shapes=infer_shapes or compiled)
+            model = ort_compiled_model(_bound_inputs(model, dims, facts), threads=self.profile.threads)
+        costs = analytical_model_cost(model, dims=dims, infer_shapes=infer_shapes or compiled, facts=facts)
         peak, weights = peak_memory_bytes(model.graph, dims)
         resident = weights <= self.profile.memory[-2].capacity_bytes if len(self.profile.memory) > 1 else False
         estimates = [node_estimate(node, self.profile, cost=cost, weights_resident=resident, dims=dims)
@@ -209,7 +251,7 @@ class CostModel:
         executor_ms = self.correction.executor_overhead_us / 1e3 if self.correction is not None else 0.0
         scale = self.correction.executor_scale if self.correction is not None else 1.0
         return ModelEstimate(
-            latency_ms=sum(e.ms for _, e in per_node) * scale + executor_ms * len(per_node),
+            latency_ms=sum(e.ms for _, e in per_node) * scale + executor_ms * sum(e.runs for _, e in per_node),
             peak_memory_bytes=peak,
             weight_bytes=weights,
             weights_resident=resident,
@@ -218,6 +260,9 @@ class CostModel:
             missing_shapes=costs.missing_shapes,
             corrected=self.correction is not None,
             compiled=compiled,
+            defaulted_ops=costs.defaulted_ops,
+            both_branches=costs.both_branches,
+            trip_counts=costs.trip_counts,
         )
 
     def compare(self, before: ir.Model, after: ir.Model, *, dims: Mapping[str, int] | None = None,

@@ -16,6 +16,7 @@ time = max(FLOPs / peak[precision], bytes / bandwidth[level]) / efficiency[op cl
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -109,6 +110,28 @@ class Estimate:
     known: bool  # False when a formula or a shape was missing (then priced conservatively)
     op: str = ""  # op key of the node, or of a group's leader (what a learned correction keys on)
     output_bytes: int = 0  # the activation bytes written (a GEMM's N side; the rest is read)
+    # times the kernel runs per model run (a Loop body's trip count): every figure above is the
+    # total over all runs; `per_run()` is one run
+    runs: int = 1
+
+    def per_run(self) -> Estimate:
+        """The estimate of one run (what a correction fitted on single kernels predicts)."""
+        if self.runs == 1:
+            return self
+        n = self.runs
+        return dataclasses.replace(self, flops=self.flops // n, activation_bytes=self.activation_bytes // n,
+                                   weight_bytes=self.weight_bytes // n, compute_ms=self.compute_ms / n,
+                                   memory_ms=self.memory_ms / n, launch_ms=self.launch_ms / n, ms=self.ms / n,
+                                   output_bytes=self.output_bytes // n, runs=1)
+
+    def repeated(self, runs: int) -> Estimate:
+        """This one-run estimate run `runs` times."""
+        if runs == 1:
+            return self
+        return dataclasses.replace(self, flops=self.flops * runs, activation_bytes=self.activation_bytes * runs,
+                                   weight_bytes=self.weight_bytes * runs, compute_ms=self.compute_ms * runs,
+                                   memory_ms=self.memory_ms * runs, launch_ms=self.launch_ms * runs,
+                                   ms=self.ms * runs, output_bytes=self.output_bytes * runs, runs=runs)
 
     @property
     def bytes(self) -> int:
@@ -192,21 +215,23 @@ def node_estimate(
     weights_resident: bool = True,
     dims: Mapping[str, int] | None = None,
 ) -> Estimate:
-    """Roofline time of one node (priced from the shapes its values carry unless `cost` is given)."""
+    """Roofline time of one node (priced from the shapes its values carry unless `cost` is given);
+    a node that runs several times (`OpCost.runs`) is one run's roofline, repeated."""
     cost = cost if cost is not None else node_cost(node, dims)
-    weights = min(_weight_bytes(node.inputs, dims), cost.bytes_read)
+    runs = max(cost.runs, 1)
+    weights = min(_weight_bytes(node.inputs, dims), cost.bytes_read // runs)
     return roofline(
         profile,
         op_class=op_class(node),
         precision=cost.precision,
-        flops=cost.flops,
-        activation_bytes=cost.bytes - weights,
+        flops=cost.flops // runs,
+        activation_bytes=cost.bytes // runs - weights,
         weight_bytes=weights,
         weights_resident=weights_resident,
         known=cost.known,
         op=op_key(node),
-        output_bytes=cost.bytes_written,
-    )
+        output_bytes=cost.bytes_written // runs,
+    ).repeated(runs)
 
 
 def group_estimate(

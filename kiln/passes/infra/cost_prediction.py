@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import onnx_ir as ir
 
+from kiln.cost_model.analytical import RunFacts
 from kiln.cost_model.model import CostModel, ModelEstimate
 from kiln.passes.infra.contract import Pass, PassContext
 from kiln.passes.infra.instruments import Instrument
@@ -30,17 +31,21 @@ class CostPrediction(Instrument):
     """Fills `PassReport.predicted_ms_before/after` after every accepted pass, and at the end the
     run's predicted latency and peak memory before and after (`OptimizationReport.predicted_*`)."""
 
-    def __init__(self, cost_model: CostModel, dims: Mapping[str, int] | None = None) -> None:
+    def __init__(self, cost_model: CostModel, dims: Mapping[str, int] | None = None,
+                 input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
         self.cost_model = cost_model
         self.dims = dict(dims or {})
+        # the bound shape of every input, for dims no symbol names (-1, unnamed)
+        self.facts = RunFacts(shapes=dict(input_shapes or {}))
         self.initial: ModelEstimate | None = None
         self.latest: ModelEstimate | None = None
 
     def run_before(self, model: ir.Model, ctx: PassContext) -> None:
-        self.initial = self.latest = self.cost_model.model_cost(model, dims=self.dims)
+        self.initial = self.latest = self.cost_model.model_cost(model, dims=self.dims, facts=self.facts)
 
     def after_pass(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> str | None:
-        estimate = self.cost_model.model_cost(model, dims=self.dims, infer_shapes=_has_symbolic_inputs(model))
+        estimate = self.cost_model.model_cost(model, dims=self.dims, facts=self.facts,
+                                              infer_shapes=_has_symbolic_inputs(model))
         if self.latest is not None:
             report.predicted_ms_before = self.latest.latency_ms
         report.predicted_ms_after = estimate.latency_ms

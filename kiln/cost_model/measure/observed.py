@@ -1,0 +1,133 @@
+"""The shapes a model's tensors really take on given inputs, read off one ONNX Runtime run.
+
+ONNX shape inference, even with bound inputs and data propagation, leaves data-dependent sizes
+unknown (NonZero, NonMaxSuppression, TopK with a computed k, a Reshape whose target is computed
+in an unusual way, Loop outputs). The cost model must not price such nodes at zero, so this runs
+the model once with every main-graph tensor as an output (ORT's optimizer off, so every value
+exists) and records each one's shape, plus the values that steer control flow: the condition of
+every If and the trip count and condition of every Loop. Subgraph tensors are not observable this
+way; their shapes come from shape inference given the observed outer shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from kiln.backends.onnxruntime import create_session
+from kiln.cost_model.analytical import RunFacts, constant_int, loop_trip_count, scan_trip_count
+from kiln.cost_model.model import CostModel, ModelEstimate
+from kiln.errors import KilnError
+from kiln.ir.inputs import Feeds, is_tensor_input
+from kiln.target import Target
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["needs_observation", "observe", "price_at_inputs"]
+
+# a control value has one element (If conditions, Loop trip counts and conditions are scalars)
+_CONTROL_MAX_ELEMENTS = 1
+
+
+def _observable(model: ir.Model) -> list[ir.Value]:
+    outputs = {v.name for v in model.graph.outputs}
+    out: list[ir.Value] = []
+    for node in model.graph:
+        for value in node.outputs:
+            if not value.name or value.name in outputs or value.is_initializer():
+                continue
+            if value.type is not None and not isinstance(value.type, ir.TensorType):
+                continue  # sequences and optionals have no one shape
+            out.append(value)
+    return out
+
+
+def observe(model: ir.Model, feeds: Feeds, *, threads: int = 2) -> RunFacts:
+    """Run `model` once on `feeds` with every main-graph tensor exposed and return what it showed.
+
+    The caller's model is not modified (a copy gets the extra outputs). Raises the KilnError of the
+    session factory when ORT cannot load or run the model.
+    """
+    exposed = model.clone()  # shares the weight tensors; only the output list changes
+    extra = _observable(exposed)
+    for value in extra:
+        exposed.graph.outputs.append(value)
+    target = Target(intra_op_threads=threads, graph_optimization_level="disable")  # type: ignore[arg-type]
+    session = create_session(exposed, target, purpose="to observe its shapes")
+    names = [o.name for o in session.get_outputs()]
+    required = {i.name for i in session.get_inputs()}
+    try:
+        results = session.run(names, {k: v for k, v in feeds.items() if k in required})
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        raise KilnError(f"ONNX Runtime could not run the model to observe its shapes: {str(exc).strip()[:300]}. "
+                        "Check the sample inputs (--sample-inputs / --input-shape).") from exc
+    shapes: dict[str, tuple[int, ...]] = {}
+    controls: dict[str, int] = {}
+    for name, array in zip(names, results):
+        if not isinstance(array, np.ndarray):
+            continue
+        shapes[name] = tuple(int(d) for d in array.shape)
+        if array.size == _CONTROL_MAX_ELEMENTS and (array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer)):
+            controls[name] = int(array.reshape(-1)[0])
+    for value in model.graph.inputs:
+        array = feeds.get(value.name)
+        if is_tensor_input(value) and isinstance(array, np.ndarray):
+            shapes[value.name] = tuple(int(d) for d in array.shape)
+            if array.size == _CONTROL_MAX_ELEMENTS and (array.dtype == np.bool_ or np.issubdtype(array.dtype,
+                                                                                                np.integer)):
+                controls[value.name] = int(array.reshape(-1)[0])
+    return _with_control_flow(model, shapes, controls)
+
+
+def _with_control_flow(model: ir.Model, shapes: dict[str, tuple[int, ...]], controls: dict[str, int]) -> RunFacts:
+    """Which branch each If took and how many times each Loop / Scan ran, from the observed values:
+    a Loop's scan outputs are as long as it ran (exact); otherwise its trip count and condition."""
+
+    def known(value: ir.Value) -> int | None:
+        return constant_int(value) if value.const_value is not None else controls.get(value.name or "")
+
+    taken: dict[str, str] = {}
+    trips: dict[str, int] = {}
+    for node in model.graph:
+        if node.op_type == "If" and node.inputs and node.inputs[0] is not None:
+            cond = known(node.inputs[0])
+            if cond is not None:
+                taken[node.name] = "then_branch" if cond else "else_branch"
+        elif node.op_type == "Loop":
+            carried = max(len(node.inputs) - 2, 0)
+            lengths = [shapes[v.name][0] for v in node.outputs[carried:] if shapes.get(v.name or "")]
+            count = lengths[0] if lengths else loop_trip_count(node, known)
+            if count is not None:
+                trips[node.name] = count
+        elif node.op_type == "Scan":
+            count = scan_trip_count(node, lambda v: shapes.get(v.name or ""))
+            if count is not None:
+                trips[node.name] = count
+    return RunFacts(shapes=shapes, taken_branches=taken, trip_counts=trips)
+
+
+def needs_observation(estimate: Any) -> bool:
+    """An estimate (`ModelEstimate` or `ModelCost`) that shape inference could not complete: a node
+    priced without its shapes, a Loop of unknown trip count, or an If whose branch is unknown."""
+    loops = {"Loop", "Scan"}
+    return bool(estimate.missing_shapes) or bool(loops & set(estimate.unknown_ops)) or bool(estimate.both_branches)
+
+
+def price_at_inputs(cost_model: CostModel, model: ir.Model, feeds: Feeds, *, dims: Mapping[str, int] | None = None,
+                    compiled: bool = False) -> tuple[ModelEstimate, RunFacts | None]:
+    """`cost_model`'s estimate of `model` at the shapes of `feeds`: from shape inference with the
+    inputs at the feeds' shapes (and `dims` bound), and, when that leaves shapes, branches or trip
+    counts unknown, from one observed run on `feeds` (returned with the estimate; None when no run
+    was needed)."""
+    inputs = RunFacts(shapes={name: tuple(int(d) for d in array.shape) for name, array in feeds.items()
+                              if isinstance(array, np.ndarray)})
+    estimate = cost_model.model_cost(model, dims=dims, compiled=compiled, facts=inputs)
+    if not needs_observation(estimate):
+        return estimate, None
+    facts = observe(model, feeds, threads=cost_model.profile.threads)
+    logger.info("cost model: priced at the shapes of one observed run (%d tensors)", len(facts.shapes))
+    return cost_model.model_cost(model, dims=dims, compiled=compiled, facts=facts), facts
