@@ -193,8 +193,9 @@ class Optimizer:
                      bound: BoundShapes) -> list[Instrument]:
         instruments: list[Instrument] = [StructuralCheck()]
         if self.validation.enabled and feeds is not None:
+            described = bound.summary() + (f"; guessed {'; '.join(bound.warnings)}" if bound.warnings else "")
             instruments.append(NumericValidation(self.run_reference, feeds, self.validation.tolerance,
-                                                 fallback_runner=reference_backend.run_model))
+                                                 fallback_runner=reference_backend.run_model, inputs=described))
         if self.dump_ir is not None:
             instruments.append(IRDump(self.dump_ir))
         if cost_model is not None:

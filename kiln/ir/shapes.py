@@ -223,16 +223,27 @@ def _spec_text(spec: Sequence[int | str | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in spec) + "]"
 
 
+#: Symbol names converters write for "unknown" (Paddle writes "?"): not names a user can bind, and
+#: never the same dim twice.
+_PLACEHOLDER_NAMES = frozenset({"?", "-1", "None", "none", "unk", "unknown", "dynamic"})
+
+
+def _unknown(dim: int | ir.SymbolicDim) -> bool:
+    if isinstance(dim, int):
+        return dim <= 0
+    return dim.value is not None and str(dim.value).strip() in _PLACEHOLDER_NAMES
+
+
 def normalize_unknown_dims(model: ir.Model) -> list[str]:
-    """Read `-1` dims (anywhere on the main graph's inputs, outputs and value infos) and `0` dims of
-    graph inputs as unknown: they become symbolic dims named `<input>_dim<axis>` (graph inputs) or
-    unnamed ones. Returns one line per input changed."""
+    """Read `-1` dims (anywhere on the main graph's inputs, outputs and value infos), and `0` dims
+    and placeholder names such as "?" on graph inputs, as unknown: on inputs they become symbolic
+    dims named `<input>_dim<axis>`, elsewhere unnamed ones. Returns one line per input changed."""
     notes: list[str] = []
     for value in model.graph.inputs:
         if value.shape is None or value.is_initializer():
             continue
         dims = list(value.shape)
-        changed = [axis for axis, d in enumerate(dims) if isinstance(d, int) and d <= 0]
+        changed = [axis for axis, d in enumerate(dims) if _unknown(d)]
         if not changed:
             continue
         for axis in changed:

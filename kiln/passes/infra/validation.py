@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from kiln.errors import InputError
 from kiln.ir.inputs import Feeds
 from kiln.passes.infra.contract import CosineBudget, ErrorBudget, ModelRunner, Pass, PassContext, Tolerance
 from kiln.passes.infra.instruments import Instrument
@@ -188,8 +189,10 @@ class NumericValidation(Instrument):
     """
 
     def __init__(self, runner: ModelRunner, feeds: Feeds, tolerance: Tolerance = Tolerance(),
-                 fallback_runner: ModelRunner | None = None):
+                 fallback_runner: ModelRunner | None = None, inputs: str = ""):
+        """`inputs` describes the feeds for error messages ("x [1, 3, 224, 224], guessed: ...")."""
         self.runner = runner
+        self.inputs_text = f" ({inputs})" if inputs else ""
         self.fallback_runner = fallback_runner
         self.feeds = feeds
         self.tolerance = tolerance
@@ -198,7 +201,7 @@ class NumericValidation(Instrument):
         self.baseline_pass = ""  # the approximate pass that set the baseline ("" = the original)
         self.final_error: ErrorStats | None = None  # the last accepted model against the original
         self.output_names: list[str] = []
-        self.unavailable_reason = ""
+        self.unavailable_reason = "the original model was not run"  # run_before raises when it cannot
         self.seconds = 0.0
         self._pending: tuple[list[np.ndarray], ErrorStats] | None = None
 
@@ -208,20 +211,23 @@ class NumericValidation(Instrument):
         try:
             self.reference = self.runner(model, self.feeds)
         except Exception as exc:  # the original model cannot run on the primary runner
-            if self.fallback_runner is None:
-                self.unavailable_reason = f"the original model does not run: {exc}"
-            else:
+            failure = str(exc).strip()
+            if self.fallback_runner is not None:
                 logger.info("Primary runner failed on the original model (%s); using the fallback.", exc)
                 try:
                     self.runner = self.fallback_runner
                     self.reference = self.runner(model, self.feeds)
                 except Exception as exc2:
-                    self.unavailable_reason = f"the original model does not run: {exc2}"
-        if self.reference is None:
-            logger.warning("Numeric validation is off: %s", self.unavailable_reason)
-        else:
-            self.baseline = self.reference
-            self.final_error = ErrorStats()
+                    failure = f"{failure[:300]}; the reference evaluator: {str(exc2).strip()[:200]}"
+            if self.reference is None:
+                raise InputError(
+                    f"The original model does not run on the sample inputs{self.inputs_text}: {failure[:500]}. "
+                    "kiln cannot validate any pass without inputs the model accepts: bind the shapes it expects "
+                    "(--input-shape NAME:D0,D1,... or --dim NAME=SIZE; input_shapes= / dim_values= in kiln.optimize), "
+                    "give real inputs (--sample-inputs inputs.npz; sample_inputs=), or turn validation off "
+                    "(--no-validate; validate=False).") from exc
+        self.baseline = self.reference
+        self.final_error = ErrorStats()
         self.seconds += time.perf_counter() - started
 
     @property
