@@ -211,6 +211,7 @@ _LOOPING_OPS = frozenset({"Loop", "Scan"})
 
 _INT8_OPS = frozenset(
     {
+        "com.microsoft::DynamicQuantizeLSTM",
         "MatMulInteger",
         "QLinearMatMul",
         "ConvInteger",
@@ -622,6 +623,20 @@ def _rnn(node: ir.Node, sh: _Shapes) -> int:
     return directions * seq * batch * per_step
 
 
+def _dynamic_quantize_lstm(node: ir.Node, sh: _Shapes) -> int:
+    """com.microsoft DynamicQuantizeLSTM: an LSTM with int8 weights W (directions, I, 4H) and R
+    (directions, H, 4H), transposed against LSTM's, plus quantizing each step's input and state
+    (DYNAMIC_QUANTIZE_FLOPS_PER_ELEMENT each)."""
+    x = sh.need(_inp(node, 0))
+    w = sh.need(_inp(node, 1))
+    seq, batch = (x[1], x[0]) if node.attributes.get_int("layout", 0) else (x[0], x[1])
+    directions, input_size, gates_h = w[0], w[1], w[2]
+    hidden = gates_h // RNN_GATES["LSTM"]
+    per_step = 2 * gates_h * input_size + 2 * gates_h * hidden + RNN_CELL_FLOPS["LSTM"] * hidden
+    per_step += DYNAMIC_QUANTIZE_FLOPS_PER_ELEMENT * (input_size + hidden) + (gates_h if _has(node, 3) else 0)
+    return directions * seq * batch * per_step
+
+
 def _non_max_suppression(node: ir.Node, sh: _Shapes) -> int:
     """NonMaxSuppression (boxes (B, N, 4), scores (B, C, N)): per batch and class, sort the scores
     (N log2 N comparisons) and compare every kept box with the rest (IOU_FLOPS a pair), at most
@@ -788,6 +803,7 @@ def _build_formulas() -> dict[str, _Formula]:
             "RNN": _rnn,
             "GRU": _rnn,
             "LSTM": _rnn,
+            "com.microsoft::DynamicQuantizeLSTM": _dynamic_quantize_lstm,
             "NonMaxSuppression": _non_max_suppression,
             "RoiAlign": _roi_align,
             "TopK": _top_k,
@@ -867,7 +883,7 @@ def _read_bytes(node: ir.Node, key: str, sh: _Shapes) -> tuple[int, bool]:
     if key in ("Loop", "Scan"):
         return 0, True  # its body's nodes are priced on their own, once per iteration
     total, ok = _sum_bytes(node.inputs, sh)
-    if key in RNN_GATES:
+    if key in RNN_GATES or key == "com.microsoft::DynamicQuantizeLSTM":
         # the recurrent weights are read again at every time step after the first
         x, recurrent = sh.shape(_inp(node, 0)), sh.nbytes(_inp(node, 2))
         if x is None or recurrent is None:
@@ -957,7 +973,8 @@ def node_cost(node: ir.Node, dims: Mapping[str, int] | None = None) -> OpCost:
 
 
 def _inferred_clone(model: ir.Model, dims: Mapping[str, int] | None,
-                    shapes: Mapping[str, tuple[int, ...]] | None = None) -> ir.Model | None:
+                    shapes: Mapping[str, tuple[int, ...]] | None = None,
+                    dtypes: Mapping[str, ir.DataType] | None = None) -> ir.Model | None:
     """A clone of `model` with shapes inferred by ONNX shape inference.
 
     The clone shares tensors with the original (no weight is copied or loaded); onnx-ir's
@@ -981,18 +998,21 @@ def _inferred_clone(model: ir.Model, dims: Mapping[str, int] | None,
             ]
             value.shape = ir.Shape(bound)
     if shapes:
-        set_shapes(clone, shapes)
+        set_shapes(clone, shapes, dtypes)
     ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(clone)
     if shapes:
-        set_shapes(clone, shapes)  # where inference could only produce a symbol, the observed size wins
+        set_shapes(clone, shapes, dtypes)  # where inference could only produce a symbol, the observed size wins
     return clone
 
 
-def set_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> int:
+def set_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]],
+               dtypes: Mapping[str, ir.DataType] | None = None) -> int:
     """Set `shapes` (by value name) on the main graph's values whose shape is missing or symbolic
-    (of the same rank); returns how many were set."""
+    (of the same rank), and `dtypes` where a value has none; returns how many shapes were set."""
     filled = 0
     for value in [*model.graph.inputs, *(v for node in model.graph for v in node.outputs)]:
+        if dtypes and value.dtype is None and (value.name or "") in dtypes:
+            value.dtype = dtypes[value.name]
         shape = shapes.get(value.name or "")
         if shape is None or (value.shape is not None and value.shape.is_static()):
             continue
@@ -1005,10 +1025,12 @@ def set_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> int:
 
 @dataclass(frozen=True)
 class RunFacts:
-    """What one run of the model showed (`kiln.cost_model.measure.observed`): tensor shapes by value
-    name, which branch every If took and how many times every Loop / Scan ran (by node name)."""
+    """What one run of the model showed (`kiln.cost_model.measure.observed`): tensor shapes and
+    element types by value name, which branch every If took and how many times every Loop / Scan
+    ran (by node name)."""
 
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    dtypes: Mapping[str, ir.DataType] = field(default_factory=dict)
     taken_branches: Mapping[str, str] = field(default_factory=dict)
     trip_counts: Mapping[str, int] = field(default_factory=dict)
 
@@ -1072,7 +1094,7 @@ def _walk(graph: ir.Graph, runs: int, facts: RunFacts, sh: _Shapes, out: list[tu
         elif key == "Scan":
             trips = facts.trip_counts.get(node.name or "") or scan_trip_count(node, sh.shape)
         out.append((node, runs, trips))
-        if trips is not None and key in _LOOPING_OPS:
+        if trips is not None and key in _LOOPING_OPS and runs:
             notes["trips"][node.name or key] = trips
         for name, attr in node.attributes.items():
             if attr.type != ir.AttributeType.GRAPH:
@@ -1081,7 +1103,7 @@ def _walk(graph: ir.Graph, runs: int, facts: RunFacts, sh: _Shapes, out: list[tu
             if key == "If":
                 taken = facts.taken_branches.get(node.name or "")
                 if taken is None:
-                    if name == "then_branch":
+                    if name == "then_branch" and runs:
                         notes["both"].append(node.name or key)
                 elif taken != name:
                     sub_runs = 0
@@ -1110,7 +1132,7 @@ def model_cost(
     sh = _Shapes(dims)
     priced_model = model
     if infer_shapes:
-        clone = _inferred_clone(model, dims, facts.shapes)
+        clone = _inferred_clone(model, dims, facts.shapes, facts.dtypes)
         if clone is not None:
             priced_model = clone
     elif facts.shapes:

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import onnx_ir as ir
 
@@ -30,6 +30,7 @@ from kiln.cost_model.analytical import model_cost as analytical_model_cost
 from kiln.cost_model.analytical import op_key, value_nbytes
 from kiln.cost_model.hardware import HardwareProfile, default_profile_path, load, preset_for_this_cpu
 from kiln.cost_model.roofline import Estimate, group_estimate, is_weight, node_estimate
+from kiln.errors import BackendError
 
 if TYPE_CHECKING:
     from kiln.cost_model.learned import LearnedCorrection
@@ -55,6 +56,7 @@ class ModelEstimate:
     defaulted_ops: dict[str, int] = field(default_factory=dict)  # data-dependent ops at their bound
     both_branches: list[str] = field(default_factory=list)  # If nodes whose branch was unknown
     trip_counts: dict[str, int] = field(default_factory=dict)  # Loop / Scan node -> iterations priced
+    facts: RunFacts | None = None  # what a run showed, when the estimate used one
 
     def inclusive_ms(self, node: ir.Node) -> float:
         """The node's predicted time with every node of its subgraphs (what a profiler reports
@@ -230,18 +232,33 @@ class CostModel:
         return self._corrected([estimate], [len(nodes)])[0]
 
     def model_cost(self, model: ir.Model, *, dims: Mapping[str, int] | None = None,
-                   compiled: bool = False, infer_shapes: bool = True, facts: RunFacts | None = None) -> ModelEstimate:
+                   compiled: bool = False, infer_shapes: bool = True, facts: RunFacts | None = None,
+                   feeds: Mapping[str, Any] | None = None) -> ModelEstimate:
         """Predicted latency and peak memory of `model` (not modified). With ``compiled=True``
         the graph ONNX Runtime will run is priced instead of the model as written. With
         ``infer_shapes=False`` the shapes already on the values are used (no shape inference; what the
         PassManager does after every pass, since rewrites keep the shapes they know). `dims` binds
         symbolic dims by name; `facts` (`kiln.cost_model.measure.observed.observe`) gives the shapes,
         branches and trip counts of a real run (matched by value and node name, so facts observed on
-        the model as written also serve its compiled graph where names survive ORT's fusions)."""
+        the model as written also serve its compiled graph where names survive ORT's fusions). With
+        ``compiled=True`` and `feeds`, the compiled graph is run once on them and priced at the shapes
+        ORT used (`ModelEstimate.facts`)."""
         if compiled:
-            from kiln.cost_model.measure.lowering import ort_compiled_model
+            from kiln.cost_model.measure.lowering import OBSERVED_FACTS, ort_compiled_model
 
-            model = ort_compiled_model(_bound_inputs(model, dims, facts), threads=self.profile.threads)
+            bound = _bound_inputs(model, dims, facts)
+            try:
+                model = ort_compiled_model(bound, threads=self.profile.threads,
+                                           feeds=dict(feeds) if feeds is not None else None)
+            except BackendError as exc:
+                if bound is model:
+                    raise
+                # ORT's load-time inference can reject static shapes a branch not taken cannot have
+                logger.info("cost model: ORT rejects the model with static inputs (%s); lowering it as declared",
+                            str(exc)[:200])
+                model = ort_compiled_model(model, threads=self.profile.threads,
+                                           feeds=dict(feeds) if feeds is not None else None)
+            facts = model.meta.get(OBSERVED_FACTS, facts)
         costs = analytical_model_cost(model, dims=dims, infer_shapes=infer_shapes or compiled, facts=facts)
         peak, weights = peak_memory_bytes(model.graph, dims)
         resident = weights <= self.profile.memory[-2].capacity_bytes if len(self.profile.memory) > 1 else False
@@ -263,6 +280,7 @@ class CostModel:
             defaulted_ops=costs.defaulted_ops,
             both_branches=costs.both_branches,
             trip_counts=costs.trip_counts,
+            facts=facts,
         )
 
     def compare(self, before: ir.Model, after: ir.Model, *, dims: Mapping[str, int] | None = None,

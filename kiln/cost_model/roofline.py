@@ -31,7 +31,7 @@ _GEMM = frozenset(
     """MatMul Gemm Einsum MatMulInteger QLinearMatMul Attention com.microsoft::FusedMatMul com.microsoft::FusedGemm
     com.microsoft::MatMulIntegerToFloat com.microsoft::DynamicQuantizeMatMul com.microsoft::MatMulNBits
     com.microsoft::Attention com.microsoft::MultiHeadAttention com.microsoft::GroupQueryAttention
-    com.microsoft::QAttention com.microsoft::QOrderedMatMul RNN GRU LSTM""".split()
+    com.microsoft::QAttention com.microsoft::QOrderedMatMul RNN GRU LSTM com.microsoft::DynamicQuantizeLSTM""".split()
 )
 _CONV = frozenset(
     """Conv ConvTranspose ConvInteger QLinearConv com.microsoft::FusedConv com.microsoft::QLinearConv

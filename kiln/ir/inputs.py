@@ -170,6 +170,8 @@ def _integers(value: ir.Value, shape: tuple[int, ...], dtype: np.dtype, rng: np.
         )
     if allowed.fill is not None:
         return np.full(shape, allowed.fill, dtype=dtype)
+    if allowed.choices:
+        return np.full(shape, allowed.choices[0], dtype=dtype)  # one consistent mode for every element
     if allowed.positions:
         if not shape:
             return np.zeros((), dtype=dtype)

@@ -1,6 +1,7 @@
 """Which values an integer graph input may hold, read off what the graph does with it: indices of a
 Gather stay within the table, classes of a OneHot within its depth, masks are ones, segment ids
-zeros, positions count up; an input that sets a shape, a size or a trip count cannot be made up.
+zeros, positions count up, a switch compared with constants holds one of them; an input that sets
+a shape, a size or a trip count cannot be made up.
 
 Only the input's own readers are read, through ops that pass values on unchanged (Cast, Reshape,
 Unsqueeze, ...); the ranges of several readers intersect.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.queries import constant_array, is_onnx, static_shape
@@ -48,6 +50,7 @@ class IntegerRange:
     fill: int | None = None
     positions: bool = False
     unsampleable: str | None = None
+    choices: tuple[int, ...] = ()  # the constants the input is compared with: one of them is what it holds
 
 
 def _name_rule(name: str) -> IntegerRange | None:
@@ -59,6 +62,32 @@ def _name_rule(name: str) -> IntegerRange | None:
     if re.search(r"position|pos_ids", lowered):
         return IntegerRange(positions=True, reason="positions: 0, 1, ... along the last axis")
     return None
+
+
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    """The array of an initializer, a folded constant or a Constant node's output, else None."""
+    array = constant_array(value)
+    producer = value.producer() if value is not None else None
+    if array is None and producer is not None and is_onnx(producer, "Constant"):
+        attr = producer.attributes.get("value")
+        if attr is not None and attr.type == ir.AttributeType.TENSOR:
+            array = attr.value.numpy()
+    return array
+
+
+def _compared_constants(value: ir.Value) -> tuple[tuple[int, ...], str]:
+    """The integer constants `value` is tested for equality with (a sample-rate or mode switch:
+    `If(Equal(sr, 16000))`), and the first such node's name."""
+    found: list[int] = []
+    where = ""
+    for node, index in value.uses():
+        if not is_onnx(node, "Equal") or len(node.inputs) != 2:
+            continue
+        other = _constant(node.inputs[1 - index])
+        if other is not None and other.size and np.issubdtype(other.dtype, np.integer):
+            found.extend(int(v) for v in other.reshape(-1))
+            where = where or (node.name or "Equal")
+    return tuple(dict.fromkeys(found)), where
 
 
 def _bounds(value: ir.Value, depth: int, seen: set[int]) -> tuple[int | None, list[str], str | None]:
@@ -109,6 +138,9 @@ def integer_range(value: ir.Value) -> IntegerRange:
     named = _name_rule(value.name or "")
     if named is not None:
         return named
+    choices, where = _compared_constants(value)
+    if choices:
+        return IntegerRange(choices=choices, reason=f"compared with {list(choices)} by {where}: one of them")
     if high is not None:
         return IntegerRange(0, max(high, 1), "; ".join(dict.fromkeys(reasons)))
     return IntegerRange()

@@ -183,3 +183,23 @@ def test_run_facts_bind_unnamed_input_dims():
     cost = model_cost(model, facts=RunFacts(shapes={"x": (1, 3, 32, 48)}))
     conv = cost.per_node[0][1]
     assert conv.known and conv.flops == 2 * 8 * 32 * 48 * 27
+
+
+def test_the_graph_ort_runs_is_priced_at_the_shapes_ort_used():
+    # unnamed H and W, and ORT's NCHWc convs whose outputs it saves without shapes or types
+    rng = np.random.default_rng(0)
+    proto = make_model(
+        [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1, 1, 1, 1]),
+         helper.make_node("GlobalAveragePool", ["c2"], ["y"])],
+        [tensor_info("x", [1, 16, None, None])], [tensor_info("y", [1, 32, 1, 1])],
+        [numpy_helper.from_array(rng.standard_normal((32, 16, 3, 3)).astype(np.float32), "W1"),
+         numpy_helper.from_array(rng.standard_normal((32, 32, 3, 3)).astype(np.float32), "W2")],
+    )
+    model = ir.serde.deserialize_model(proto)
+    feeds = {"x": rng.standard_normal((1, 16, 40, 56)).astype(np.float32)}
+    estimate, _ = price_at_inputs(CostModel.default(2, learned=False), model, feeds, compiled=True)
+    assert not estimate.missing_shapes and not estimate.unknown_ops
+    convs = [e for n, e in estimate.per_node if n.op_type == "Conv"]
+    assert len(convs) == 2 and sum(e.flops for e in convs) >= 2 * 40 * 56 * 32 * (16 + 32) * 9

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from kiln.cost_model.analytical import RunFacts, constant_int, loop_trip_count, 
 from kiln.cost_model.model import CostModel, ModelEstimate
 from kiln.errors import KilnError
 from kiln.ir.inputs import Feeds, is_tensor_input
+from kiln.ir.serialization import save_model
 from kiln.target import Target
 
 logger = logging.getLogger(__name__)
@@ -46,18 +48,22 @@ def _observable(model: ir.Model) -> list[ir.Value]:
     return out
 
 
-def observe(model: ir.Model, feeds: Feeds, *, threads: int = 2) -> RunFacts:
+def observe(model: ir.Model, feeds: Feeds, *, threads: int = 2, workdir: Path | None = None) -> RunFacts:
     """Run `model` once on `feeds` with every main-graph tensor exposed and return what it showed.
 
-    The caller's model is not modified (a copy gets the extra outputs). Raises the KilnError of the
-    session factory when ORT cannot load or run the model.
+    The caller's model is not modified (a copy gets the extra outputs). With `workdir`, the copy is
+    saved there with its weights as external data and loaded from the file. Raises the KilnError of the session factory when ORT
+    cannot load or run the model.
     """
     exposed = model.clone()  # shares the weight tensors; only the output list changes
     extra = _observable(exposed)
     for value in extra:
         exposed.graph.outputs.append(value)
     target = Target(intra_op_threads=threads, graph_optimization_level="disable")  # type: ignore[arg-type]
-    session = create_session(exposed, target, purpose="to observe its shapes")
+    # a model read from a file with external data (a lowered graph) is saved again beside it: ORT
+    # resolves external data relative to a file, never relative to serialized bytes
+    source = save_model(exposed, workdir / "observed.onnx", external_data=True) if workdir is not None else exposed
+    session = create_session(source, target, purpose="to observe its shapes")
     names = [o.name for o in session.get_outputs()]
     required = {i.name for i in session.get_inputs()}
     try:
@@ -66,11 +72,16 @@ def observe(model: ir.Model, feeds: Feeds, *, threads: int = 2) -> RunFacts:
         raise KilnError(f"ONNX Runtime could not run the model to observe its shapes: {str(exc).strip()[:300]}. "
                         "Check the sample inputs (--sample-inputs / --input-shape).") from exc
     shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, ir.DataType] = {}
     controls: dict[str, int] = {}
     for name, array in zip(names, results):
         if not isinstance(array, np.ndarray):
             continue
         shapes[name] = tuple(int(d) for d in array.shape)
+        try:
+            dtypes[name] = ir.DataType.from_numpy(array.dtype)
+        except TypeError:
+            pass
         if array.size == _CONTROL_MAX_ELEMENTS and (array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer)):
             controls[name] = int(array.reshape(-1)[0])
     for value in model.graph.inputs:
@@ -80,10 +91,11 @@ def observe(model: ir.Model, feeds: Feeds, *, threads: int = 2) -> RunFacts:
             if array.size == _CONTROL_MAX_ELEMENTS and (array.dtype == np.bool_ or np.issubdtype(array.dtype,
                                                                                                 np.integer)):
                 controls[value.name] = int(array.reshape(-1)[0])
-    return _with_control_flow(model, shapes, controls)
+    return _with_control_flow(model, shapes, dtypes, controls)
 
 
-def _with_control_flow(model: ir.Model, shapes: dict[str, tuple[int, ...]], controls: dict[str, int]) -> RunFacts:
+def _with_control_flow(model: ir.Model, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, ir.DataType],
+                       controls: dict[str, int]) -> RunFacts:
     """Which branch each If took and how many times each Loop / Scan ran, from the observed values:
     a Loop's scan outputs are as long as it ran (exact); otherwise its trip count and condition."""
 
@@ -107,7 +119,7 @@ def _with_control_flow(model: ir.Model, shapes: dict[str, tuple[int, ...]], cont
             count = scan_trip_count(node, lambda v: shapes.get(v.name or ""))
             if count is not None:
                 trips[node.name] = count
-    return RunFacts(shapes=shapes, taken_branches=taken, trip_counts=trips)
+    return RunFacts(shapes=shapes, dtypes=dtypes, taken_branches=taken, trip_counts=trips)
 
 
 def needs_observation(estimate: Any) -> bool:
@@ -121,13 +133,16 @@ def price_at_inputs(cost_model: CostModel, model: ir.Model, feeds: Feeds, *, dim
                     compiled: bool = False) -> tuple[ModelEstimate, RunFacts | None]:
     """`cost_model`'s estimate of `model` at the shapes of `feeds`: from shape inference with the
     inputs at the feeds' shapes (and `dims` bound), and, when that leaves shapes, branches or trip
-    counts unknown, from one observed run on `feeds` (returned with the estimate; None when no run
-    was needed)."""
+    counts unknown, from one observed run on `feeds` - of the graph ORT runs, when `compiled`.
+    Returns the estimate and the facts of that run (None when no run was needed)."""
     inputs = RunFacts(shapes={name: tuple(int(d) for d in array.shape) for name, array in feeds.items()
                               if isinstance(array, np.ndarray)})
     estimate = cost_model.model_cost(model, dims=dims, compiled=compiled, facts=inputs)
     if not needs_observation(estimate):
         return estimate, None
+    if compiled:
+        estimate = cost_model.model_cost(model, dims=dims, compiled=True, facts=inputs, feeds=feeds)
+        return estimate, estimate.facts
     facts = observe(model, feeds, threads=cost_model.profile.threads)
     logger.info("cost model: priced at the shapes of one observed run (%d tensors)", len(facts.shapes))
-    return cost_model.model_cost(model, dims=dims, compiled=compiled, facts=facts), facts
+    return cost_model.model_cost(model, dims=dims, facts=facts), facts
