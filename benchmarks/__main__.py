@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import block_dropping
 
         return block_dropping.main(argv[1:])
+    if argv[:1] == ["real-files"]:  # its own parser: python -m benchmarks real-files --help
+        from benchmarks import real_files
+
+        return real_files.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="kiln side-by-side benchmarks")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     equiv.add_argument("--keep", metavar="DIR", help="keep both snapshots (records, outputs, worker logs) in DIR")
     equiv.set_defaults(func=cmd_equivalence)
     sub.add_parser("cost-model", help="cost model accuracy: fit on some zoo models, test on the others")
+    sub.add_parser("real-files", help="kiln optimize on trained ONNX files from PyPI wheels (OCR, captcha, VAD)")
     sub.add_parser("block-dropping", help="approximate block dropping at several cosine budgets (MiniLM, BERT-base)")
     cell = sub.add_parser("cell", help=argparse.SUPPRESS)
     cell.add_argument("--model", required=True)
