@@ -79,17 +79,61 @@ class _Priced:
     cpu: CpuTimes = CpuTimes(0.0, 0.0)  # over the profiled passes: machine busy and own CPU seconds
 
 
-def _price(name: str, profile: Any) -> _Priced:
-    import onnx_ir as ir
+def _load(name: str) -> tuple[Any, dict[str, Any]]:
+    """The model (as kiln loads it: -1 and placeholder dims read as unknown) and its inputs: a
+    trained file from PyPI (`real_files`), a model like users bring (`user_zoo`), else a
+    transformer of the benchmark zoo at batch 1."""
+    import kiln
+    from benchmarks import real_files, zoo
 
-    from benchmarks import zoo
+    if name in real_files.FILES:
+        case = real_files.load_case(name)
+    elif name not in zoo.ZOO:
+        from benchmarks import user_zoo
+
+        case = user_zoo.load_case(name)
+    else:
+        case = zoo.load_case(name, 1, calibration_samples=0, trust_cache=True)
+    return kiln.load(case.onnx_path), dict(case.inputs)
+
+
+def _price(name: str, profile: Any) -> _Priced:
+    from kiln.cost_model.measure.observed import price_at_inputs
     from kiln.cost_model.model import CostModel
 
-    case = zoo.load_case(name, 1, calibration_samples=0, trust_cache=True)
-    model = ir.load(case.onnx_path)
-    # the roofline terms of every kernel ORT will run (no correction: that is what is fitted)
-    estimates = {node.name: estimate for node, estimate in CostModel(profile).model_cost(model, compiled=True).per_node}
-    return _Priced(name, model, case.inputs, estimates)
+    model, inputs = _load(name)
+    # the roofline terms of every kernel ORT will run (no correction: that is what is fitted), at
+    # the shapes of the inputs (observed on the lowered graph where inference cannot size a value)
+    estimate, _ = price_at_inputs(CostModel(profile), model, inputs, compiled=True)
+    main = estimate.per_node[0][0].graph if estimate.per_node else None  # the walk starts in the main graph
+    estimates = {node.name: _inclusive(estimate, node, e) for node, e in estimate.per_node if node.graph is main}
+    return _Priced(name, model, inputs, estimates)
+
+
+def _inclusive(estimate: Any, node: Any, own: Any) -> Any:
+    """A kernel's estimate with its subgraphs' nodes added (ORT's profiler times an If, Loop or
+    Scan kernel with its body inside)."""
+    import dataclasses
+
+    inner = [e for n, e in estimate.per_node if n is not node and _inside(n, node)]
+    if not inner:
+        return own
+    parts = [own, *inner]
+    return dataclasses.replace(own, flops=sum(e.flops for e in parts), compute_ms=sum(e.compute_ms for e in parts),
+                               memory_ms=sum(e.memory_ms for e in parts), ms=sum(e.ms for e in parts),
+                               activation_bytes=sum(e.activation_bytes for e in parts),
+                               weight_bytes=sum(e.weight_bytes for e in parts),
+                               launch_ms=sum(e.launch_ms for e in parts))
+
+
+def _inside(node: Any, owner: Any) -> bool:
+    import onnx_ir as ir
+
+    for attr in owner.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH and any(n is node for n in ir.traversal.RecursiveGraphIterator(
+                attr.as_graph())):
+            return True
+    return False
 
 
 def _measure_pass(priced: _Priced, repeats: int, threads: int) -> None:
