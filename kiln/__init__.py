@@ -17,6 +17,7 @@ from kiln.errors import (
     UnsupportedOperatorError,
 )
 from kiln.ir.capture import capture, load
+from kiln.ir.shapes import ShapeBinding
 from kiln.optimizer import CostConfig, Optimizer, PipelineConfig, ValidationConfig
 from kiln.passes.approximate.block_dropping import BlockBudget
 from kiln.passes.infra.options import PassOptions
@@ -37,6 +38,7 @@ __all__ = [
     "Optimizer",
     "PassOptions",
     "PipelineConfig",
+    "ShapeBinding",
     "Target",
     "UnsafeModelError",
     "UnsupportedOperatorError",

@@ -134,7 +134,8 @@ def optimize(
                                 options=PassOptions.from_mapping(options)),
         validation=ValidationConfig(enabled=validate, tolerance=tolerance or Tolerance(), sample_inputs=sample_inputs),
         cost=CostConfig(cost_model=cost_model, measured_choices=measured_choices, measure=measure),
-        shapes=ShapeBinding(input_shapes=dict(input_shapes or {}), dim_values=dict(dim_values or {}), fix=fix_shapes),
+        shapes=ShapeBinding(input_shapes={} if input_shapes is None else input_shapes,
+                            dim_values={} if dim_values is None else dim_values, fix=fix_shapes),
         dump_ir=dump_ir,
     )
     run = optimizer.optimize(model, example_inputs, dynamic_shapes=dynamic_shapes)

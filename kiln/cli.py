@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kiln.errors import KilnError
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except KilnError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}")
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")  # names in [..] are not markup
         return 2
 
 

@@ -57,6 +57,21 @@ def mlp_model() -> onnx.ModelProto:
 
 
 
+def shape_sum_model() -> onnx.ModelProto:
+    """y = x + sum(shape(x)) with x [batch, 4]: constant folding removes the Shape chain only when it
+    knows the batch size (a fixed input shape)."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["sf"], ["total"], keepdims=0), helper.make_node("Add", ["x", "total"], ["y"])]
+    return make_model(nodes, [tensor_info("x", ["batch", 4])], [tensor_info("y", ["batch", 4])])
+
+
+def reshape_by_input_model() -> onnx.ModelProto:
+    """y = Reshape(x [6], target): the int64 input `target` sets a shape, which kiln cannot make up."""
+    return make_model([helper.make_node("Reshape", ["x", "target"], ["y"], name="reshape")],
+                      [tensor_info("x", [6]), tensor_info("target", [2], TensorProto.INT64)],
+                      [tensor_info("y", ["a", "b"])])
+
+
 class FakeClock:
     """A clock for `kiln.backends.timing` whose seconds pass only when a fake runner spends them."""
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 
 import kiln
 from kiln.cli import main
@@ -153,3 +154,111 @@ def test_global_options_before_bench_pass_its_arguments_through(monkeypatch):
     assert calls == [[sys.executable, "-m", "benchmarks", "-v", "run", "--quick", "--models", "bert-tiny"],
                      [sys.executable, "-m", "benchmarks", "run", "--help"]]
     assert levels == [logging.INFO, logging.WARNING]
+
+
+def test_shape_flags_parse_names_sizes_and_colons_in_names():
+    from kiln.cli import build_parser, shape_binding_kwargs
+
+    args = build_parser().parse_args(["optimize", "m.onnx", "-o", "o.onnx", "--input-shape", "x:1,3,48,192",
+                                      "--input-shape", "ns:ids:2,5", "--input-shape", "k:", "--dim", "image_width=160",
+                                      "--fix-shapes"])
+    assert args.fix_shapes
+    assert shape_binding_kwargs(args) == {"input_shapes": {"x": (1, 3, 48, 192), "ns:ids": (2, 5), "k": ()},
+                                          "dim_values": {"image_width": 160}}
+    assert shape_binding_kwargs(build_parser().parse_args(["optimize", "m.onnx", "-o", "o.onnx"])) == {}
+
+
+@pytest.mark.parametrize("flag, text, message", [
+    ("--input-shape", "x", "write an input shape as NAME:D0,D1,... e.g. x:1,3,48,192"),
+    ("--input-shape", "x:1,a", "write an input shape as NAME:D0,D1"),
+    ("--input-shape", "x:1,-1", "write an input shape as NAME:D0,D1"),
+    ("--input-shape", ":1,2", "write an input shape as NAME:D0,D1"),
+    ("--dim", "batch", "write a dim as NAME=SIZE, e.g. batch=1"),
+    ("--dim", "batch=-1", "write a dim as NAME=SIZE"),
+    ("--dim", "=3", "write a dim as NAME=SIZE"),
+])
+def test_bad_shape_flag_text_is_a_clean_argparse_error(flag, text, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["optimize", "m.onnx", flag, text])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"argument {flag}" in err and message in err and "Traceback" not in err
+
+
+def _symbolic_model(tmp_path) -> Path:
+    from conftest import shape_sum_model
+
+    src = tmp_path / "symbolic.onnx"
+    onnx.save(shape_sum_model(), src)
+    return src
+
+
+def _dims(value_info) -> list:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_fix_shapes_writes_static_shapes_and_the_default_keeps_them_symbolic(tmp_path, capsys):
+    src = _symbolic_model(tmp_path)
+    kept, fixed = tmp_path / "kept.onnx", tmp_path / "fixed.onnx"
+    assert main(["optimize", str(src), "-o", str(kept), "--input-shape", "x:3,4"]) == 0
+    assert "x [3, 4] (kept symbolic in the saved model)" in capsys.readouterr().out
+    assert main(["optimize", str(src), "-o", str(fixed), "--dim", "batch=3", "--fix-shapes"]) == 0
+    assert "x [3, 4] (written into the model (--fix-shapes))" in capsys.readouterr().out
+    kept_model, fixed_model = onnx.load(kept), onnx.load(fixed)
+    assert _dims(kept_model.graph.input[0]) == ["batch", 4] and len(kept_model.graph.node) == 4
+    assert _dims(fixed_model.graph.input[0]) == [3, 4] and _dims(fixed_model.graph.output[0]) == [3, 4]
+    assert [n.op_type for n in fixed_model.graph.node] == ["Add"]
+
+
+def test_the_report_names_the_guessed_dims_and_the_flags_that_bind_them(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    assert main(["optimize", str(_symbolic_model(tmp_path)), "-o", str(tmp_path / "o.onnx"),
+                 "--report", str(report)]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "input shapes validated and priced at: x [1, 4] (kept symbolic in the saved model)" in out
+    assert "warning: guessed batch = 1 (batch). Bind them with --dim NAME=SIZE or --input-shape" in out
+    data = json.loads(report.read_text())
+    assert data["input_shapes"] == "x [1, 4]" and data["shape_warnings"] == ["batch guessed 1 (batch)"]
+    assert data["shapes_fixed"] is False
+
+
+def test_a_minus_one_dim_model_optimizes_end_to_end(tmp_path, capsys):
+    from conftest import make_model, tensor_info
+    from onnx import helper
+
+    src = tmp_path / "minus_one.onnx"
+    model = make_model([helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Identity", ["h"], ["y"])],
+                       [tensor_info("x", [-1, 3, -1, -1])], [tensor_info("y", [-1, 3, -1, -1])])
+    onnx.save(model, src)
+    out_path = tmp_path / "o.onnx"
+    assert main(["optimize", str(src), "-o", str(out_path), "--dim", "x_dim2=8", "--dim", "x_dim3=8"]) == 0
+    captured = capsys.readouterr()
+    assert "negative dimensions" not in captured.err and "validated" in captured.out
+    assert "x [1, 3, 8, 8]" in captured.out and "x_dim0 = 1" in " ".join(captured.out.split())
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(kiln.optimize(out_path, level=0)(x), np.maximum(x, 0))
+
+
+def test_binding_errors_exit_2_naming_what_to_fix(tmp_path, capsys):
+    src = _symbolic_model(tmp_path)
+    out = str(tmp_path / "o.onnx")
+    assert main(["optimize", str(src), "-o", out, "--input-shape", "x:1,4", "--input-shape", "x:2,4"]) == 2
+    assert "--input-shape binds ['x'] more than once" in capsys.readouterr().err
+    assert main(["optimize", str(src), "-o", out, "--input-shape", "x:1,5"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "sets axis 1 to 5, but the model declares it static 4: (batch, 4)" in err and "Traceback" not in err
+    assert main(["optimize", str(src), "-o", out, "--dim", "seq=3"]) == 2
+    assert "which no input declares" in capsys.readouterr().err
+
+
+def test_an_input_kiln_cannot_make_up_names_itself_and_sample_inputs(tmp_path, capsys):
+    from conftest import reshape_by_input_model
+
+    src = tmp_path / "reshape.onnx"
+    onnx.save(reshape_by_input_model(), src)
+    assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Input 'target' sets the target shape of a Reshape" in err and "--sample-inputs inputs.npz" in err
+    npz = tmp_path / "inputs.npz"
+    np.savez(npz, x=np.arange(6, dtype=np.float32), target=np.array([3, 2], np.int64))
+    assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx"), "--sample-inputs", str(npz)]) == 0
+    assert "x [6], target [2]" in capsys.readouterr().out

@@ -16,6 +16,7 @@ from kiln.ir.value_ranges import integer_range
 # Sequence inputs take lists of arrays and optional inputs may be None.
 Feeds = dict[str, Any]
 
+
 def is_torch_tensor(obj: Any) -> bool:
     """True for a torch.Tensor, without importing torch when it is not loaded."""
     return type(obj).__module__.startswith("torch") and hasattr(obj, "detach") and hasattr(obj, "numpy")
@@ -119,12 +120,14 @@ def random_inputs(model_inputs: Sequence[ir.Value], seed: int = 0, shapes: Bound
     """Sample inputs for `model_inputs` at `shapes` (default: `bind_shapes` with nothing bound, so
     symbolic dims get their documented defaults).
 
-    Floats are standard normal; booleans random; integers take the values their readers accept
+    Floats are standard normal; integers and booleans take the values their readers accept
     (`kiln.ir.value_ranges`: Gather indices within the table, OneHot classes within the depth, masks
-    of ones, segment ids of zeros, positions counting up), else [0, 2). An input that sets a shape,
-    a size or a trip count raises InputError: only real data can say what it holds.
+    of ones, segment ids of zeros, positions counting up), else integers [0, 2) and random
+    booleans. An input that sets a shape, a size or a trip count raises InputError: only real data
+    can say what it holds.
     """
     rng = np.random.default_rng(seed)
+    shapes = shapes if shapes is not None else bind_shapes(list(model_inputs))
     for value in model_inputs:
         if not is_tensor_input(value):
             raise InputError(
@@ -132,12 +135,13 @@ def random_inputs(model_inputs: Sequence[ir.Value], seed: int = 0, shapes: Bound
                 "tensors only: pass sample inputs (sample_inputs= / --sample-inputs inputs.npz; a list for a "
                 "sequence, None for an empty optional)."
             )
-        if value.dtype is None or value.shape is None:
+        if value.dtype is None or value.name not in shapes.inputs:
             raise InputError(
-                f"Input {value.name!r} has no declared dtype or shape, so kiln cannot make sample "
-                "inputs for it: pass them (sample_inputs= / --sample-inputs inputs.npz)."
+                f"Input {value.name!r} has no declared {'dtype' if value.dtype is None else 'shape'}, so kiln "
+                "cannot make sample inputs for it: pass them (sample_inputs= / --sample-inputs inputs.npz)"
+                + ("." if value.dtype is None else f", or bind its shape (input_shapes={{{value.name!r}: (...)}} / "
+                   f"--input-shape {value.name}:D0,D1,...).")
             )
-    shapes = shapes if shapes is not None else bind_shapes(list(model_inputs))
     feeds: Feeds = {}
     for value in model_inputs:
         shape = shapes.shape(value.name)
@@ -145,10 +149,8 @@ def random_inputs(model_inputs: Sequence[ir.Value], seed: int = 0, shapes: Bound
             dtype = np.dtype(value.dtype.numpy())
         except TypeError as exc:
             raise InputError(f"Input {value.name!r} has dtype {value.dtype.name}, which kiln cannot sample.") from exc
-        if dtype == np.bool_:
-            array = rng.integers(0, 2, size=shape).astype(np.bool_)
-        elif np.issubdtype(dtype, np.integer):
-            array = _integers(value, shape, dtype, rng)
+        if dtype == np.bool_ or np.issubdtype(dtype, np.integer):
+            array = _integers(value, shape, dtype, rng, shapes.dims)
         elif dtype.kind == "f" or dtype.kind == "V":
             array = rng.standard_normal(size=shape).astype(dtype)
         elif dtype.kind == "c":
@@ -161,20 +163,24 @@ def random_inputs(model_inputs: Sequence[ir.Value], seed: int = 0, shapes: Bound
     return feeds
 
 
-def _integers(value: ir.Value, shape: tuple[int, ...], dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
-    allowed = integer_range(value)
+def _integers(value: ir.Value, shape: tuple[int, ...], dtype: np.dtype, rng: np.random.Generator,
+              dims: Mapping[str, int]) -> np.ndarray:
+    """Integer (or boolean) values `kiln.ir.value_ranges` allows for `value`, at `shape`."""
+    allowed = integer_range(value, dims)
     if allowed.unsampleable is not None:
         raise InputError(
             f"Input {value.name!r} sets {allowed.unsampleable}, so kiln cannot make up a value for it: give "
             f"real inputs with sample_inputs={{{value.name!r}: array, ...}} (kiln optimize --sample-inputs inputs.npz)."
         )
     if allowed.fill is not None:
-        return np.full(shape, allowed.fill, dtype=dtype)
+        return np.full(shape, allowed.fill).astype(dtype)
     if allowed.choices:
-        return np.full(shape, allowed.choices[0], dtype=dtype)  # one consistent mode for every element
+        return np.full(shape, allowed.choices[0]).astype(dtype)  # one consistent mode for every element
+    if dtype == np.bool_:
+        return rng.integers(0, 2, size=shape).astype(np.bool_)
     if allowed.positions:
-        if not shape:
-            return np.zeros((), dtype=dtype)
-        return np.ascontiguousarray(np.broadcast_to(np.arange(shape[-1]), shape)).astype(dtype)
-    high = min(allowed.high, int(np.iinfo(dtype).max))
+        count = shape[-1] if shape else 1
+        positions = np.arange(count) % (allowed.high or max(count, 1))
+        return np.broadcast_to(positions if shape else positions[0], shape).astype(dtype, order="C")
+    high = min(allowed.high if allowed.high is not None else 2, int(np.iinfo(dtype).max))
     return rng.integers(allowed.low, max(high, allowed.low + 1), size=shape).astype(dtype)

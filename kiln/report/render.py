@@ -168,8 +168,12 @@ def shape_lines(report: OptimizationReport) -> list[Any]:
 
     if not report.input_shapes:
         return []
-    where = "written into the model (--fix-shapes)" if report.shapes_fixed else "kept symbolic in the saved model"
-    text = Text(f"input shapes validated and priced at: {report.input_shapes} ({where})")
+    where = "kept symbolic in the saved model"
+    if report.shapes_fixed:
+        where = "written into the model (--fix-shapes)" + ("; guessed sizes stay symbolic" if report.shape_warnings
+                                                            else "")
+    used = "validated and priced" if report.sample_inputs else "priced"
+    text = Text(f"input shapes {used} at: {report.input_shapes} ({where})")
     if report.shape_warnings:
         text.append("\nwarning: guessed " + "; ".join(w.replace(" guessed ", " = ") for w in report.shape_warnings)
                     + ". Bind them with --dim NAME=SIZE or --input-shape INPUT:D0,D1,... "

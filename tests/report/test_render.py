@@ -165,3 +165,19 @@ def test_alike_decisions_share_one_row_in_the_compact_table():
     text = render_text(report)
     assert "norm_0 and 2 more alike" in text and "norm_1" not in text and "mm" in text
     assert "norm_1" in render_text(report, explain=True)  # --explain keeps every row
+
+
+def test_the_shapes_line_says_what_ran_where_it_went_and_what_was_guessed():
+    report = OptimizationReport(model_name="m", passes=[_unchanged("a")], sample_inputs="random inputs",
+                                input_shapes="x [1, 3, 224, 224]",
+                                shape_warnings=["x_dim2 guessed 224 (image side: axis 2 or 3 of a 4-D float input)"])
+    text = " ".join(render_text(report).split())
+    assert "input shapes validated and priced at: x [1, 3, 224, 224] (kept symbolic in the saved model)" in text
+    assert "warning: guessed x_dim2 = 224 (image side: axis 2 or 3 of a 4-D float input). Bind them with --dim" in text
+    report.shapes_fixed = True
+    assert "(written into the model (--fix-shapes); guessed sizes stay symbolic)" in " ".join(render_text(report).split())
+    report.shape_warnings, report.sample_inputs = [], ""
+    text = " ".join(render_text(report).split())
+    assert "input shapes priced at: x [1, 3, 224, 224] (written into the model (--fix-shapes))" in text
+    assert "warning" not in text
+    assert "input shapes" not in render_text(OptimizationReport(model_name="m", passes=[_unchanged("a")]))
