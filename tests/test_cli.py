@@ -153,3 +153,16 @@ def test_global_options_before_bench_pass_its_arguments_through(monkeypatch):
     assert calls == [[sys.executable, "-m", "benchmarks", "-v", "run", "--quick", "--models", "bert-tiny"],
                      [sys.executable, "-m", "benchmarks", "run", "--help"]]
     assert levels == [logging.INFO, logging.WARNING]
+
+
+def test_inspect_prints_symbolic_dims_and_errors_keep_their_brackets(tmp_path, capsys):
+    from conftest import make_model, tensor_info
+    from onnx import helper
+
+    src = tmp_path / "dynamic.onnx"
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor_info("x", ["batch", 4])],
+                         [tensor_info("y", ["batch", 4])]), src)
+    assert main(["inspect", str(src)]) == 0
+    assert "[batch, 4]" in capsys.readouterr().out
+    assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx"), "--input-shape", "x:1,2,3"]) == 2
+    assert "the input is declared [batch, 4] (rank 2)" in " ".join(capsys.readouterr().err.split())
