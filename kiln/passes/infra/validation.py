@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from kiln.errors import InputError, UnsupportedOperatorError, ValidationError
+from kiln.errors import ExecutionError, InputError, ValidationError
 from kiln.ir.inputs import Feeds
 from kiln.ir.queries import constant_array, is_onnx
 from kiln.passes.infra.contract import CosineBudget, ErrorBudget, ModelRunner, Pass, PassContext, Tolerance
@@ -221,9 +221,9 @@ class NumericValidation(Instrument):
         self.runner = runner
         self.fallback_runner = fallback_runner
         self.feeds = feeds
-        # kiln made the feeds up (random inputs at bound or guessed shapes): an original that does not
-        # run on them raises InputError naming the shapes and the sizes guessed, rather than leaving
-        # the run unvalidated
+        # kiln made the feeds up (random inputs at bound or guessed shapes): an original that loads but
+        # fails on them (ExecutionError) raises InputError naming the shapes and the sizes guessed,
+        # rather than leaving the run unvalidated; one that does not load stays unvalidated
         self.made_up_feeds = made_up_feeds
         self.guessed_dims = list(guessed_dims)
         self.tolerance = tolerance
@@ -251,7 +251,7 @@ class NumericValidation(Instrument):
                     self.reference = self.runner(model, self.feeds)
                 except Exception as exc2:
                     self.unavailable_reason = f"the original model does not run: {exc}; nor on the fallback: {exc2}"
-            if self.reference is None and self.made_up_feeds and not isinstance(exc, UnsupportedOperatorError):
+            if self.reference is None and self.made_up_feeds and isinstance(exc, ExecutionError):
                 guessed = f" ({'; '.join(self.guessed_dims)})" if self.guessed_dims else ""
                 raise InputError(
                     f"The original model does not run on kiln's random sample inputs {feed_shapes(self.feeds)}"
