@@ -128,7 +128,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         io_table.add_column(column)
     for kind, values in (("input", summary.inputs), ("output", summary.outputs)):
         for v in values:
-            io_table.add_row(kind, v.name, v.dtype, v.shape_text())
+            io_table.add_row(kind, escape(v.name), v.dtype, escape(v.shape_text()))  # "[batch, seq]" is not markup
     console.print(io_table)
     ops = Table(title=f"{summary.node_count} nodes, {format_bytes(summary.parameter_bytes)} of parameters")
     ops.add_column("op")

@@ -54,6 +54,11 @@ class BackendError(KilnError):
     """A backend could not compile or run a model."""
 
 
+class ExecutionError(BackendError):
+    """A backend loaded the model but failed to run it on the inputs given (a shape or value the
+    model does not accept, or a kernel failing on them)."""
+
+
 class PassError(KilnError):
     """A pass was misconfigured or a pipeline could not be built."""
 

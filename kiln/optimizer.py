@@ -157,7 +157,8 @@ class Optimizer:
             if cost_model is not None else None, measured=self.measured_choices(), sample_inputs=feeds,
             calibration=list(self.validation.calibration), options=pipeline.options, runner=self.run_reference)
         original = captured.clone() if self.cost.measure else None  # the clone shares weight tensors
-        manager = PassManager(pipeline.steps(), self._instruments(feeds, cost_model, bound))
+        manager = PassManager(pipeline.steps(), self._instruments(feeds, cost_model, bound,
+                                                                  made_up=report.sample_inputs == "random inputs"))
         optimized, report = manager.run(captured, ctx, report)
         if original is not None:
             self._measure(original, optimized, feeds if feeds is not None else random_inputs(inputs, shapes=bound),
@@ -191,12 +192,12 @@ class Optimizer:
         return feeds, bound
 
     def _instruments(self, feeds: Feeds | None, cost_model: CostModel | None,
-                     bound: BoundShapes) -> list[Instrument]:
+                     bound: BoundShapes, made_up: bool = False) -> list[Instrument]:
         instruments: list[Instrument] = [StructuralCheck()]
         if self.validation.enabled and feeds is not None:
-            described = bound.summary() + (f"; guessed {'; '.join(bound.warnings)}" if bound.warnings else "")
             instruments.append(NumericValidation(self.run_reference, feeds, self.validation.tolerance,
-                                                 fallback_runner=reference_backend.run_model, inputs=described))
+                                                 fallback_runner=reference_backend.run_model, made_up_feeds=made_up,
+                                                 guessed_dims=bound.warnings))
         if self.dump_ir is not None:
             instruments.append(IRDump(self.dump_ir))
         if cost_model is not None:

@@ -262,3 +262,16 @@ def test_an_input_kiln_cannot_make_up_names_itself_and_sample_inputs(tmp_path, c
     np.savez(npz, x=np.arange(6, dtype=np.float32), target=np.array([3, 2], np.int64))
     assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx"), "--sample-inputs", str(npz)]) == 0
     assert "x [6], target [2]" in capsys.readouterr().out
+
+
+def test_inspect_prints_symbolic_dims_and_errors_keep_their_brackets(tmp_path, capsys):
+    from conftest import make_model, tensor_info
+    from onnx import helper
+
+    src = tmp_path / "dynamic.onnx"
+    onnx.save(make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor_info("x", ["batch", 4])],
+                         [tensor_info("y", ["batch", 4])]), src)
+    assert main(["inspect", str(src)]) == 0
+    assert "[batch, 4]" in capsys.readouterr().out
+    assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx"), "--input-shape", "x:1,2,3"]) == 2
+    assert "the input is declared (batch, 4) (rank 2)" in " ".join(capsys.readouterr().err.split())

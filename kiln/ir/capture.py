@@ -23,6 +23,7 @@ import onnx_ir.passes.common as common_passes
 from kiln.errors import CaptureError, InvalidModelError
 from kiln.ir.checks import check_model_proto, read_model_proto
 from kiln.ir.provenance import stamp_provenance
+from kiln.ir.queries import is_onnx
 from kiln.ir.shapes import normalize_unknown_dims
 from kiln.ir.serialization import needs_external_data, to_proto
 
@@ -67,11 +68,49 @@ def from_ir_model(model: ir.Model) -> ir.Model:
 
 
 def _finish(model: ir.Model) -> ir.Model:
-    """Name unnamed nodes and values, read -1 / 0 input dims as unknown, then stamp provenance."""
+    """Name unnamed nodes and values, read -1 / 0 input dims as unknown, keep only the dims of a
+    loop's state that every iteration keeps, then stamp provenance."""
     common_passes.NameFixPass()(model)
     normalize_unknown_dims(model)
+    loosen_loop_state_shapes(model)
     stamp_provenance(model)
     return model
+
+
+def _state_pairs(node: ir.Node) -> list[tuple[ir.Value, ir.Value]]:
+    """(body input, body output) of each state a Loop or Scan carries from one iteration to the next."""
+    attribute = node.attributes.get("body")
+    if attribute is None or attribute.type != ir.AttributeType.GRAPH:
+        return []
+    body = attribute.as_graph()
+    if node.op_type == "Loop":
+        carried = len(node.inputs) - 2
+        return list(zip(body.inputs[2:2 + carried], body.outputs[1:1 + carried]))
+    states = len(node.inputs) - node.attributes.get_int("num_scan_inputs", 0)
+    return list(zip(body.inputs[:states], body.outputs[:states]))
+
+
+def loosen_loop_state_shapes(model: ir.Model) -> list[str]:
+    """A Loop / Scan body's state input holds the previous iteration's output, so it has only the
+    dims that output keeps; the rest become unknown. The legacy exporter declares the initial value's
+    shape (e.g. [0, 3] for a list of detections that grows), which folding would take as fact and drop
+    the empty-looking input of a Concat. Returns one line per input loosened."""
+    notes: list[str] = []
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if not (is_onnx(node, "Loop") or is_onnx(node, "Scan")):
+            continue
+        for state, update in _state_pairs(node):
+            if state.shape is None:
+                continue
+            kept = update.shape if update.shape is not None and len(update.shape) == len(state.shape) else None
+            dims = [d if kept is not None and d == kept[axis] else ir.SymbolicDim(None)
+                    for axis, d in enumerate(state.shape)]
+            if dims != list(state.shape):
+                notes.append(f"{node.name} state {state.name} declared {list(state.shape)}: read as {dims}")
+                state.shape = ir.Shape(dims)
+    for note in notes:
+        logger.info("%s", note)
+    return notes
 
 
 def capture(

@@ -1,8 +1,8 @@
 """Every use kiln makes of onnx-ir's and onnxscript's private API, in one place, behind a version
-check: the constant folder's pass class and limits, the metadata key the rewriter stamps rule
-names with, and the Identity-elimination hook kiln guards. A version outside the tested range
-fails here with a clear message instead of deep inside a pass. So does the provenance merger
-kiln adds to onnxscript's rewriter."""
+check: the constant folder's pass class and limits, the BatchNorm fold rule classes, the
+metadata key the rewriter stamps rule names with, and the Identity-elimination hook kiln guards.
+A version outside the tested range fails here with a clear message instead of deep inside a pass.
+So does the provenance merger kiln adds to onnxscript's rewriter."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxscript
 from onnxscript.optimizer import _constant_folding
+from onnxscript.rewriter.rules.common import _fuse_batchnorm
 from packaging.version import Version
 
 from kiln.errors import KilnError
@@ -36,6 +37,14 @@ FoldConstantsPass = _constant_folding.FoldConstantsPass
 CONSTANT_FOLDING_LOGGER = _constant_folding.__name__
 DEFAULT_FOLD_INPUT_SIZE_LIMIT: int = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT
 DEFAULT_FOLD_OUTPUT_SIZE_LIMIT: int = _constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT
+
+#: onnxscript's BatchNorm fold rules as classes (its public rule objects cannot take one more
+#: check; kiln's layer folding subclasses them to refuse BatchNorms in training mode).
+BATCHNORM_FOLD_RULE_CLASSES: tuple[type, ...] = (
+    _fuse_batchnorm.FuseBatchNormIntoConv,
+    _fuse_batchnorm.FuseBatchNormIntoConvTranspose,
+    _fuse_batchnorm.FuseBatchNormIntoGemm,
+)
 
 #: Metadata key onnxscript's rewriter puts on the nodes a rule created, holding the rule's name.
 RULE_NAME_KEY = "pkg.onnxscript.rewriter.rule_name"

@@ -9,7 +9,7 @@ import torch
 import kiln
 from kiln.backends.onnxruntime import compile as ort_compile
 from kiln.backends.onnxruntime import session_options
-from kiln.errors import BackendError, InputError
+from kiln.errors import BackendError, ExecutionError, InputError
 
 
 @pytest.fixture
@@ -107,3 +107,17 @@ def test_validation_runner_feeds_large_weights_without_copying():
     assert isinstance(light.graph.initializers["b"].const_value, ir.TensorProtocol)
     x = np.ones((1, 128), np.float32)
     np.testing.assert_allclose(run_model(model, {"x": x})[0], x @ w + small, rtol=1e-5, atol=1e-5)
+
+
+def test_a_run_that_fails_on_its_inputs_is_an_execution_error():
+    from conftest import make_model, tensor_info
+    from onnx import helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([1, 64], np.int64), "shape")
+    model = make_model([helper.make_node("Reshape", ["x", "shape"], ["y"], name="to_64")],
+                       [tensor_info("x", [1, "seq"])], [tensor_info("y", [1, 64])], [shape])
+    executable = ort_compile(kiln.capture(model))
+    np.testing.assert_array_equal(executable(np.ones((1, 64), np.float32)), np.ones((1, 64), np.float32))
+    with pytest.raises(ExecutionError, match="failed to run the model.*to_64") as raised:
+        executable(np.ones((1, 32), np.float32))
+    assert isinstance(raised.value, BackendError)

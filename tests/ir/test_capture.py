@@ -7,10 +7,13 @@ import onnx
 import onnx_ir as ir
 import pytest
 import torch
+from conftest import make_model, run_pass, tensor_info
+from onnx import TensorProto, helper, numpy_helper
 
 import kiln
 from kiln.errors import CaptureError
 from kiln.ir.provenance import get_provenance
+from kiln.passes.folding.constant_folding import FoldConstants
 
 
 class Block(torch.nn.Module):
@@ -131,3 +134,36 @@ def test_sdpa_failure_is_explained():
         error = explain_export_failure(exc, stage="torch.onnx.export")
     assert 'attn_implementation="eager"' in str(error)
     assert error.construct and "aten._scaled_dot_product_flash_attention_for_cpu" in error.construct
+
+
+def _growing_loop_model() -> onnx.ModelProto:
+    """A Loop appending x to a state three times, the state declared [0, 3] in the body as the
+    legacy exporter writes it (the initial value's shape), though it grows every iteration."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Concat", ["rows_in", "x"], ["rows_out"], axis=0)],
+        "body",
+        [tensor_info("i", [], TensorProto.INT64), tensor_info("cond_in", [], TensorProto.BOOL),
+         tensor_info("rows_in", [0, 3])],
+        [tensor_info("cond_out", [], TensorProto.BOOL), tensor_info("rows_out", ["rows", 3])],
+    )
+    initializers = [numpy_helper.from_array(np.array(3, np.int64), "trips"),
+                    numpy_helper.from_array(np.array(True), "cond"),
+                    numpy_helper.from_array(np.zeros((0, 3), np.float32), "empty")]
+    loop = helper.make_node("Loop", ["trips", "cond", "empty"], ["rows"], body=body)
+    return make_model([loop], [tensor_info("x", [1, 3])], [tensor_info("rows", ["n", 3])], initializers, opset=13)
+
+
+def test_loop_state_keeps_only_the_dims_its_update_keeps():
+    model = kiln.capture(_growing_loop_model())
+    body = next(iter(model.graph)).attributes["body"].as_graph()
+    state = body.inputs[2]
+    assert state.shape[1] == 3 and not isinstance(state.shape[0], int)
+
+
+def test_folding_does_not_drop_a_loop_state_declared_empty():
+    x = np.arange(3, dtype=np.float32).reshape(1, 3)
+    optimized, report = run_pass(FoldConstants(), _growing_loop_model(), feeds={"x": x})
+    assert report.status in ("applied", "unchanged")
+    result = kiln.optimize(optimized, level=0)(x)
+    np.testing.assert_array_equal(result, np.repeat(x, 3, axis=0))

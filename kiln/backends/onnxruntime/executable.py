@@ -13,7 +13,7 @@ import onnx_ir as ir
 from kiln.backends.onnxruntime.session import create_session
 from kiln.backends.onnxruntime.values import needs_ort_value, ort_value_to_numpy, to_ort_value
 from kiln.backends.timing import BenchmarkResult, time_calls
-from kiln.errors import BackendError
+from kiln.errors import ExecutionError
 from kiln.ir.inputs import Feeds, is_torch_tensor, make_feeds, random_inputs
 from kiln.ir.queries import is_onnx
 from kiln.ir.serialization import needs_external_data
@@ -51,7 +51,7 @@ class OrtExecutable:
                     raise
                 return self._run_with_ort_values(feeds)  # outputs of a type numpy lacks
         except Exception as exc:
-            raise BackendError(f"ONNX Runtime failed to run the model: {str(exc).strip()[:500]}") from exc
+            raise ExecutionError(f"ONNX Runtime failed to run the model: {str(exc).strip()[:500]}") from exc
 
     def _run_with_ort_values(self, feeds: Feeds) -> list[np.ndarray]:
         """Run through OrtValues: ORT's numpy bridge rejects bfloat16, float8 and int4 arrays."""

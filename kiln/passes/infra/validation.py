@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from kiln.errors import InputError
+from kiln.errors import ExecutionError, InputError, ValidationError
 from kiln.ir.inputs import Feeds
+from kiln.ir.queries import constant_array, is_onnx
 from kiln.passes.infra.contract import CosineBudget, ErrorBudget, ModelRunner, Pass, PassContext, Tolerance
 from kiln.passes.infra.instruments import Instrument
 from kiln.report.model import ErrorStats, OptimizationReport, PassReport
@@ -76,6 +77,32 @@ def _paired_outputs(names: Sequence[str], reference: Sequence[Any],
         if ref.dtype != got.dtype:
             return [], f"output {name!r} has dtype {got.dtype} instead of {ref.dtype}"
     return pairs, None
+
+
+#: Ops that draw random numbers on every run (Dropout does too when told to train).
+RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                        "Bernoulli"})
+
+
+def random_nodes(model: ir.Model) -> list[ir.Node]:
+    """Nodes that may draw random numbers: the random generators, and Dropouts whose training_mode
+    input is not a constant False (whether they do is settled by running the model twice)."""
+    found: list[ir.Node] = []
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if not is_onnx(node):
+            continue
+        if node.op_type in RANDOM_OPS:
+            found.append(node)
+        elif node.op_type == "Dropout" and len(node.inputs) > 2 and node.inputs[2] is not None:
+            mode = constant_array(node.inputs[2])
+            if mode is None or bool(mode.any()):
+                found.append(node)
+    return found
+
+
+def feed_shapes(feeds: Feeds) -> str:
+    """'x [1, 3, 224, 224], ids [1, 128]': the shapes of the array feeds, for messages."""
+    return ", ".join(f"{name} {list(np.shape(value))}" for name, value in feeds.items() if hasattr(value, "shape"))
 
 
 def compare_outputs(names: Sequence[str], reference: Sequence[Any], actual: Sequence[Any],
@@ -189,19 +216,23 @@ class NumericValidation(Instrument):
     """
 
     def __init__(self, runner: ModelRunner, feeds: Feeds, tolerance: Tolerance = Tolerance(),
-                 fallback_runner: ModelRunner | None = None, inputs: str = ""):
-        """`inputs` describes the feeds for error messages ("x [1, 3, 224, 224], guessed: ...")."""
+                 fallback_runner: ModelRunner | None = None, made_up_feeds: bool = False,
+                 guessed_dims: Sequence[str] = ()):
         self.runner = runner
-        self.inputs_text = f" ({inputs})" if inputs else ""
         self.fallback_runner = fallback_runner
         self.feeds = feeds
+        # kiln made the feeds up (random inputs at bound or guessed shapes): an original that loads but
+        # fails on them (ExecutionError) raises InputError naming the shapes and the sizes guessed,
+        # rather than leaving the run unvalidated; one that does not load stays unvalidated
+        self.made_up_feeds = made_up_feeds
+        self.guessed_dims = list(guessed_dims)
         self.tolerance = tolerance
         self.reference: list[np.ndarray] | None = None  # the original model's outputs
         self.baseline: list[np.ndarray] | None = None  # what exact passes are compared with
         self.baseline_pass = ""  # the approximate pass that set the baseline ("" = the original)
         self.final_error: ErrorStats | None = None  # the last accepted model against the original
         self.output_names: list[str] = []
-        self.unavailable_reason = "the original model was not run"  # run_before raises when it cannot
+        self.unavailable_reason = ""
         self.seconds = 0.0
         self._pending: tuple[list[np.ndarray], ErrorStats] | None = None
 
@@ -211,24 +242,49 @@ class NumericValidation(Instrument):
         try:
             self.reference = self.runner(model, self.feeds)
         except Exception as exc:  # the original model cannot run on the primary runner
-            failure = str(exc).strip()
-            if self.fallback_runner is not None:
+            if self.fallback_runner is None:
+                self.unavailable_reason = f"the original model does not run: {exc}"
+            else:
                 logger.info("Primary runner failed on the original model (%s); using the fallback.", exc)
                 try:
                     self.runner = self.fallback_runner
                     self.reference = self.runner(model, self.feeds)
                 except Exception as exc2:
-                    failure = f"{failure[:300]}; the reference evaluator: {str(exc2).strip()[:200]}"
-            if self.reference is None:
+                    self.unavailable_reason = f"the original model does not run: {exc}; nor on the fallback: {exc2}"
+            if self.reference is None and self.made_up_feeds and isinstance(exc, ExecutionError):
+                guessed = f" ({'; '.join(self.guessed_dims)})" if self.guessed_dims else ""
                 raise InputError(
-                    f"The original model does not run on the sample inputs{self.inputs_text}: {failure[:500]}. "
-                    "kiln cannot validate any pass without inputs the model accepts: bind the shapes it expects "
-                    "(--input-shape NAME:D0,D1,... or --dim NAME=SIZE; input_shapes= / dim_values= in kiln.optimize), "
-                    "give real inputs (--sample-inputs inputs.npz; sample_inputs=), or turn validation off "
-                    "(--no-validate; validate=False).") from exc
-        self.baseline = self.reference
-        self.final_error = ErrorStats()
+                    f"The original model does not run on kiln's random sample inputs {feed_shapes(self.feeds)}"
+                    f"{guessed}: {str(exc).strip()[:500]}. Bind the shapes it takes with input_shapes= / dim_values= "
+                    "(kiln optimize --input-shape NAME:D0,D1,.. / --dim NAME=SIZE), or give real inputs with "
+                    "sample_inputs= (--sample-inputs inputs.npz); validate=False (--no-validate) optimizes "
+                    "without checking.") from exc
+        if self.reference is None:
+            logger.warning("Numeric validation is off: %s", self.unavailable_reason)
+        else:
+            self._check_deterministic(model)
+            self.baseline = self.reference
+            self.final_error = ErrorStats()
         self.seconds += time.perf_counter() - started
+
+    def _check_deterministic(self, model: ir.Model) -> None:
+        """Raise ValidationError when the original's outputs change between two runs on the same
+        inputs (a Dropout in training mode, a random generator): no rewrite could be checked."""
+        suspects = random_nodes(model)
+        if not suspects:
+            return
+        assert self.reference is not None
+        _, difference = compare_outputs(self.output_names, self.reference, self.runner(model, self.feeds),
+                                        Tolerance(atol=0.0, rtol=0.0))
+        if difference is None:
+            return
+        named = ", ".join(f"{n.op_type} {n.name!r}" for n in suspects[:3]) + (" ..." if len(suspects) > 3 else "")
+        raise ValidationError(
+            f"The original model's outputs change from run to run on the same inputs ({difference}): {named} "
+            "draw random numbers (a Dropout with training_mode true runs in training mode), so no rewrite can be "
+            "checked against them. Export the model in eval mode (model.eval(); torch.onnx.export(..., "
+            "training=torch.onnx.TrainingMode.EVAL)), or optimize without checking with validate=False "
+            "(--no-validate).")
 
     @property
     def available(self) -> bool:

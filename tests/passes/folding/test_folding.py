@@ -63,6 +63,28 @@ def test_batchnorm_after_relu_does_not_fold_into_the_conv_before_the_relu():
     np.testing.assert_allclose(optimized(x.numpy()), module(x).detach().numpy(), atol=1e-5)
 
 
+def _conv_batchnorm_in_training_mode(opset: int) -> onnx.ModelProto:
+    """Conv then BatchNormalization in training mode, as torch.onnx.export(training=TRAINING) writes
+    it: `training_mode=1` (opset 14+), or the running and saved statistics as outputs (before 14)."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")]
+    weights += [numpy_helper.from_array(rng.uniform(0.5, 2, 8).astype(np.float32), name)
+                for name in ("scale", "bias", "mean", "var")]
+    extra = {"training_mode": 1} if opset >= 14 else {}
+    outputs = ["y", "running_mean", "running_var"] + (["saved_mean", "saved_var"] if opset < 14 else [])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], outputs, **extra)]
+    return make_model(nodes, [tensor_info("x", [2, 3, 12, 12])], [tensor_info("y", [2, 8, 10, 10])], weights,
+                      opset=opset)
+
+
+@pytest.mark.parametrize("opset", [13, 15])
+def test_batchnorm_in_training_mode_does_not_fold(opset):
+    optimized = optimize_with(_conv_batchnorm_in_training_mode(opset), FoldLayers())
+    layer = next(p for p in optimized.report.passes if p.name == "layer_folding")
+    assert layer.status == "unchanged" and op_histogram(optimized.model)["BatchNormalization"] == 1
+
+
 def test_transpose_pairs_cancel_and_reshape_chains_collapse():
     nodes = [
         helper.make_node("Transpose", ["x"], ["t1"], perm=[0, 2, 1, 3]),

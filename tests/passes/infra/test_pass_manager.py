@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
+from conftest import make_model, tensor_info
+from onnx import helper, numpy_helper
 
 import kiln
+from kiln.errors import InputError, ValidationError
 from kiln.ir.provenance import get_provenance
 from kiln.passes.infra import Pass, PassContext, PassResult, Tolerance
 from kiln.passes.infra.instruments import StructuralCheck, check_structure
@@ -227,3 +231,40 @@ def test_decisions_land_in_the_pass_report_with_its_name(mlp_model):
     _, report = PassManager([Deciding()]).run(kiln.capture(mlp_model))
     (decision,) = report.passes[0].decisions
     assert decision.pass_name == "deciding" and decision.chosen == "a" and report.decisions == [decision]
+
+
+def _reshape_to_64() -> onnx.ModelProto:
+    """x [1, seq] reshaped to [1, 64]: only seq = 64 runs, and kiln's default guess for seq is 128."""
+    shape = numpy_helper.from_array(np.array([1, 64], np.int64), "shape")
+    return make_model([helper.make_node("Reshape", ["x", "shape"], ["y"], name="to_64")],
+                      [tensor_info("x", [1, "seq"])], [tensor_info("y", [1, 64])], [shape])
+
+
+def test_an_original_that_does_not_run_on_made_up_inputs_is_an_input_error():
+    with pytest.raises(InputError, match=r"x \[1, 128\] \(seq guessed 128 .*Reshape.*--dim NAME=SIZE"):
+        kiln.optimize(_reshape_to_64(), level=1)
+    assert kiln.optimize(_reshape_to_64(), level=1, dim_values={"seq": 64}).report.validated
+
+
+def test_an_original_that_does_not_run_on_given_inputs_is_reported_not_validated():
+    x = np.zeros((1, 32), np.float32)
+    report = kiln.optimize(_reshape_to_64(), level=1, sample_inputs={"x": x}).report
+    assert not report.validated
+    assert report.validation.startswith("not validated: the original model does not run: ")
+    assert "Reshape" in report.validation
+
+
+def _dropout(training: bool) -> onnx.ModelProto:
+    """Relu(Dropout(x)) with the training_mode input a constant, as a training-mode export writes it."""
+    nodes = [helper.make_node("Constant", [], ["ratio"], value=numpy_helper.from_array(np.array(0.5, np.float32))),
+             helper.make_node("Constant", [], ["training"], value=numpy_helper.from_array(np.array(training))),
+             helper.make_node("Dropout", ["x", "ratio", "training"], ["d"], name="drop"),
+             helper.make_node("Relu", ["d"], ["y"])]
+    return make_model(nodes, [tensor_info("x", [4, 64])], [tensor_info("y", [4, 64])])
+
+
+def test_an_original_whose_outputs_are_random_cannot_be_validated():
+    with pytest.raises(ValidationError, match=r"change from run to run.*Dropout 'drop'.*validate=False"):
+        kiln.optimize(_dropout(training=True), level=1)
+    assert kiln.optimize(_dropout(training=False), level=1).report.validated
+    assert not kiln.optimize(_dropout(training=True), level=1, validate=False).report.validated
