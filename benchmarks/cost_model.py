@@ -91,7 +91,8 @@ def _load(name: str) -> tuple[Any, dict[str, Any]]:
     elif name not in zoo.ZOO:
         from benchmarks import user_zoo
 
-        case = user_zoo.load_case(name)
+        user_case = user_zoo.load_case(name)
+        return kiln.load(user_case.onnx_path), dict(user_case.input_sets[0])
     else:
         case = zoo.load_case(name, 1, calibration_samples=0, trust_cache=True)
     return kiln.load(case.onnx_path), dict(case.inputs)

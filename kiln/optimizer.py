@@ -25,9 +25,11 @@ from kiln.backends import onnxruntime as ort_backend
 from kiln.backends import reference as reference_backend
 from kiln.backends.timing import alternate
 from kiln.cost_model.decisions import CostOracle, MeasuredChoiceOracle
+from kiln.cost_model.analytical import RunFacts
 from kiln.cost_model.measure.choices import MeasuredChoices
+from kiln.cost_model.measure.observed import needs_observation, observe, price_at_inputs
 from kiln.cost_model.model import CostModel
-from kiln.errors import InputError
+from kiln.errors import InputError, KilnError
 from kiln.ir.capture import capture, split_example_inputs
 from kiln.ir.inputs import Feeds, is_tensor_input, make_feeds, random_inputs
 from kiln.ir.shapes import BoundShapes, ShapeBinding, bind_shapes, fix_input_shapes
@@ -157,7 +159,7 @@ class Optimizer:
             if cost_model is not None else None, measured=self.measured_choices(), sample_inputs=feeds,
             calibration=list(self.validation.calibration), options=pipeline.options, runner=self.run_reference)
         original = captured.clone() if self.cost.measure else None  # the clone shares weight tensors
-        manager = PassManager(pipeline.steps(), self._instruments(feeds, cost_model, bound,
+        manager = PassManager(pipeline.steps(), self._instruments(captured, feeds, cost_model, bound,
                                                                   made_up=report.sample_inputs == "random inputs"))
         optimized, report = manager.run(captured, ctx, report)
         if original is not None:
@@ -191,7 +193,7 @@ class Optimizer:
             fix_input_shapes(captured, bound)
         return feeds, bound
 
-    def _instruments(self, feeds: Feeds | None, cost_model: CostModel | None,
+    def _instruments(self, model: ir.Model, feeds: Feeds | None, cost_model: CostModel | None,
                      bound: BoundShapes, made_up: bool = False) -> list[Instrument]:
         instruments: list[Instrument] = [StructuralCheck()]
         if self.validation.enabled and feeds is not None:
@@ -202,9 +204,26 @@ class Optimizer:
             instruments.append(IRDump(self.dump_ir))
         if cost_model is not None:
             # last: it sees only the passes every check accepted
-            instruments.append(CostPrediction(cost_model, dims=bound.dims,
-                                              input_shapes={n: b.shape for n, b in bound.inputs.items()}))
+            instruments.append(CostPrediction(cost_model, dims=bound.dims, facts=self._run_facts(model, feeds, bound,
+                                                                                               cost_model)))
         return instruments
+
+    def _run_facts(self, model: ir.Model, feeds: Feeds | None, bound: BoundShapes, cost_model: CostModel) -> RunFacts:
+        """What the cost prediction prices at: the bound input shapes and, for a model whose inputs
+        stay symbolic or that has control flow, the shapes, branches and trip counts of one run on
+        the sample inputs when shape inference cannot size every node (legacy exports with
+        dynamic axes lose shapes at their first computed Reshape)."""
+        facts = RunFacts(shapes={n: b.shape for n, b in bound.inputs.items()})
+        dynamic = any(v.shape is not None and not v.shape.is_static() for v in model.graph.inputs) or any(
+            attr.type == ir.AttributeType.GRAPH for node in model.graph for attr in node.attributes.values())
+        if feeds is None or not dynamic or not needs_observation(cost_model.model_cost(model, dims=bound.dims,
+                                                                                         facts=facts)):
+            return facts
+        try:
+            return observe(model, feeds, threads=self.threads)
+        except KilnError as exc:  # the prediction then lists what it could not size
+            logger.info("cost prediction: could not observe the model's shapes (%s)", exc)
+            return facts
 
     def _sample_feeds(self, model: ir.Model, example_inputs: Any, bound: BoundShapes) -> tuple[Feeds, str]:
         inputs = [v for v in model.graph.inputs if not v.is_initializer()]
@@ -225,10 +244,10 @@ class Optimizer:
         report.measured_ms_before, report.measured_ms_after = _measure_both(before, after, self.target, feeds)
         compiled_model = CostModel.default(self.threads)
         report.compiled_cost_model = repr(compiled_model)
-        report.predicted_compiled_ms_before = compiled_model.model_cost(before, compiled=True,
-                                                                        dims=bound.dims).latency_ms
-        report.predicted_compiled_ms_after = compiled_model.model_cost(after, compiled=True,
-                                                                       dims=bound.dims).latency_ms
+        report.predicted_compiled_ms_before = price_at_inputs(compiled_model, before, feeds, dims=bound.dims,
+                                                              compiled=True)[0].latency_ms
+        report.predicted_compiled_ms_after = price_at_inputs(compiled_model, after, feeds, dims=bound.dims,
+                                                             compiled=True)[0].latency_ms
 
 
 def _shapes_of_feeds(inputs: list[ir.Value], feeds: Feeds, binding: ShapeBinding, bound: BoundShapes,

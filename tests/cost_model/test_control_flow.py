@@ -203,3 +203,25 @@ def test_the_graph_ort_runs_is_priced_at_the_shapes_ort_used():
     assert not estimate.missing_shapes and not estimate.unknown_ops
     convs = [e for n, e in estimate.per_node if n.op_type == "Conv"]
     assert len(convs) == 2 and sum(e.flops for e in convs) >= 2 * 40 * 56 * 32 * (16 + 32) * 9
+
+
+def test_kiln_optimize_prices_a_dynamic_model_at_the_shapes_of_its_sample_run():
+    from kiln.ir.shapes import bind_shapes
+    from kiln.optimizer import Optimizer
+
+    # the MatMul after NonZero cannot be sized by inference; one run on the samples sizes it
+    proto = make_model(
+        [helper.make_node("NonZero", ["mask"], ["nz"]),
+         helper.make_node("Transpose", ["nz"], ["idx"], perm=[1, 0]),
+         helper.make_node("Cast", ["idx"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("MatMul", ["f", "W"], ["y"])],
+        [tensor_info("mask", ["n"], TensorProto.BOOL)], [tensor_info("y", [None, 32])],
+        [numpy_helper.from_array(np.ones((1, 32), np.float32), "W")],
+    )
+    model = ir.serde.deserialize_model(proto)
+    optimizer = Optimizer()
+    bound = bind_shapes(list(model.graph.inputs))
+    mask = np.ones(bound.shape("mask"), bool)
+    facts = optimizer._run_facts(model, {"mask": mask}, bound, CostModel.default(2, learned=False))
+    assert facts.shapes["f"] == (bound.shape("mask")[0], 1)
+    assert not model_cost(model, dims=bound.dims, facts=facts).missing_shapes

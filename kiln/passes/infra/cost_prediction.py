@@ -32,11 +32,13 @@ class CostPrediction(Instrument):
     run's predicted latency and peak memory before and after (`OptimizationReport.predicted_*`)."""
 
     def __init__(self, cost_model: CostModel, dims: Mapping[str, int] | None = None,
-                 input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+                 facts: RunFacts | None = None) -> None:
+        """`dims` binds symbolic dims by name; `facts` holds the bound shape of every input (for
+        dims no symbol names) and, when the caller ran the model, the shapes, branches and trip
+        counts of that run (matched by name: values a rewrite keeps keep their shape)."""
         self.cost_model = cost_model
         self.dims = dict(dims or {})
-        # the bound shape of every input, for dims no symbol names (-1, unnamed)
-        self.facts = RunFacts(shapes=dict(input_shapes or {}))
+        self.facts = facts or RunFacts()
         self.initial: ModelEstimate | None = None
         self.latest: ModelEstimate | None = None
 
