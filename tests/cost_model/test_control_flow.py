@@ -154,17 +154,22 @@ def test_lstm_reads_its_recurrent_weights_once_per_time_step():
     assert lstm.flops > 0 and lstm.known
 
 
-def test_data_dependent_shapes_are_priced_at_what_a_run_shows():
-    # NonZero's output length depends on the data: inference cannot size the MatMul after it
+def _nonzero_model(mask_shape):
+    """MatMul(Cast(Transpose(NonZero(mask))), W): the product's rows are the mask's true count."""
     proto = make_model(
         [helper.make_node("NonZero", ["mask"], ["nz"]),
          helper.make_node("Transpose", ["nz"], ["idx"], perm=[1, 0]),
          helper.make_node("Cast", ["idx"], ["f"], to=TensorProto.FLOAT),
          helper.make_node("MatMul", ["f", "W"], ["y"])],
-        [tensor_info("mask", [64], TensorProto.BOOL)], [tensor_info("y", None)],
+        [tensor_info("mask", mask_shape, TensorProto.BOOL)], [tensor_info("y", [None, 32])],
         [numpy_helper.from_array(np.ones((1, 32), np.float32), "W")],
     )
-    model = ir.serde.deserialize_model(proto)
+    return ir.serde.deserialize_model(proto)
+
+
+def test_data_dependent_shapes_are_priced_at_what_a_run_shows():
+    # NonZero's output length depends on the data: inference cannot size the MatMul after it
+    model = _nonzero_model([64])
     assert model_cost(model).missing_shapes.get("MatMul") == 1
     mask = np.zeros(64, bool)
     mask[:10] = True
@@ -210,15 +215,7 @@ def test_kiln_optimize_prices_a_dynamic_model_at_the_shapes_of_its_sample_run():
     from kiln.optimizer import Optimizer
 
     # the MatMul after NonZero cannot be sized by inference; one run on the samples sizes it
-    proto = make_model(
-        [helper.make_node("NonZero", ["mask"], ["nz"]),
-         helper.make_node("Transpose", ["nz"], ["idx"], perm=[1, 0]),
-         helper.make_node("Cast", ["idx"], ["f"], to=TensorProto.FLOAT),
-         helper.make_node("MatMul", ["f", "W"], ["y"])],
-        [tensor_info("mask", ["n"], TensorProto.BOOL)], [tensor_info("y", [None, 32])],
-        [numpy_helper.from_array(np.ones((1, 32), np.float32), "W")],
-    )
-    model = ir.serde.deserialize_model(proto)
+    model = _nonzero_model(["n"])
     optimizer = Optimizer()
     bound = bind_shapes(list(model.graph.inputs))
     mask = np.ones(bound.shape("mask"), bool)
