@@ -131,8 +131,8 @@ class LearnedCorrection:
     trained_on: list[str] = field(default_factory=list)
     samples: int = 0
     fit_log_rmse: dict[str, float] = field(default_factory=dict)  # training error per layer
-    # time the executor spends outside kernels, per kernel (corrections saved before
-    # executor_scale; added once per kernel to whole-model latency)
+    # added once per kernel to whole-model latency: time the executor spends between kernels
+    # (positive), or what ORT's profiler adds to every kernel it times (negative)
     executor_overhead_us: float = 0.0
     # whole-model wall time / summed kernel medians on the training models: the executor's own
     # time net of what ORT's profiler adds to each kernel; scales the summed kernel times

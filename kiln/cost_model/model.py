@@ -30,7 +30,6 @@ from kiln.cost_model.analytical import model_cost as analytical_model_cost
 from kiln.cost_model.analytical import op_key, value_nbytes
 from kiln.cost_model.hardware import HardwareProfile, default_profile_path, load, preset_for_this_cpu
 from kiln.cost_model.roofline import Estimate, group_estimate, is_weight, node_estimate
-from kiln.errors import BackendError
 
 if TYPE_CHECKING:
     from kiln.cost_model.learned import LearnedCorrection
@@ -103,26 +102,6 @@ def _subgraph_nodes(node: ir.Node) -> list[ir.Node]:
         if attr.type == ir.AttributeType.GRAPH:
             out.extend(ir.traversal.RecursiveGraphIterator(attr.as_graph()))
     return out
-
-
-def _bound_inputs(model: ir.Model, dims: Mapping[str, int] | None, facts: RunFacts | None) -> ir.Model:
-    """`model`, or a clone whose graph inputs have the bound (or observed) static shapes, so the
-    graph ORT lowers it to carries concrete shapes (ORT infers them at session creation)."""
-    dims = dict(dims or {})
-    observed = dict(facts.shapes) if facts is not None else {}
-    symbolic = [v for v in model.graph.inputs if v.shape is not None and not v.shape.is_static()]
-    if not symbolic or not (dims or observed):
-        return model
-    clone = model.clone()
-    for value in clone.graph.inputs:
-        if value.shape is None or value.shape.is_static():
-            continue
-        if value.name in observed and len(observed[value.name]) == len(value.shape):
-            value.shape = ir.Shape(list(observed[value.name]))
-        else:
-            value.shape = ir.Shape([int(dims[str(d.value)]) if not isinstance(d, int) and str(d.value) in dims
-                                    else d for d in value.shape])
-    return clone
 
 
 def peak_memory_bytes(graph: ir.Graph, dims: Mapping[str, int] | None = None) -> tuple[int, int]:
@@ -246,18 +225,10 @@ class CostModel:
         if compiled:
             from kiln.cost_model.measure.lowering import OBSERVED_FACTS, ort_compiled_model
 
-            bound = _bound_inputs(model, dims, facts)
-            try:
-                model = ort_compiled_model(bound, threads=self.profile.threads,
-                                           feeds=dict(feeds) if feeds is not None else None)
-            except BackendError as exc:
-                if bound is model:
-                    raise
-                # ORT's load-time inference can reject static shapes a branch not taken cannot have
-                logger.info("cost model: ORT rejects the model with static inputs (%s); lowering it as declared",
-                            str(exc)[:200])
-                model = ort_compiled_model(model, threads=self.profile.threads,
-                                           feeds=dict(feeds) if feeds is not None else None)
+            # lowered as declared: with static inputs ORT would fold the shape arithmetic a model
+            # with symbolic inputs runs, and lay out other kernels - not the graph that runs
+            model = ort_compiled_model(model, threads=self.profile.threads,
+                                       feeds=dict(feeds) if feeds is not None else None)
             facts = model.meta.get(OBSERVED_FACTS, facts)
         costs = analytical_model_cost(model, dims=dims, infer_shapes=infer_shapes or compiled, facts=facts)
         peak, weights = peak_memory_bytes(model.graph, dims)
