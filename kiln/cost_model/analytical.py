@@ -1007,10 +1007,12 @@ def _inferred_clone(model: ir.Model, dims: Mapping[str, int] | None,
 
 def set_shapes(model: ir.Model, shapes: Mapping[str, tuple[int, ...]],
                dtypes: Mapping[str, ir.DataType] | None = None) -> int:
-    """Set `shapes` (by value name) on the main graph's values whose shape is missing or symbolic
-    (of the same rank), and `dtypes` where a value has none; returns how many shapes were set."""
+    """Set `shapes` (by value name) on the values of the graph and its subgraphs whose shape is
+    missing or symbolic (of the same rank), and `dtypes` where a value has none; returns how many
+    shapes were set."""
     filled = 0
-    for value in [*model.graph.inputs, *(v for node in model.graph for v in node.outputs)]:
+    nodes = ir.traversal.RecursiveGraphIterator(model.graph)  # subgraph values too (observed when inlined)
+    for value in [*model.graph.inputs, *(v for node in nodes for v in node.outputs)]:
         if dtypes and value.dtype is None and (value.name or "") in dtypes:
             value.dtype = dtypes[value.name]
         shape = shapes.get(value.name or "")

@@ -222,3 +222,36 @@ def test_kiln_optimize_prices_a_dynamic_model_at_the_shapes_of_its_sample_run():
     facts = optimizer._run_facts(model, {"mask": mask}, bound, CostModel.default(2, learned=False))
     assert facts.shapes["f"] == (bound.shape("mask")[0], 1)
     assert not model_cost(model, dims=bound.dims, facts=facts).missing_shapes
+
+
+def test_tensors_inside_the_branch_taken_are_observed_by_inlining_it():
+    # then: MatMul(Cast(Transpose(NonZero(mask))), W), sized only by a run; else: a constant
+    then_branch = helper.make_graph(
+        [helper.make_node("NonZero", ["mask"], ["nz"]),
+         helper.make_node("Transpose", ["nz"], ["idx"], perm=[1, 0]),
+         helper.make_node("Cast", ["idx"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("MatMul", ["f", "W"], ["then_y"])],
+        "then", [], [tensor_info("then_y", None)])
+    else_branch = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["else_y"],
+                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]))],
+        "else", [], [tensor_info("else_y", None)])
+    proto = make_model(
+        [helper.make_node("ReduceMax", ["mask_f"], ["any"], keepdims=0),
+         helper.make_node("Greater", ["any", "zero"], ["cond"]),
+         helper.make_node("Cast", ["mask_f"], ["mask"], to=TensorProto.BOOL),
+         helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch)],
+        [tensor_info("mask_f", [64])], [tensor_info("y", None)],
+        [numpy_helper.from_array(np.ones((1, 32), np.float32), "W"),
+         numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+         numpy_helper.from_array(np.array([1, 32], np.int64), "shape")],
+    )
+    model = ir.serde.deserialize_model(proto)
+    assert "MatMul" in model_cost(model).missing_shapes
+    mask = np.zeros(64, np.float32)
+    mask[:5] = 1.0
+    facts = observe(model, {"mask_f": mask})
+    assert facts.taken_branches == {"branch": "then_branch"} and facts.shapes["f"] == (5, 1)
+    cost = model_cost(model, facts=facts)
+    assert not cost.missing_shapes and not cost.both_branches
+    assert next(c for n, c in cost.per_node if n.op_type == "MatMul").flops == 2 * 5 * 32

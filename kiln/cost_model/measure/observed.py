@@ -33,6 +33,8 @@ __all__ = ["needs_observation", "observe", "price_at_inputs"]
 
 # a control value has one element (If conditions, Loop trip counts and conditions are scalars)
 _CONTROL_MAX_ELEMENTS = 1
+# how many levels of nested If branches are inlined to observe the tensors inside them
+_INLINE_ROUNDS = 3
 
 
 def _observable(model: ir.Model) -> list[ir.Value]:
@@ -49,12 +51,69 @@ def _observable(model: ir.Model) -> list[ir.Value]:
 
 
 def observe(model: ir.Model, feeds: Feeds, *, threads: int = 2, workdir: Path | None = None) -> RunFacts:
-    """Run `model` once on `feeds` with every main-graph tensor exposed and return what it showed.
+    """Run `model` on `feeds` with every main-graph tensor exposed and return what it showed.
 
-    The caller's model is not modified (a copy gets the extra outputs). With `workdir`, the copy is
-    saved there with its weights as external data and loaded from the file. Raises the KilnError of the session factory when ORT
-    cannot load or run the model.
+    ORT exposes main-graph tensors only, so the branch each If took is then inlined into the main
+    graph of a copy and the copy run again (up to `_INLINE_ROUNDS` times, for nested Ifs): the
+    tensors inside taken branches get their shapes too, and the Ifs and Loops inside them their
+    branches and trip counts. The caller's model is not modified. With `workdir`, copies are saved
+    there with their weights as external data and loaded from the file. Raises the KilnError of the
+    session factory when ORT cannot load or run the model.
     """
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, ir.DataType] = {}
+    taken: dict[str, str] = {}
+    trips: dict[str, int] = {}
+    current = model
+    for round_ in range(_INLINE_ROUNDS + 1):
+        seen_shapes, seen_dtypes, controls = _observe_once(current, feeds, threads, workdir)
+        shapes.update(seen_shapes)
+        dtypes.update(seen_dtypes)
+        facts = _with_control_flow(current, seen_shapes, seen_dtypes, controls)
+        taken.update(facts.taken_branches)
+        trips.update(facts.trip_counts)
+        branches = {name: branch for name, branch in facts.taken_branches.items()}
+        if round_ == _INLINE_ROUNDS or not branches:
+            break
+        current = current.clone()
+        if not _inline_taken_branches(current, branches):
+            break
+    return RunFacts(shapes=shapes, dtypes=dtypes, taken_branches=taken, trip_counts=trips)
+
+
+def _inline_taken_branches(model: ir.Model, taken: Mapping[str, str]) -> int:
+    """Replace every main-graph If whose branch is known by that branch's nodes (its outputs take
+    the If's uses); returns how many were inlined. ONNX forbids a subgraph to shadow an outer name,
+    so the inlined values keep names unique in the main graph."""
+    inlined = 0
+    for node in list(model.graph):
+        branch_name = taken.get(node.name or "") if node.op_type == "If" else None
+        if branch_name is None or branch_name not in node.attributes:
+            continue
+        branch = node.attributes[branch_name].as_graph()
+        if len(branch.outputs) != len(node.outputs):
+            continue
+        for name, value in list(branch.initializers.items()):
+            branch.initializers.pop(name)
+            model.graph.register_initializer(value)
+        nodes = list(branch)
+        branch.remove(nodes, safe=False)
+        model.graph.insert_before(node, nodes)
+        replacements = list(branch.outputs)
+        branch.outputs.clear()  # a value is the output of one graph at a time
+        for index, output in enumerate(model.graph.outputs):
+            if output in node.outputs:
+                model.graph.outputs[index] = replacements[list(node.outputs).index(output)]
+        ir.convenience.replace_all_uses_with(list(node.outputs), replacements)
+        model.graph.remove(node, safe=True)
+        inlined += 1
+    return inlined
+
+
+def _observe_once(model: ir.Model, feeds: Feeds, threads: int,
+                  workdir: Path | None) -> tuple[dict[str, tuple[int, ...]], dict[str, ir.DataType], dict[str, int]]:
+    """One run of `model` on `feeds` with every main-graph tensor exposed: shapes and dtypes by value
+    name, and the value of every one-element integer or boolean tensor (conditions, trip counts)."""
     exposed = model.clone()  # shares the weight tensors; only the output list changes
     extra = _observable(exposed)
     for value in extra:
@@ -91,7 +150,7 @@ def observe(model: ir.Model, feeds: Feeds, *, threads: int = 2, workdir: Path | 
             if array.size == _CONTROL_MAX_ELEMENTS and (array.dtype == np.bool_ or np.issubdtype(array.dtype,
                                                                                                 np.integer)):
                 controls[value.name] = int(array.reshape(-1)[0])
-    return _with_control_flow(model, shapes, dtypes, controls)
+    return shapes, dtypes, controls
 
 
 def _with_control_flow(model: ir.Model, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, ir.DataType],
