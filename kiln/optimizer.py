@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,14 +24,15 @@ from kiln.backends import compile_model
 from kiln.backends import onnxruntime as ort_backend
 from kiln.backends import reference as reference_backend
 from kiln.backends.timing import alternate
-from kiln.cost_model.decisions import CostOracle, MeasuredChoiceOracle
 from kiln.cost_model.analytical import RunFacts
+from kiln.cost_model.decisions import CostOracle, MeasuredChoiceOracle
 from kiln.cost_model.measure.choices import MeasuredChoices
-from kiln.cost_model.measure.observed import needs_observation, observe, price_at_inputs
+from kiln.cost_model.measure.observed import observe, price_at_inputs
 from kiln.cost_model.model import CostModel
 from kiln.errors import InputError, KilnError
 from kiln.ir.capture import capture, split_example_inputs
 from kiln.ir.inputs import Feeds, is_tensor_input, make_feeds, random_inputs
+from kiln.ir.queries import has_symbolic_inputs
 from kiln.ir.shapes import BoundShapes, ShapeBinding, bind_shapes, fix_input_shapes
 from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
 from kiln.passes.infra import IRDump, NumericValidation, PassContext, PassManager, StructuralCheck, Tolerance
@@ -204,26 +205,29 @@ class Optimizer:
             instruments.append(IRDump(self.dump_ir))
         if cost_model is not None:
             # last: it sees only the passes every check accepted
-            instruments.append(CostPrediction(cost_model, dims=bound.dims, facts=self._run_facts(model, feeds, bound,
-                                                                                               cost_model)))
+            instruments.append(CostPrediction(cost_model, dims=bound.dims,
+                                              facts=RunFacts(shapes={n: b.shape for n, b in bound.inputs.items()}),
+                                              observe=self._observer(model, feeds)))
         return instruments
 
-    def _run_facts(self, model: ir.Model, feeds: Feeds | None, bound: BoundShapes, cost_model: CostModel) -> RunFacts:
-        """What the cost prediction prices at: the bound input shapes and, for a model whose inputs
-        stay symbolic or that has control flow, the shapes, branches and trip counts of one run on
-        the sample inputs when shape inference cannot size every node (legacy exports with
-        dynamic axes lose shapes at their first computed Reshape)."""
-        facts = RunFacts(shapes={n: b.shape for n, b in bound.inputs.items()})
-        dynamic = any(v.shape is not None and not v.shape.is_static() for v in model.graph.inputs) or any(
-            attr.type == ir.AttributeType.GRAPH for node in model.graph for attr in node.attributes.values())
-        if feeds is None or not dynamic or not needs_observation(cost_model.model_cost(model, dims=bound.dims,
-                                                                                         facts=facts)):
-            return facts
-        try:
-            return observe(model, feeds, threads=self.threads)
-        except KilnError as exc:  # the prediction then lists what it could not size
-            logger.info("cost prediction: could not observe the model's shapes (%s)", exc)
-            return facts
+    def _observer(self, model: ir.Model, feeds: Feeds | None) -> Callable[[], RunFacts | None] | None:
+        """For a model whose inputs stay symbolic or that has control flow, a callable running it
+        once on the sample inputs, for the cost prediction to call when shape inference cannot size
+        every node (legacy exports with dynamic axes lose shapes at their first computed Reshape);
+        None for other models, whose inferred shapes are what runs."""
+        control_flow = any(attr.type == ir.AttributeType.GRAPH for node in model.graph
+                           for attr in node.attributes.values())
+        if feeds is None or not (has_symbolic_inputs(model) or control_flow):
+            return None
+
+        def run() -> RunFacts | None:
+            try:
+                return observe(model, feeds, threads=self.threads)
+            except KilnError as exc:  # the prediction then lists what it could not size
+                logger.info("cost prediction: could not observe the model's shapes (%s)", exc)
+                return None
+
+        return run
 
     def _sample_feeds(self, model: ir.Model, example_inputs: Any, bound: BoundShapes) -> tuple[Feeds, str]:
         inputs = [v for v in model.graph.inputs if not v.is_initializer()]

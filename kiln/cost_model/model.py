@@ -57,6 +57,13 @@ class ModelEstimate:
     trip_counts: dict[str, int] = field(default_factory=dict)  # Loop / Scan node -> iterations priced
     facts: RunFacts | None = None  # what a run showed, when the estimate used one
 
+    @property
+    def needs_observation(self) -> bool:
+        """Shape inference could not complete this estimate: a node priced without its shapes, a
+        Loop or Scan of unknown trip count, or an If whose branch is unknown - what one observed run
+        (`kiln.cost_model.measure.observed`) would settle."""
+        return bool(self.missing_shapes) or bool({"Loop", "Scan"} & set(self.unknown_ops)) or bool(self.both_branches)
+
     def inclusive_ms(self, node: ir.Node) -> float:
         """The node's predicted time with every node of its subgraphs (what a profiler reports
         for an If, Loop or Scan kernel)."""

@@ -59,6 +59,11 @@ def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     return tuple(int(d) for d in value.shape)
 
 
+def has_symbolic_inputs(model: ir.Model) -> bool:
+    """Some graph input has a dim that is not a known int (a symbol, or unknown)."""
+    return any(v.shape is not None and not v.shape.is_static() for v in model.graph.inputs)
+
+
 def reshape_target(node: ir.Node) -> np.ndarray | None:
     """The constant target shape of a Reshape, flattened to int64, else None."""
     if len(node.inputs) < 2 or node.inputs[1] is None or node.inputs[1].const_value is None:

@@ -213,15 +213,20 @@ def test_the_graph_ort_runs_is_priced_at_the_shapes_ort_used():
 def test_kiln_optimize_prices_a_dynamic_model_at_the_shapes_of_its_sample_run():
     from kiln.ir.shapes import bind_shapes
     from kiln.optimizer import Optimizer
+    from kiln.passes.infra.cost_prediction import CostPrediction
 
     # the MatMul after NonZero cannot be sized by inference; one run on the samples sizes it
     model = _nonzero_model(["n"])
     optimizer = Optimizer()
     bound = bind_shapes(list(model.graph.inputs))
     mask = np.ones(bound.shape("mask"), bool)
-    facts = optimizer._run_facts(model, {"mask": mask}, bound, CostModel.default(2, learned=False))
+    prediction = CostPrediction(CostModel.default(2, learned=False), dims=bound.dims,
+                                observe=optimizer._observer(model, {"mask": mask}))
+    prediction.run_before(model, None)
+    facts = prediction.facts
     assert facts.shapes["f"] == (bound.shape("mask")[0], 1)
     assert not model_cost(model, dims=bound.dims, facts=facts).missing_shapes
+    assert not prediction.initial.missing_shapes
 
 
 def test_tensors_inside_the_branch_taken_are_observed_by_inlining_it():

@@ -29,7 +29,7 @@ from kiln.target import Target
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["needs_observation", "observe", "price_at_inputs"]
+__all__ = ["observe", "price_at_inputs"]
 
 # a control value has one element (If conditions, Loop trip counts and conditions are scalars)
 _CONTROL_MAX_ELEMENTS = 1
@@ -181,13 +181,6 @@ def _with_control_flow(model: ir.Model, shapes: dict[str, tuple[int, ...]], dtyp
     return RunFacts(shapes=shapes, dtypes=dtypes, taken_branches=taken, trip_counts=trips)
 
 
-def needs_observation(estimate: Any) -> bool:
-    """An estimate (`ModelEstimate` or `ModelCost`) that shape inference could not complete: a node
-    priced without its shapes, a Loop of unknown trip count, or an If whose branch is unknown."""
-    loops = {"Loop", "Scan"}
-    return bool(estimate.missing_shapes) or bool(loops & set(estimate.unknown_ops)) or bool(estimate.both_branches)
-
-
 def price_at_inputs(cost_model: CostModel, model: ir.Model, feeds: Feeds, *, dims: Mapping[str, int] | None = None,
                     compiled: bool = False) -> tuple[ModelEstimate, RunFacts | None]:
     """`cost_model`'s estimate of `model` at the shapes of `feeds`: from shape inference with the
@@ -197,7 +190,7 @@ def price_at_inputs(cost_model: CostModel, model: ir.Model, feeds: Feeds, *, dim
     inputs = RunFacts(shapes={name: tuple(int(d) for d in array.shape) for name, array in feeds.items()
                               if isinstance(array, np.ndarray)})
     estimate = cost_model.model_cost(model, dims=dims, compiled=compiled, facts=inputs)
-    if not needs_observation(estimate):
+    if not estimate.needs_observation:
         return estimate, None
     if compiled:
         estimate = cost_model.model_cost(model, dims=dims, compiled=True, facts=inputs, feeds=feeds)

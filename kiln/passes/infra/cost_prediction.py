@@ -12,12 +12,13 @@ without a shape are priced conservatively by the analytical model and counted as
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import onnx_ir as ir
 
 from kiln.cost_model.analytical import RunFacts
 from kiln.cost_model.model import CostModel, ModelEstimate
+from kiln.ir.queries import has_symbolic_inputs
 from kiln.passes.infra.contract import Pass, PassContext
 from kiln.passes.infra.instruments import Instrument
 from kiln.report.model import OptimizationReport, PassReport
@@ -32,22 +33,31 @@ class CostPrediction(Instrument):
     run's predicted latency and peak memory before and after (`OptimizationReport.predicted_*`)."""
 
     def __init__(self, cost_model: CostModel, dims: Mapping[str, int] | None = None,
-                 facts: RunFacts | None = None) -> None:
+                 facts: RunFacts | None = None, observe: Callable[[], RunFacts | None] | None = None) -> None:
         """`dims` binds symbolic dims by name; `facts` holds the bound shape of every input (for
-        dims no symbol names) and, when the caller ran the model, the shapes, branches and trip
-        counts of that run (matched by name: values a rewrite keeps keep their shape)."""
+        dims no symbol names). `observe`, called only when shape inference cannot price the input
+        model completely, runs it once and returns what the run showed (None when it cannot run);
+        those facts then price every pass (matched by name: values a rewrite keeps keep their
+        shape). Passes never run a backend, so the caller supplies it."""
         self.cost_model = cost_model
         self.dims = dict(dims or {})
         self.facts = facts or RunFacts()
+        self.observe = observe
         self.initial: ModelEstimate | None = None
         self.latest: ModelEstimate | None = None
 
     def run_before(self, model: ir.Model, ctx: PassContext) -> None:
-        self.initial = self.latest = self.cost_model.model_cost(model, dims=self.dims, facts=self.facts)
+        estimate = self.cost_model.model_cost(model, dims=self.dims, facts=self.facts)
+        if self.observe is not None and estimate.needs_observation:
+            observed = self.observe()
+            if observed is not None:
+                self.facts = observed
+                estimate = self.cost_model.model_cost(model, dims=self.dims, facts=self.facts)
+        self.initial = self.latest = estimate
 
     def after_pass(self, model: ir.Model, pass_: Pass, ctx: PassContext, report: PassReport) -> str | None:
         estimate = self.cost_model.model_cost(model, dims=self.dims, facts=self.facts,
-                                              infer_shapes=_has_symbolic_inputs(model))
+                                              infer_shapes=has_symbolic_inputs(model))
         if self.latest is not None:
             report.predicted_ms_before = self.latest.latency_ms
         report.predicted_ms_after = estimate.latency_ms
@@ -64,7 +74,3 @@ class CostPrediction(Instrument):
         report.predicted_ms_after = self.latest.latency_ms
         report.predicted_peak_bytes_before = self.initial.peak_memory_bytes
         report.predicted_peak_bytes_after = self.latest.peak_memory_bytes
-
-
-def _has_symbolic_inputs(model: ir.Model) -> bool:
-    return any(v.shape is not None and not all(isinstance(d, int) for d in v.shape) for v in model.graph.inputs)
