@@ -128,34 +128,8 @@ def _price(name: str, profile: Any) -> _Priced:
     # the shapes of the inputs (observed on the lowered graph where inference cannot size a value)
     estimate, _ = price_at_inputs(CostModel(profile), model, inputs, compiled=True)
     main = estimate.per_node[0][0].graph if estimate.per_node else None  # the walk starts in the main graph
-    estimates = {node.name: _inclusive(estimate, node, e) for node, e in estimate.per_node if node.graph is main}
+    estimates = {node.name: estimate.inclusive(node) for node, _ in estimate.per_node if node.graph is main}
     return _Priced(name, model, inputs, estimates)
-
-
-def _inclusive(estimate: Any, node: Any, own: Any) -> Any:
-    """A kernel's estimate with its subgraphs' nodes added (ORT's profiler times an If, Loop or
-    Scan kernel with its body inside)."""
-    import dataclasses
-
-    inner = [e for n, e in estimate.per_node if n is not node and _inside(n, node)]
-    if not inner:
-        return own
-    parts = [own, *inner]
-    return dataclasses.replace(own, flops=sum(e.flops for e in parts), compute_ms=sum(e.compute_ms for e in parts),
-                               memory_ms=sum(e.memory_ms for e in parts), ms=sum(e.ms for e in parts),
-                               activation_bytes=sum(e.activation_bytes for e in parts),
-                               weight_bytes=sum(e.weight_bytes for e in parts),
-                               launch_ms=sum(e.launch_ms for e in parts))
-
-
-def _inside(node: Any, owner: Any) -> bool:
-    import onnx_ir as ir
-
-    for attr in owner.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH and any(n is node for n in ir.traversal.RecursiveGraphIterator(
-                attr.as_graph())):
-            return True
-    return False
 
 
 def _measure_pass(priced: _Priced, repeats: int, threads: int) -> None:

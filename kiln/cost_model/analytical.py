@@ -52,7 +52,7 @@ from typing import Any
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
-from kiln.ir.queries import op_key
+from kiln.ir.queries import constant_array, op_key
 
 logger = logging.getLogger(__name__)
 
@@ -644,10 +644,8 @@ def _non_max_suppression(node: ir.Node, sh: _Shapes) -> int:
     boxes = sh.need(_inp(node, 0))
     scores = sh.need(_inp(node, 1))
     batch, classes, n = scores[0], scores[1], boxes[1]
-    limit = _inp(node, 2)
-    kept: float = n / 2
-    if limit is not None and limit.const_value is not None and limit.const_value.numpy().size == 1:
-        kept = min(int(limit.const_value.numpy().reshape(())), n)
+    limit = constant_int(_inp(node, 2))
+    kept: float = n / 2 if limit is None else min(limit, n)
     per_class = n * max(math.log2(n), 1.0) + kept * n * IOU_FLOPS if n else 0
     return int(batch * classes * per_class)
 
@@ -1039,10 +1037,8 @@ class RunFacts:
 
 def constant_int(value: ir.Value | None) -> int | None:
     """The integer a one-element constant holds, else None."""
-    if value is None or value.const_value is None:
-        return None
-    array = value.const_value.numpy()
-    return int(array.reshape(-1)[0]) if array.size == 1 else None
+    array = constant_array(value)
+    return int(array.reshape(-1)[0]) if array is not None and array.size == 1 else None
 
 
 def loop_trip_count(node: ir.Node, known: Callable[[ir.Value], int | None] = constant_int) -> int | None:

@@ -64,11 +64,21 @@ class ModelEstimate:
         (`kiln.cost_model.measure.observed`) would settle."""
         return bool(self.missing_shapes) or bool({"Loop", "Scan"} & set(self.unknown_ops)) or bool(self.both_branches)
 
-    def inclusive_ms(self, node: ir.Node) -> float:
-        """The node's predicted time with every node of its subgraphs (what a profiler reports
-        for an If, Loop or Scan kernel)."""
+    def inclusive(self, node: ir.Node) -> Estimate:
+        """The node's estimate with every node of its subgraphs added (what a profiler reports for
+        an If, Loop or Scan kernel): work, bytes and times summed; the node's own class, op and
+        written bytes."""
         inner = {id(n) for n in _subgraph_nodes(node)}
-        return sum(e.ms for n, e in self.per_node if n is node or id(n) in inner)
+        own = next(e for n, e in self.per_node if n is node)
+        parts = [own, *(e for n, e in self.per_node if id(n) in inner)]
+        if len(parts) == 1:
+            return own
+        return dataclasses.replace(own, **{name: sum(getattr(e, name) for e in parts) for name in (
+            "flops", "activation_bytes", "weight_bytes", "compute_ms", "memory_ms", "launch_ms", "ms")})
+
+    def inclusive_ms(self, node: ir.Node) -> float:
+        """The node's predicted time with every node of its subgraphs."""
+        return self.inclusive(node).ms
 
     def ms_by_op(self) -> dict[str, float]:
         """Predicted milliseconds per op type, largest first."""
@@ -230,13 +240,14 @@ class CostModel:
         ``compiled=True`` and `feeds`, the compiled graph is run once on them and priced at the shapes
         ORT used (`ModelEstimate.facts`)."""
         if compiled:
-            from kiln.cost_model.measure.lowering import OBSERVED_FACTS, ort_compiled_model
+            from kiln.cost_model.measure.lowering import observed_compiled_model, ort_compiled_model
 
             # lowered as declared: with static inputs ORT would fold the shape arithmetic a model
             # with symbolic inputs runs, and lay out other kernels - not the graph that runs
-            model = ort_compiled_model(model, threads=self.profile.threads,
-                                       feeds=dict(feeds) if feeds is not None else None)
-            facts = model.meta.get(OBSERVED_FACTS, facts)
+            if feeds is not None:
+                model, facts = observed_compiled_model(model, dict(feeds), threads=self.profile.threads)
+            else:
+                model = ort_compiled_model(model, threads=self.profile.threads)
         costs = analytical_model_cost(model, dims=dims, infer_shapes=infer_shapes or compiled, facts=facts)
         peak, weights = peak_memory_bytes(model.graph, dims)
         resident = weights <= self.profile.memory[-2].capacity_bytes if len(self.profile.memory) > 1 else False

@@ -19,30 +19,41 @@ from pathlib import Path
 import onnx_ir as ir
 
 from kiln.backends.onnxruntime import create_session, save_optimized_graph, session_options
-from kiln.cost_model.analytical import set_shapes
+from kiln.cost_model.analytical import RunFacts, set_shapes
+from kiln.cost_model.measure.observed import observe
 from kiln.ir.inputs import Feeds
 from kiln.ir.serialization import save_model
 from kiln.target import Target
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["infer_nchwc_shapes", "ort_compiled_model"]
+__all__ = ["infer_nchwc_shapes", "observed_compiled_model", "ort_compiled_model"]
 
 _NCHWC = "com.microsoft.nchwc"
-#: `ir.Model.meta` key of the `RunFacts` observed on a lowered graph (branches and trip counts too)
-OBSERVED_FACTS = "kiln.observed_facts"
 
-def ort_compiled_model(model: ir.Model, *, threads: int = 2, level: str = "all",
-                       feeds: Feeds | None = None) -> ir.Model:
+def ort_compiled_model(model: ir.Model, *, threads: int = 2, level: str = "all") -> ir.Model:
     """`model` lowered by ONNX Runtime's graph optimizer at `level` for `threads` threads.
 
-    With `feeds`, the lowered graph is also run once on them with every tensor observed
-    (`observed.observe`), and the shapes ORT really used are set on its values: ORT does not save
-    the shapes of most values it creates (NCHWc blocks, contrib ops), and ONNX shape inference does
-    not know its contrib ops, so without a run those nodes could not be priced. The returned model
-    is for pricing only: its large initializers keep their shape and dtype but their data was in a
-    temporary file that is gone (reading it raises).
+    The returned model is for pricing only: its large initializers keep their shape and dtype but
+    their data was in a temporary file that is gone (reading it raises).
     """
+    return _lower(model, threads, level, None)[0]
+
+
+def observed_compiled_model(model: ir.Model, feeds: Feeds, *, threads: int = 2,
+                            level: str = "all") -> tuple[ir.Model, RunFacts]:
+    """`ort_compiled_model`, run once on `feeds` with every tensor observed (`observed.observe`),
+    its values carrying the shapes and element types ORT really used, and the facts of that run.
+    ORT does not save the shapes of most values it creates (NCHWc blocks, contrib ops), and ONNX
+    shape inference does not know its contrib ops: without a run those nodes could not be priced."""
+    compiled, facts = _lower(model, threads, level, feeds)
+    assert facts is not None
+    return compiled, facts
+
+
+def _lower(model: ir.Model, threads: int, level: str, feeds: Feeds | None) -> tuple[ir.Model, RunFacts | None]:
+    """The lowered graph and, with `feeds`, the facts of one observed run of it (inside the
+    temporary folder that holds its weights)."""
     target = Target(intra_op_threads=threads, graph_optimization_level=level)  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory(prefix="kiln-lower-") as tmp:
         source = save_model(model, Path(tmp, "model.onnx"))
@@ -52,17 +63,12 @@ def ort_compiled_model(model: ir.Model, *, threads: int = 2, level: str = "all",
         save_optimized_graph(options, Path(tmp, "compiled.onnx"))
         create_session(source, target, options=options, purpose="to price it")
         compiled = ir.load(Path(tmp, "compiled.onnx"))
-        facts = None
-        if feeds is not None:
-            from kiln.cost_model.measure.observed import observe
-
-            facts = observe(compiled, feeds, threads=threads, workdir=Path(tmp))
+        facts = observe(compiled, feeds, threads=threads, workdir=Path(tmp)) if feeds is not None else None
     infer_nchwc_shapes(compiled)
     if facts is not None:
-        set_shapes(compiled, facts.shapes, facts.dtypes)
-        compiled.meta[OBSERVED_FACTS] = facts
+        set_shapes(compiled, facts.shapes, facts.dtypes)  # what peak memory reads off the graph
     logger.debug("lowered %d nodes to %d ORT kernels", len(list(model.graph)), len(list(compiled.graph)))
-    return compiled
+    return compiled, facts
 
 
 def _spatial(size: int, kernel: int, stride: int, dilation: int, pad_begin: int, pad_end: int, auto_pad: str,

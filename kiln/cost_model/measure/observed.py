@@ -141,16 +141,20 @@ def _observe_once(model: ir.Model, feeds: Feeds, threads: int,
             dtypes[name] = ir.DataType.from_numpy(array.dtype)
         except TypeError:
             pass
-        if array.size == _CONTROL_MAX_ELEMENTS and (array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer)):
+        if _is_control(array):
             controls[name] = int(array.reshape(-1)[0])
     for value in model.graph.inputs:
         array = feeds.get(value.name)
         if is_tensor_input(value) and isinstance(array, np.ndarray):
             shapes[value.name] = tuple(int(d) for d in array.shape)
-            if array.size == _CONTROL_MAX_ELEMENTS and (array.dtype == np.bool_ or np.issubdtype(array.dtype,
-                                                                                                np.integer)):
+            if _is_control(array):
                 controls[value.name] = int(array.reshape(-1)[0])
     return shapes, dtypes, controls
+
+
+def _is_control(array: np.ndarray) -> bool:
+    """A one-element integer or boolean tensor: what an If condition or a Loop trip count is."""
+    return array.size == _CONTROL_MAX_ELEMENTS and (array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer))
 
 
 def _with_control_flow(model: ir.Model, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, ir.DataType],
