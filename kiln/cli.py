@@ -67,6 +67,14 @@ def shape_binding_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def load_npz(path: str) -> dict[str, Any]:
+    """The arrays of an .npz file by name (`--sample-inputs`); never unpickles."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
 def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments `kiln optimize` gives `kiln.optimize`."""
     kwargs: dict[str, Any] = {"level": args.level, "validate": not args.no_validate, "dump_ir": args.dump_ir,
@@ -74,10 +82,7 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.explain:
         kwargs["options"] = {"trace_near_misses": True}  # the rules' "no" reasons, for the explanation
     if args.sample_inputs:
-        import numpy as np
-
-        with np.load(args.sample_inputs, allow_pickle=False) as data:
-            kwargs["sample_inputs"] = {name: data[name] for name in data.files}
+        kwargs["sample_inputs"] = load_npz(args.sample_inputs)
     if args.drop_blocks_min_cosine is not None:
         from kiln.passes.approximate.block_dropping import BlockBudget
 
@@ -172,20 +177,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cost_feeds(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
-    """(feeds, bound shapes) `kiln cost` prices and measures at: --sample-inputs, else sample inputs
-    at the shapes --input-shape / --dim bind (defaults for the rest)."""
-    from kiln.ir.inputs import make_feeds, random_inputs
+    """(feeds, bound shapes) `kiln cost` prices and measures at: --sample-inputs (checked against
+    --input-shape / --dim), else sample inputs at the shapes those bind (defaults for the rest)."""
+    from kiln.ir.inputs import make_feeds, random_inputs, shapes_of_feeds
     from kiln.ir.shapes import ShapeBinding, bind_shapes
 
     inputs = [v for v in model.graph.inputs if not v.is_initializer()]
+    binding = ShapeBinding(**shape_binding_kwargs(args))
+    bound = bind_shapes(inputs, binding)
     if args.sample_inputs:
-        import numpy as np
-
-        with np.load(args.sample_inputs, allow_pickle=False) as data:
-            feeds = make_feeds(inputs, (), {name: data[name] for name in data.files})
-        shapes = {v.name: tuple(feeds[v.name].shape) for v in inputs if hasattr(feeds.get(v.name), "shape")}
-        return feeds, bind_shapes(inputs, ShapeBinding(input_shapes=shapes))
-    bound = bind_shapes(inputs, ShapeBinding(**shape_binding_kwargs(args)))
+        feeds = make_feeds(inputs, (), load_npz(args.sample_inputs))
+        return feeds, shapes_of_feeds(inputs, feeds, binding, bound, "sample_inputs")
     return random_inputs(inputs, shapes=bound), bound
 
 

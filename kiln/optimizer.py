@@ -31,7 +31,7 @@ from kiln.cost_model.measure.observed import observe, price_at_inputs
 from kiln.cost_model.model import CostModel
 from kiln.errors import InputError, KilnError
 from kiln.ir.capture import capture, split_example_inputs
-from kiln.ir.inputs import Feeds, is_tensor_input, make_feeds, random_inputs
+from kiln.ir.inputs import Feeds, make_feeds, random_inputs, shapes_of_feeds
 from kiln.ir.queries import has_symbolic_inputs
 from kiln.ir.shapes import BoundShapes, ShapeBinding, bind_shapes, fix_input_shapes
 from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
@@ -188,7 +188,7 @@ class Optimizer:
                     "--sample-inputs inputs.npz to `kiln optimize`.")
             if report.sample_inputs != "random inputs":  # the given inputs' shapes are what runs
                 given_as = "sample_inputs" if self.validation.sample_inputs is not None else "example_inputs"
-                bound = _shapes_of_feeds(inputs, feeds, self.shapes, bound, given_as)
+                bound = shapes_of_feeds(inputs, feeds, self.shapes, bound, given_as)
         report.input_shapes, report.shape_warnings, report.shapes_fixed = bound.summary(), bound.warnings, bound.fixed
         if self.shapes.fix:
             fix_input_shapes(captured, bound)
@@ -252,26 +252,6 @@ class Optimizer:
                                                               compiled=True)[0].latency_ms
         report.predicted_compiled_ms_after = price_at_inputs(compiled_model, after, feeds, dims=bound.dims,
                                                              compiled=True)[0].latency_ms
-
-
-def _shapes_of_feeds(inputs: list[ir.Value], feeds: Feeds, binding: ShapeBinding, bound: BoundShapes,
-                     given_as: str) -> BoundShapes:
-    """The shapes of the given inputs (`given_as`: "sample_inputs" or "example_inputs"), checked
-    against the model and against what the user bound (`bound`, from `binding`): two different
-    shapes for one input are a mistake to report."""
-    given = {v.name: tuple(feeds[v.name].shape) for v in inputs
-             if is_tensor_input(v) and hasattr(feeds.get(v.name), "shape")}
-    fed = bind_shapes(inputs, ShapeBinding(input_shapes=given, fix=binding.fix), given_as=given_as)
-    for name in binding.input_shapes:
-        if name in fed.inputs and fed.shape(name) != bound.shape(name):
-            raise InputError(f"{given_as}[{name!r}] has shape {list(fed.shape(name))}, but input_shapes binds it "
-                             f"to {list(bound.shape(name))}: give one of them (the given inputs' shapes are what "
-                             "validation runs).")
-    for symbol, size in binding.dim_values.items():
-        if fed.dims.get(symbol, size) != size:
-            raise InputError(f"dim_values[{symbol!r}] = {size}, but {given_as} give it {fed.dims[symbol]}: give one "
-                             "of them (the given inputs' shapes are what validation runs).")
-    return fed
 
 
 def _model_name(obj: Any) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.errors import InputError
-from kiln.ir.shapes import BoundShapes, bind_shapes
+from kiln.ir.shapes import BoundShapes, ShapeBinding, bind_shapes
 from kiln.ir.value_ranges import integer_range
 
 # Sequence inputs take lists of arrays and optional inputs may be None.
@@ -184,3 +184,23 @@ def _integers(value: ir.Value, shape: tuple[int, ...], dtype: np.dtype, rng: np.
         return np.broadcast_to(positions if shape else positions[0], shape).astype(dtype, order="C")
     high = min(allowed.high if allowed.high is not None else 2, int(np.iinfo(dtype).max))
     return rng.integers(allowed.low, max(high, allowed.low + 1), size=shape).astype(dtype)
+
+
+def shapes_of_feeds(inputs: Sequence[ir.Value], feeds: Feeds, binding: ShapeBinding, bound: BoundShapes,
+                     given_as: str) -> BoundShapes:
+    """The shapes of the given inputs (`given_as`: "sample_inputs" or "example_inputs"), checked
+    against the model and against what the user bound (`bound`, from `binding`): two different
+    shapes for one input are a mistake to report."""
+    given = {v.name: tuple(feeds[v.name].shape) for v in inputs
+             if is_tensor_input(v) and hasattr(feeds.get(v.name), "shape")}
+    fed = bind_shapes(inputs, ShapeBinding(input_shapes=given, fix=binding.fix), given_as=given_as)
+    for name in binding.input_shapes:
+        if name in fed.inputs and fed.shape(name) != bound.shape(name):
+            raise InputError(f"{given_as}[{name!r}] has shape {list(fed.shape(name))}, but input_shapes binds it "
+                             f"to {list(bound.shape(name))}: give one of them (the given inputs' shapes are what "
+                             "validation runs).")
+    for symbol, size in binding.dim_values.items():
+        if fed.dims.get(symbol, size) != size:
+            raise InputError(f"dim_values[{symbol!r}] = {size}, but {given_as} give it {fed.dims[symbol]}: give one "
+                             "of them (the given inputs' shapes are what validation runs).")
+    return fed
