@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -72,11 +71,10 @@ def observe(model: ir.Model, feeds: Feeds, *, threads: int = 2, workdir: Path | 
         facts = _with_control_flow(current, seen_shapes, seen_dtypes, controls)
         taken.update(facts.taken_branches)
         trips.update(facts.trip_counts)
-        branches = {name: branch for name, branch in facts.taken_branches.items()}
-        if round_ == _INLINE_ROUNDS or not branches:
+        if round_ == _INLINE_ROUNDS or not facts.taken_branches:
             break
         current = current.clone()
-        if not _inline_taken_branches(current, branches):
+        if not _inline_taken_branches(current, facts.taken_branches):
             break
     return RunFacts(shapes=shapes, dtypes=dtypes, taken_branches=taken, trip_counts=trips)
 
