@@ -12,9 +12,12 @@ on each held-out model, print
     MODEL learned spearman=<x> model_error=<y>         (+ the boosted residual, cross-validated weight)
 
 spearman: rank correlation over the model's kernels of predicted vs measured time;
-model_error: |predicted - measured| / measured of the whole-model latency. ``--save`` refits on
-every model and writes the correction beside the hardware profile, where `CostModel.default()`
-picks it up.
+model_error: |predicted - measured| / measured of the whole-model latency. Every fit also trains
+on the kernel corpus (``--corpus N`` one-operator models per operator at sampled shapes,
+`kiln.cost_model.measure.corpus`, measured with the models): a correction fitted on four
+transformers alone has seen no depthwise conv, Slice or TopK. ``--save`` refits on every model
+and the corpus and writes the correction beside the hardware profile, where
+`CostModel.default()` picks it up.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,13 @@ logger = logging.getLogger(__name__)
 
 TRAIN = ("bert-base", "resnet50", "whisper-tiny-encoder", "llama-gqa")
 TEST = ("gpt2", "vit-base", "minilm")
+#: Names of the kernel corpus's one-operator models (`kiln.cost_model.measure.corpus`) start with
+#: this; their kernels train every fit and are never held out, and they pool as one "model" in the
+#: booster's cross-validation (hundreds of one-kernel groups would drown the real models).
+CORPUS_PREFIX = "corpus:"
+#: Configurations per operator (31 operators), chosen after fits with 6, 12 and 24 on the same
+#: measurements (benchmarks/results/cost_model_user_models.md, "kernel corpus").
+CORPUS_PER_OP = 12
 PROFILE_FILE = "hardware_profile.json"
 #: The user zoo's models (`benchmarks.user_zoo`) are priced and measured at the sizes they are
 #: deployed at, not at the test's small input sets: at a few microseconds a kernel is mostly the
@@ -100,11 +111,16 @@ def _load(name: str) -> tuple[Any, dict[str, Any]]:
     """The model (as kiln loads it: -1 and placeholder dims read as unknown) and its inputs: a
     trained file from PyPI (`real_files`), a model like users bring (`user_zoo`), else a
     transformer of the benchmark zoo at batch 1."""
+    import onnx_ir as ir
+
     import kiln
     from benchmarks import real_files, zoo
     from kiln.ir.inputs import random_inputs
     from kiln.ir.shapes import ShapeBinding, bind_shapes
 
+    if name.startswith(CORPUS_PREFIX):
+        kernel = _CORPUS[name]
+        return ir.from_proto(kernel.model), dict(kernel.inputs)
     if name in real_files.FILES:
         case = real_files.load_case(name)
     elif name not in zoo.ZOO:
@@ -117,6 +133,19 @@ def _load(name: str) -> tuple[Any, dict[str, Any]]:
     else:
         case = zoo.load_case(name, 1, calibration_samples=0, trust_cache=True)
     return kiln.load(case.onnx_path), dict(case.inputs)
+
+
+#: the kernel corpus in use, by benchmark name (``corpus:<op>-<i>``); filled by `corpus_names`
+_CORPUS: dict[str, Any] = {}
+
+
+def corpus_names(per_op: int) -> list[str]:
+    """Benchmark names of the kernel corpus with `per_op` cases of each operator (none for 0)."""
+    from kiln.cost_model.measure.corpus import kernel_corpus
+
+    _CORPUS.clear()
+    _CORPUS.update({f"{CORPUS_PREFIX}{case.name}": case for case in kernel_corpus(per_op)} if per_op > 0 else {})
+    return list(_CORPUS)
 
 
 def _price(name: str, profile: Any) -> _Priced:
@@ -161,8 +190,9 @@ def _model_data(priced: _Priced) -> ModelData:
             unmatched.append(kernel.ort_name)
             continue
         estimate = priced.estimates[kernel.ort_name]
+        group = "corpus" if priced.name.startswith(CORPUS_PREFIX) else priced.name
         samples.append(Sample.from_estimate(estimate, estimate.op, max(1, len(kernel.node_names)),
-                                            statistics.median(pooled[kernel.ort_name]) / 1e3, priced.name))
+                                            statistics.median(pooled[kernel.ort_name]) / 1e3, group))
     return ModelData(priced.name, samples, statistics.median(p.model_median_ms for p in priced.profiles),
                      statistics.median(p.kernel_sum_ms for p in priced.profiles), len(priced.estimates),
                      unmatched, priced.cpu.other_pct)
@@ -216,16 +246,19 @@ def _spearman(predicted: np.ndarray, measured: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Executor:
-    """Whole-model latency from kernel times: ``scale * sum(kernels) + per_kernel_ms * kernels``.
+    """Whole-model latency from kernel times:
+    ``scale * sum(kernels) + per_kernel_ms * kernels + per_run_ms``.
     The scale is the executor's share; the per-kernel term is what ORT's profiler adds to every
     kernel it times (negative) or the executor spends between kernels (positive): a model of a
-    few hundred tiny kernels (PaddleOCR's classifier) runs in half its profiled kernel sum."""
+    few hundred tiny kernels (PaddleOCR's classifier) runs in half its profiled kernel sum. The
+    per-run term is what one ``run()`` costs around its kernels (binding inputs and outputs)."""
 
     scale: float
     per_kernel_ms: float
+    per_run_ms: float = 0.0
 
     def total(self, kernel_sum_ms: float, kernels: int) -> float:
-        return max(self.scale * kernel_sum_ms + self.per_kernel_ms * kernels, 1e-6)
+        return max(self.scale * kernel_sum_ms + self.per_kernel_ms * kernels + self.per_run_ms, 1e-6)
 
 
 def evaluate(data: ModelData, predicted: np.ndarray, executor: Executor) -> dict[str, float]:
@@ -237,8 +270,9 @@ def evaluate(data: ModelData, predicted: np.ndarray, executor: Executor) -> dict
             "predicted_ms": total, "measured_ms": data.measured_model_ms}
 
 
-#: per-kernel terms tried by `fit_executor`, in microseconds
-_PER_KERNEL_GRID_US = np.linspace(-20.0, 20.0, 161)
+#: per-kernel and per-run terms tried by `fit_executor`, in microseconds
+_PER_KERNEL_GRID_US = np.linspace(-20.0, 20.0, 81)
+_PER_RUN_GRID_US = np.linspace(0.0, 100.0, 51)
 #: the fit's prior: a model's wall time is expected within about 10 % (log-ratio sigma) of the
 #: executor's total, and the per-kernel term within about 10 us of 0 (ORT's profiler adds a few
 #: microseconds per kernel); a few large-kernel models alone then leave the term near 0
@@ -246,24 +280,38 @@ _LOG_RATIO_SIGMA = 0.1
 _PER_KERNEL_PRIOR_US = 10.0
 
 
-def fit_executor(models: list[ModelData]) -> Executor:
+def fit_executor(models: list[ModelData], corpus: Sequence[ModelData] = ()) -> Executor:
     """The executor terms that best turn the training models' measured kernel medians into their
     unprofiled wall times (least squares of the log ratio under the prior above; for each
-    per-kernel term the scale is the median ratio of what is left). Ratios, not gaps: a gap is a small difference of two large
-    times, which a small wobble of the whole-model time swings by tens of microseconds."""
-    sums = np.array([sum(s.measured_ms for s in d.samples) for d in models])
-    counts = np.array([len(d.samples) for d in models], dtype=float)
-    walls = np.array([d.measured_model_ms for d in models])
+    per-kernel and per-run term the scale is the median ratio of what is left over the whole
+    models). The kernel corpus's one-operator models, whose wall time is mostly the per-run cost,
+    weigh as much together as the whole models do. Ratios, not gaps: a gap is a small difference
+    of two large times, which a small wobble of the whole-model time swings by tens of microseconds."""
+    def terms(group: list[ModelData]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (np.array([sum(s.measured_ms for s in d.samples) for d in group]),
+                np.array([len(d.samples) for d in group], dtype=float),
+                np.array([d.measured_model_ms for d in group]))
+
+    sums, counts, walls = terms(models)
+    corpus = [d for d in corpus if d.samples]
+    c_sums, c_counts, c_walls = terms(corpus)
+    c_weight = len(models) / len(corpus) if corpus else 0.0
+    run_grid = _PER_RUN_GRID_US if corpus else np.zeros(1)
     best: tuple[float, Executor] | None = None
     for per_kernel_us in _PER_KERNEL_GRID_US:
-        rest = walls - per_kernel_us / 1e3 * counts
-        if np.any(rest <= 0):
-            continue
-        scale = float(np.median(rest / sums))
-        predicted = np.maximum(scale * sums + per_kernel_us / 1e3 * counts, 1e-6)
-        loss = float(np.sum((np.log(predicted / walls) / _LOG_RATIO_SIGMA) ** 2) + (per_kernel_us / _PER_KERNEL_PRIOR_US) ** 2)
-        if best is None or loss < best[0]:
-            best = (loss, Executor(scale, per_kernel_us / 1e3))
+        for per_run_us in run_grid:
+            fixed = (per_kernel_us * counts + per_run_us) / 1e3
+            rest = walls - fixed
+            if np.any(rest <= 0):
+                continue
+            executor = Executor(float(np.median(rest / sums)), per_kernel_us / 1e3, per_run_us / 1e3)
+            loss = float(np.sum((np.log(np.maximum(executor.scale * sums + fixed, 1e-6) / walls)
+                                 / _LOG_RATIO_SIGMA) ** 2) + (per_kernel_us / _PER_KERNEL_PRIOR_US) ** 2)
+            if corpus:
+                predicted = np.maximum(executor.scale * c_sums + (per_kernel_us * c_counts + per_run_us) / 1e3, 1e-6)
+                loss += c_weight * float(np.sum((np.log(predicted / c_walls) / _LOG_RATIO_SIGMA) ** 2))
+            if best is None or loss < best[0]:
+                best = (loss, executor)
     assert best is not None
     return best[1]
 
@@ -283,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table and lines as markdown here")
     parser.add_argument("--leave-one-out", action="store_true",
                         help="also fit on all models but one, for each model, and test on that one")
+    parser.add_argument("--corpus", type=int, default=CORPUS_PER_OP, metavar="N",
+                        help="also train on N sampled one-operator models per operator of the kernel corpus "
+                             "(kiln.cost_model.measure.corpus; measured with the models, never held out; 0: none)")
+    parser.add_argument("--retest", action="store_true",
+                        help="only measure the --test models in 4 interleaved passes and print how well the passes' "
+                             "kernel medians agree (the Spearman ceiling of any predictor), then exit")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse the kernels measured by the last run with the same profile (refit only)")
     args = parser.parse_args(argv)
@@ -290,15 +344,25 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.cost_model.learned import correction_path, fit
 
     started = time.perf_counter()
+    if args.retest:
+        for line in retest(args.test.split(","), repeats=args.repeats, threads=args.threads):
+            print(line)
+        print(f"({time.perf_counter() - started:.0f} s)")
+        return 0
     cache_dir = CACHE_DIR
     profile = _profile(cache_dir, args.recalibrate, args.threads)
     train, test = args.train.split(","), args.test.split(",")
     if set(train) & set(test):
         parser.error(f"train and test overlap: {sorted(set(train) & set(test))}")
-    data = _collect_cached([*train, *test], profile, args.repeats, args.passes, cache_dir, args.reuse)
-    correction = fit([s for name in train for s in data[name].samples], profile)
-    executor = fit_executor([data[name] for name in train])
+    corpus = corpus_names(args.corpus)
+    data = _collect_cached([*train, *test, *corpus], profile, args.repeats, args.passes, cache_dir, args.reuse)
+    corpus_data = [data.pop(name) for name in corpus]
+    corpus_samples = [s for d in corpus_data for s in d.samples]
+    correction = fit([s for name in train for s in data[name].samples] + corpus_samples, profile)
+    # the executor maps a whole model's kernels to its wall time: fitted on whole models only
+    executor = fit_executor([data[name] for name in train], corpus_data)
     correction.executor_scale, correction.executor_overhead_us = executor.scale, executor.per_kernel_ms * 1e3
+    correction.executor_run_us = executor.per_run_ms * 1e3
 
     lines, rows, diagnostics = [], [], []
     for name in test:
@@ -313,8 +377,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"{result['predicted_ms']:.1f} | {result['measured_ms']:.1f} | {result['model_error']:.3f} |")
     header = [
         f"Hardware profile: {profile.source}",
-        (f"Trained on {', '.join(train)} ({correction.samples} kernels; fit log-RMSE {correction.fit_log_rmse}); "
-         f"wall = {executor.scale:.3f} x summed kernel medians {executor.per_kernel_ms * 1e3:+.1f} us per kernel; "
+        (f"Trained on {', '.join(train)}"
+         + (f" + the kernel corpus ({len(corpus)} one-operator models, {len(corpus_samples)} kernels)" if corpus else "")
+         + f" ({correction.samples} kernels; fit log-RMSE {correction.fit_log_rmse}); "
+         f"wall = {executor.scale:.3f} x summed kernel medians {executor.per_kernel_ms * 1e3:+.1f} us per kernel "
+         f"{executor.per_run_ms * 1e3:+.1f} us per run; "
          f"fitted per-kernel overhead (median over classes) "
          f"{correction.launch_overhead_us:.1f} us"),
         "Fitted efficiencies: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(correction.efficiency.items())),
@@ -325,11 +392,13 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     header.insert(3, "CPU time taken by other processes while measuring: "
-                  + ", ".join(f"{name} {d.foreign_cpu_pct:.0f}%" for name, d in data.items()))
+                  + ", ".join(f"{name} {d.foreign_cpu_pct:.0f}%" for name, d in data.items())
+                  + (f", kernel corpus {statistics.median(d.foreign_cpu_pct for d in corpus_data):.0f}% (median)"
+                     if corpus_data else ""))
     for name, d in data.items():
         if d.unmatched:
             header.insert(3, f"{name}: {len(d.unmatched)} profiled kernels not in the lowered graph: {d.unmatched[:5]}")
-    footer = ["", *_leave_one_model_out(data, profile)] if args.leave_one_out else []
+    footer = ["", *_leave_one_model_out(data, profile, corpus_data)] if args.leave_one_out else []
     text = "\n".join([*header, *rows, "", *diagnostics, "", *lines, *footer, "",
                       f"({time.perf_counter() - started:.0f} s)"])
     print(text)
@@ -339,9 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:  # where CostModel.default() (kiln optimize, kiln cost) reads them
         from kiln.cost_model.hardware import default_profile_path
 
-        full = fit([s for d in data.values() for s in d.samples], profile)
-        full_executor = fit_executor(list(data.values()))
+        full = fit([s for d in data.values() for s in d.samples] + corpus_samples, profile)
+        full_executor = fit_executor(list(data.values()), corpus_data)
         full.executor_scale, full.executor_overhead_us = full_executor.scale, full_executor.per_kernel_ms * 1e3
+        full.executor_run_us = full_executor.per_run_ms * 1e3
         profile.save(default_profile_path())
         path = full.save(correction_path(default_profile_path()))
         print(f"profile and correction fitted on {len(data)} models written to {default_profile_path()}, {path}")
@@ -349,16 +419,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _leave_one_model_out(data: dict[str, ModelData], profile: Any) -> list[str]:
-    """For every measured model: the learned correction fitted on all the others, tested on it -
-    how far the held-out accuracy of the chosen split carries to other splits."""
+def retest(names: list[str], passes: int = 4, repeats: int = 10, threads: int = THREADS) -> list[str]:
+    """Test-retest reliability of the kernel measurement: `passes` interleaved profiling passes of
+    each model, then the Spearman of one pass's kernel medians against another's (median and
+    minimum over the pairs) and of the first half of the passes pooled against the second half.
+    No predictor can correlate with the measurement better than it correlates with itself."""
+    from kiln.cost_model.measure.profiling import profile_model
+
+    loaded = {name: _load(name) for name in names}
+    profiles: dict[str, list[Any]] = {name: [] for name in names}
+    for _ in range(passes):
+        for name, (model, inputs) in loaded.items():
+            profiles[name].append(profile_model(model, inputs, repeats=repeats, threads=threads))
+    lines = []
+    for name, measured in profiles.items():
+        medians = [{k.ort_name: statistics.median(k.samples_us) for k in p.kernels if k.parent is None} for p in measured]
+        keys = sorted(medians[0])
+        pairs = [_spearman(np.array([medians[i][k] for k in keys]), np.array([medians[j][k] for k in keys]))
+                 for i in range(passes) for j in range(i + 1, passes)]
+        half = passes // 2
+        pooled = [np.array([statistics.median(m[k] for m in group) for k in keys])
+                  for group in (medians[:half], medians[half:])]
+        walls = [p.model_median_ms for p in measured]
+        lines.append(f"{name} retest kernels={len(keys)} pass_vs_pass={statistics.median(pairs):.3f} "
+                     f"(min {min(pairs):.3f}) pooled_halves={_spearman(*pooled):.3f} "
+                     f"wall_max/min={max(walls) / min(walls):.2f}")
+    return lines
+
+
+def _leave_one_model_out(data: dict[str, ModelData], profile: Any, corpus: list[ModelData]) -> list[str]:
+    """For every measured model: the learned correction fitted on all the others (and the kernel
+    corpus, if measured), tested on it - how far the held-out accuracy of the chosen split carries
+    to other splits."""
     from kiln.cost_model.learned import fit
 
     lines = ["Leave one model out (learned correction fitted on the other models):"]
     for name, held in data.items():
         others = [d for other, d in data.items() if other != name]
-        correction = fit([s for d in others for s in d.samples], profile)
-        result = evaluate(held, correction.predict_samples(held.samples), fit_executor(others))
+        correction = fit([s for d in others for s in d.samples] + [s for d in corpus for s in d.samples], profile)
+        result = evaluate(held, correction.predict_samples(held.samples), fit_executor(others, corpus))
         lines.append(f"{name} leave-one-out spearman={result['spearman']:.3f} model_error={result['model_error']:.3f} "
                      f"(predicted {result['predicted_ms']:.1f} ms, measured {result['measured_ms']:.1f} ms, "
                      f"booster weight {correction.residual_weight:g})")

@@ -115,6 +115,8 @@ def _features(terms: Sample | Estimate, op: str, group_size: int, roofline_ms: f
 #: and drops the booster (which cannot read these rows) until refitted.
 FEATURES = 10
 _CATEGORICAL = [0, 1, 2]
+#: op classes that do no work (ONNX Runtime aliases views; shape ops write a few integers)
+_ZERO_WORK = ("view", "shape")
 #: Candidate weights of the booster's log-residual, tried by cross-validation.
 _RESIDUAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -137,6 +139,8 @@ class LearnedCorrection:
     # whole-model wall time / summed kernel medians on the training models: the executor's own
     # time net of what ORT's profiler adds to each kernel; scales the summed kernel times
     executor_scale: float = 1.0
+    # added once per run: what a call costs around its kernels (binding inputs and outputs)
+    executor_run_us: float = 0.0
     # share of the booster's log-residual applied (cross-validated over models; see fit)
     residual_weight: float = 1.0
     # per candidate weight, the cross-validation score (lower is better) it was chosen by
@@ -268,7 +272,14 @@ def _fit_layers(samples: Sequence[Sample], profile: HardwareProfile, residual: b
         else:  # views and shape ops: only a fixed cost
             overhead_ms = _fit_overhead(measured)
         overhead_us[cls] = overhead_ms * 1e3
-    launch_us = float(np.median(list(overhead_us.values())))
+    # the launch overhead of a class nobody measured is what a kernel doing no work costs (views
+    # and shape ops), not the median of the classes' overheads: those absorb what the roofline
+    # misses of their mid-sized kernels and run to tens of microseconds
+    zero_work = [s.measured_ms for s in samples if s.op_class in _ZERO_WORK]
+    launch_us = (_fit_overhead(np.array(zero_work)) * 1e3 if zero_work
+                 else float(np.median(list(overhead_us.values()))))
+    for cls in _ZERO_WORK:
+        overhead_us.setdefault(cls, launch_us)
     correction = LearnedCorrection(
         efficiency=efficiency,
         launch_overhead_us=launch_us,

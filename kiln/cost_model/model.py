@@ -256,8 +256,10 @@ class CostModel:
         per_node = list(zip([node for node, _ in costs.per_node], self._corrected(estimates, [1] * len(estimates))))
         executor_ms = self.correction.executor_overhead_us / 1e3 if self.correction is not None else 0.0
         scale = self.correction.executor_scale if self.correction is not None else 1.0
+        run_ms = self.correction.executor_run_us / 1e3 if self.correction is not None else 0.0
         return ModelEstimate(
-            latency_ms=sum(e.ms for _, e in per_node) * scale + executor_ms * sum(e.runs for _, e in per_node),
+            latency_ms=(sum(e.ms for _, e in per_node) * scale + executor_ms * sum(e.runs for _, e in per_node)
+                        + run_ms),
             peak_memory_bytes=peak,
             weight_bytes=weights,
             weights_resident=resident,

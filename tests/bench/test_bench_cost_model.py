@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.cost_model import _model_data, _Priced
+from benchmarks.cost_model import ModelData, _model_data, _Priced, fit_executor
 from kiln.backends.timing import CpuTimes
 from kiln.cost_model.measure.profiling import KernelGroup, MeasuredKernel, ModelProfile
 from kiln.cost_model.roofline import Estimate
@@ -39,3 +39,28 @@ def test_passes_pool_runs_per_kernel_and_take_the_median_wall_time():
     assert data.measured_model_ms == 2.0 and data.kernel_sum_ms == pytest.approx(1.8)
     assert data.unmatched == ["ort_only"]  # profiled, but not a kernel of the priced graph
     assert data.kernels == 2 and data.foreign_cpu_pct == pytest.approx(25.0)
+
+
+def _whole(name: str, kernel_ms: list[float], wall_ms: float) -> ModelData:
+    from kiln.cost_model.learned import Sample
+
+    samples = [Sample(op="Add", op_class="elementwise", precision="fp32", group_size=1, flops=0, activation_bytes=0,
+                      weight_bytes=0, compute_ms=0.0, memory_ms=0.0, measured_ms=ms, model=name) for ms in kernel_ms]
+    return ModelData(name, samples, wall_ms, sum(kernel_ms), len(samples))
+
+
+def test_the_executor_learns_the_per_run_cost_from_the_kernel_corpus():
+    # wall = kernels - 4 us per kernel + 50 us per run, on big models and one-kernel models alike
+    truth = lambda ks: sum(ks) - 0.004 * len(ks) + 0.05  # noqa: E731
+    # models of big and of tiny kernels: only a per-kernel term explains both
+    models = [_whole(f"m{i}", [ms] * count, 0.0) for i, (ms, count) in enumerate([(0.5, 60), (0.2, 100), (0.02, 200),
+                                                                                 (0.01, 150)])]
+    corpus = [_whole(f"c{i}", [0.01 * (i + 1)], 0.0) for i in range(30)]
+    for d in (*models, *corpus):
+        d.measured_model_ms = truth([s.measured_ms for s in d.samples])
+    executor = fit_executor(models, corpus)
+    assert executor.scale == pytest.approx(1.0, rel=0.02)
+    assert executor.per_kernel_ms * 1e3 == pytest.approx(-4.0, abs=1.0)
+    assert executor.per_run_ms * 1e3 == pytest.approx(50.0, abs=4.0)
+    # without the corpus there is nothing to tell a per-run cost by: it stays 0
+    assert fit_executor(models).per_run_ms == 0.0

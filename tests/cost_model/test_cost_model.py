@@ -406,3 +406,25 @@ def test_optimize_reports_predicted_latency_per_pass_and_measures_on_request():
     assert report.to_dict()["predicted_ms_after"] == report.predicted_ms_after
     plain = optimize(_model_with_dead_work(), level=1, cost_model=None)
     assert plain.report.predicted_ms_before is None and plain.report.measured_ms_before is None
+
+
+def test_a_class_nobody_measured_costs_what_a_kernel_doing_no_work_costs():
+    # gemms with a large fitted fixed cost, and views at 6 us: an unseen class (shape ops, or
+    # normalization here) is priced at the views' cost, not at the median of the fitted overheads
+    samples = _synthetic_samples({"gemm": 0.8, "elementwise": 0.25, "data_movement": 0.1}, launch_us=40.0, n=90)
+    samples += [Sample(op="Reshape", op_class="view", precision="fp32", group_size=1, flops=0, activation_bytes=0,
+                       weight_bytes=0, compute_ms=0.0, memory_ms=0.0, measured_ms=0.006, model="m0")] * 10
+    correction = fit(samples, _profile(), residual=False)
+    assert correction.overhead_us["gemm"] == pytest.approx(40.0, rel=0.15)
+    assert correction.launch_overhead_us == pytest.approx(6.0, rel=0.05)
+    assert correction.overhead_us["shape"] == pytest.approx(6.0, rel=0.05)
+    assert "normalization" not in correction.overhead_us
+
+
+def test_the_executors_per_run_cost_reaches_the_whole_model_latency():
+    correction = fit(_synthetic_samples({"gemm": 0.8, "elementwise": 0.25, "data_movement": 0.1}, 5.0),
+                     _profile(), residual=False)
+    model = _linear_relu()
+    before = CostModel(_profile(), correction=correction).model_cost(model).latency_ms
+    correction.executor_run_us = 50.0
+    assert CostModel(_profile(), correction=correction).model_cost(model).latency_ms == pytest.approx(before + 0.05)
