@@ -10,7 +10,7 @@ STAMP := $(VENV)/.kiln-installed
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench,cost]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench,cost,openvino]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -122,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import block_dropping
 
         return block_dropping.main(argv[1:])
+    if argv[:1] == ["openvino-zoo"]:  # its own parser
+        from benchmarks import openvino_zoo
+
+        return openvino_zoo.main(argv[1:])
+    if argv[:1] == ["openvino-node-suite"]:  # its own parser
+        from benchmarks import openvino_node_suite
+
+        return openvino_node_suite.main(argv[1:])
     if argv[:1] == ["real-files"]:  # its own parser: python -m benchmarks real-files --help
         from benchmarks import real_files
 

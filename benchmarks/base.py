@@ -72,7 +72,7 @@ class Config(abc.ABC):
     """A peer (or kiln) configuration: how to turn a ModelCase into a timed runner."""
 
     name: str = ""
-    precision: str = "fp32"  # "fp32" | "int8" | "int4"
+    precision: str = "fp32"  # "fp32" | "fp16" | "bf16" | "int8" | "int4"
     description: str = ""
 
     @abc.abstractmethod

@@ -472,20 +472,69 @@ class TvmRelaxUntuned(Config):
 
 
 # ---------------------------------------------------------------------------------------------
+# OpenVINO
+
+
+def openvino_prepared(case: ModelCase, model_path: str | os.PathLike, precision: str | None, *,
+                      optimize_seconds: float = 0.0, note: str = "", nodes: int | None = None) -> Prepared:
+    """A Prepared that runs `model_path` compiled by OpenVINO for the CPU, set up as the ORT
+    sessions are: `THREADS` inference threads, one stream, the LATENCY hint; `precision` "f32",
+    "bf16" or "f16" sets the inference precision, None leaves OpenVINO's default for this CPU.
+    The timed call is one synchronous `infer` on feeds built once."""
+    import openvino as ov
+
+    core = ov.Core()
+    properties: dict[str, Any] = {"INFERENCE_NUM_THREADS": THREADS, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    if precision is not None:
+        properties["INFERENCE_PRECISION_HINT"] = precision
+    compiled = core.compile_model(core.read_model(str(model_path)), "CPU", properties)
+    request = compiled.create_infer_request()
+    names = {name for port in compiled.inputs for name in port.get_names()}
+    feeds = {name: np.ascontiguousarray(value) for name, value in case.inputs.items() if name in names}
+    first = compiled.outputs[0]
+
+    def run() -> Any:
+        return request.infer(feeds)
+
+    def outputs() -> np.ndarray:
+        return np.asarray(run()[first], dtype=np.float32)
+
+    used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32", "bf16", "f16"
+    return Prepared(run=run, outputs=outputs, optimize_seconds=optimize_seconds,
+                    node_count=node_count(model_path) if nodes is None else nodes,
+                    model_bytes=onnx_file_bytes(model_path), note=" ".join(filter(None, [note, f"precision {used}"])),
+                    model_path=Path(model_path))
+
+
+class OpenVINO(Config):
+    def __init__(self, precision: str | None, name: str, label: str):
+        self.openvino_precision, self.name = precision, name
+        self.precision = {"f16": "fp16", "bf16": "bf16"}.get(precision or "", "fp32")
+        self.description = f"OpenVINO CPU, {label}"
+
+    def prepare(self, case: ModelCase, workdir: Path) -> Prepared:
+        return openvino_prepared(case, case.onnx_path, self.openvino_precision)
+
+
+# ---------------------------------------------------------------------------------------------
 # kiln
 
 
 class Kiln(Config):
-    def __init__(self, level: int):
-        self.level = level
-        self.name = f"kiln-l{level}"
-        self.description = f"kiln.optimize level {level} (validated), then ORT ENABLE_ALL"
+    def __init__(self, level: int, backend: str = "onnxruntime"):
+        self.level, self.backend = level, backend
+        self.name = f"kiln-l{level}" + ("" if backend == "onnxruntime" else f"-{backend}")
+        runtime = "ORT ENABLE_ALL" if backend == "onnxruntime" else "OpenVINO CPU f32"
+        self.description = f"kiln.optimize level {level} (validated), then {runtime}"
 
     def prepare(self, case: ModelCase, workdir: Path) -> Prepared:
         import kiln
 
-        target = kiln.Target(intra_op_threads=THREADS, inter_op_threads=1, graph_optimization_level="all",
-                             allow_spinning=False)  # as ort_session: the protocol alternates sessions
+        if self.backend == "onnxruntime":
+            target = kiln.Target(intra_op_threads=THREADS, inter_op_threads=1, graph_optimization_level="all",
+                                 allow_spinning=False)  # as ort_session: the protocol alternates sessions
+        else:
+            target = kiln.Target(backend=self.backend, intra_op_threads=THREADS)  # type: ignore[arg-type]
         started = time.perf_counter()
         optimized = kiln.optimize(str(case.onnx_path), level=self.level, sample_inputs=case.inputs, target=target)
         path = optimized.save(workdir / f"{self.name}.onnx")
@@ -494,8 +543,12 @@ class Kiln(Config):
         # Time the saved file in a fresh session, as every peer's output is timed: the graph is
         # what is compared, not the session kiln.optimize built among its own allocations
         # (that session can run the same kernels measurably slower; benchmarks/results/notes.md).
+        note = f"validation {validation:.2f} s excluded"
+        if self.backend == "openvino":
+            return openvino_prepared(case, path, "f32", optimize_seconds=wall - validation,
+                                     nodes=optimized.report.nodes_after, note=note)
         return ort_prepared(case, path, optimize_seconds=wall - validation, nodes=optimized.report.nodes_after,
-                            note=f"validation {validation:.2f} s excluded")
+                            note=note)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,9 +569,13 @@ def _configs() -> dict[str, Config]:
         OrtQuantStatic(),
         OrtMatMulNBits(),
         TvmRelaxUntuned(),
+        OpenVINO("f32", "openvino-fp32", "f32 inference precision"),
+        OpenVINO("f16", "openvino-f16", "f16 inference precision"),
+        OpenVINO(None, "openvino-bf16", "its default inference precision (bf16 where the CPU has bf16 units)"),
         Kiln(0),
         Kiln(1),
         Kiln(2),
+        Kiln(2, "openvino"),
     ]
     return {c.name: c for c in configs}
 

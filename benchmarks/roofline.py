@@ -53,6 +53,7 @@ PACKAGES = (
     "onnx-ir",
     "onnxscript",
     "onnxruntime",
+    "openvino",
     "numpy",
     "transformers",
     "onnxsim",

@@ -21,7 +21,7 @@ from kiln.ir.shapes import ShapeBinding
 from kiln.optimizer import CostConfig, Optimizer, PipelineConfig, ValidationConfig
 from kiln.passes.approximate.block_dropping import BlockBudget
 from kiln.passes.infra.options import PassOptions
-from kiln.target import Target
+from kiln.target import OpenVINOOptions, Target
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "InputError",
     "InvalidModelError",
     "KilnError",
+    "OpenVINOOptions",
     "OptimizedModel",
     "Optimizer",
     "PassOptions",

@@ -88,7 +88,11 @@ def optimize(
         model: nn.Module, fx.GraphModule, ExportedProgram, ONNX path, ModelProto or onnx_ir.Model.
         example_inputs: inputs to trace a PyTorch model with (also used for validation).
         level: optimization level (see ``kiln.passes.pipeline``); ignored when `passes` is given.
-        backend: the runtime the model is compiled for ("onnxruntime").
+        backend: the runtime the model is compiled for: "onnxruntime" (default), "openvino"
+            (the ``openvino`` extra), or "auto": after the passes, time the optimized model on
+            every installed backend in turn and keep the fastest (the report shows each one's
+            median). Validation always runs on ONNX Runtime, the reference; the optimized model
+            is also checked on a backend other than it.
         validate: compare every changed model against the original on sample inputs and roll
             back passes that exceed their tolerance.
         target: threads, runtime optimization level and providers (default: ``Target(backend)``).
@@ -124,9 +128,13 @@ def optimize(
         fix_shapes: write the bound shapes into the model (its inputs become static, and folding
             may use them); by default they stay symbolic in the optimized model.
     """
+    choose_backend = backend == "auto"
     if target is None:
-        target = Target(backend=backend)  # type: ignore[arg-type]
-    elif backend != "onnxruntime" and backend != target.backend:
+        target = Target(backend="onnxruntime" if choose_backend else backend)  # type: ignore[arg-type]
+    elif choose_backend and target.backend != "onnxruntime":
+        raise BackendError(f"backend='auto' chooses the backend; target.backend={target.backend!r} already names one. "
+                           "Give one of them.")
+    elif not choose_backend and backend != "onnxruntime" and backend != target.backend:
         raise BackendError(f"backend={backend!r} conflicts with target.backend={target.backend!r}; give one of them.")
     optimizer = Optimizer(
         target,
@@ -137,6 +145,7 @@ def optimize(
         shapes=ShapeBinding(input_shapes={} if input_shapes is None else input_shapes,
                             dim_values={} if dim_values is None else dim_values, fix=fix_shapes),
         dump_ir=dump_ir,
+        choose_backend=choose_backend,
     )
     run = optimizer.optimize(model, example_inputs, dynamic_shapes=dynamic_shapes)
-    return OptimizedModel(run.model, run.report, target)
+    return OptimizedModel(run.model, run.report, run.target or target)

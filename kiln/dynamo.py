@@ -1,5 +1,6 @@
 """`torch.compile(model, backend="kiln")`: run Dynamo-captured graphs through kiln and ONNX
-Runtime. Registered through the ``torch_dynamo_backends`` entry point."""
+Runtime (or OpenVINO: ``options={"backend": "openvino"}``). Registered through the
+``torch_dynamo_backends`` entry point."""
 
 from __future__ import annotations
 
@@ -13,14 +14,20 @@ logger = logging.getLogger(__name__)
 
 
 def kiln_backend(gm: Any, example_inputs: Sequence[Any], **options: Any) -> Callable[..., Any]:
-    """A Dynamo backend: export the FX graph, optimize it, return an ORT-backed callable.
+    """A Dynamo backend: export the FX graph, optimize it, return a callable on the chosen runtime
+    (``options={"backend": "openvino"}``; ONNX Runtime by default; "auto" times both).
 
     Graphs kiln cannot take (symbolic shapes, non-tensor inputs or outputs, export failures)
-    run eagerly, with a warning that says why.
+    run eagerly, with a warning that says why. An unknown or uninstalled backend raises.
     """
     import torch
 
     from kiln.api import optimize
+    from kiln.backends.registry import check_backend
+
+    backend = str(options.get("backend", "onnxruntime"))
+    if backend != "auto":
+        check_backend(backend)  # a typo must not quietly run every graph eagerly
 
     if not all(isinstance(x, torch.Tensor) for x in example_inputs):
         logger.warning("kiln backend: graph has non-tensor inputs (symbolic shapes?); running it eagerly.")
@@ -34,7 +41,7 @@ def kiln_backend(gm: Any, example_inputs: Sequence[Any], **options: Any) -> Call
         return gm.forward
     try:
         optimized = optimize(gm, tuple(example_inputs), level=int(options.get("level", 1)),
-                             validate=bool(options.get("validate", True)))
+                             validate=bool(options.get("validate", True)), backend=backend)
     except KilnError as exc:
         logger.warning("kiln backend: could not optimize this graph (%s); running it eagerly.", exc)
         return gm.forward

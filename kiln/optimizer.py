@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,16 +21,16 @@ from typing import Any, Literal
 
 import onnx_ir as ir
 
-from kiln.backends import compile_model
+from kiln.backends import compile_model, installed_backends
 from kiln.backends import onnxruntime as ort_backend
 from kiln.backends import reference as reference_backend
-from kiln.backends.timing import alternate
+from kiln.backends.timing import alternate, round_robin
 from kiln.cost_model.analytical import RunFacts
 from kiln.cost_model.decisions import CostOracle, MeasuredChoiceOracle
 from kiln.cost_model.measure.choices import MeasuredChoices
 from kiln.cost_model.measure.observed import observe, price_at_inputs
 from kiln.cost_model.model import CostModel
-from kiln.errors import InputError, KilnError
+from kiln.errors import BackendError, InputError, KilnError, ValidationError
 from kiln.ir.capture import capture, split_example_inputs
 from kiln.ir.inputs import Feeds, make_feeds, random_inputs, shapes_of_feeds
 from kiln.ir.queries import has_symbolic_inputs
@@ -39,9 +40,10 @@ from kiln.passes.infra import IRDump, NumericValidation, PassContext, PassManage
 from kiln.passes.infra.cost_prediction import CostPrediction
 from kiln.passes.infra.instruments import Instrument
 from kiln.passes.infra.manager import PipelineStep
+from kiln.passes.infra.validation import compare_outputs
 from kiln.passes.infra.options import PassOptions
 from kiln.passes.pipeline import passes_for_level
-from kiln.report.model import OptimizationReport
+from kiln.report.model import Alternative, Decision, ErrorStats, OptimizationReport
 from kiln.target import Target
 
 logger = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ class OptimizationRun:
 
     model: ir.Model
     report: OptimizationReport
+    target: Target | None = None  # the target the model is for (the chosen backend's, with choose_backend)
 
 
 class Optimizer:
@@ -100,8 +103,12 @@ class Optimizer:
 
     def __init__(self, target: Target | None = None, *, pipeline: PipelineConfig | None = None,
                  validation: ValidationConfig | None = None, cost: CostConfig | None = None,
-                 shapes: ShapeBinding | None = None, dump_ir: str | os.PathLike | None = None) -> None:
+                 shapes: ShapeBinding | None = None, dump_ir: str | os.PathLike | None = None,
+                 choose_backend: bool = False) -> None:
+        """`choose_backend`: after the passes, time the optimized model on every installed backend
+        and keep the fastest (``kiln.optimize(backend="auto")``); the passes run for `target`."""
         self.target = target or Target()
+        self.choose_backend = choose_backend
         self.shapes = shapes or ShapeBinding()
         self.pipeline = pipeline or PipelineConfig()
         self.validation = validation or ValidationConfig()
@@ -159,16 +166,25 @@ class Optimizer:
             target=self.target, cost=CostOracle(cost_model, resolution=pipeline.options.cost_resolution)
             if cost_model is not None else None, measured=self.measured_choices(), sample_inputs=feeds,
             calibration=list(self.validation.calibration), options=pipeline.options, runner=self.run_reference)
-        original = captured.clone() if self.cost.measure else None  # the clone shares weight tensors
+        check_backend = (self.target.backend != "onnxruntime" or self.choose_backend) and self.validation.enabled \
+            and feeds is not None
+        # the clone shares weight tensors
+        original = captured.clone() if self.cost.measure or check_backend else None
         manager = PassManager(pipeline.steps(), self._instruments(captured, feeds, cost_model, bound,
                                                                   made_up=report.sample_inputs == "random inputs"))
         optimized, report = manager.run(captured, ctx, report)
-        if original is not None:
+        target = self.target
+        if self.choose_backend:
+            target = self._choose_backend(original, optimized, feeds if feeds is not None
+                                          else random_inputs(inputs, shapes=bound), report)
+        elif check_backend and original is not None and feeds is not None:
+            self._check_on_backend(original, optimized, feeds, report)
+        if original is not None and self.cost.measure:
             self._measure(original, optimized, feeds if feeds is not None else random_inputs(inputs, shapes=bound),
                           report, bound)
         logger.info("Captured in %.2f s; passes ran in %.2f s (validation %.2f s)", capture_seconds,
                     report.seconds - report.validation_seconds, report.validation_seconds)
-        return OptimizationRun(optimized, report)
+        return OptimizationRun(optimized, report, target)
 
     def _shapes_and_feeds(self, captured: ir.Model, example_inputs: Any,
                           report: OptimizationReport) -> tuple[Feeds | None, BoundShapes]:
@@ -241,6 +257,91 @@ class Optimizer:
                 logger.info("Example inputs do not map onto the ONNX inputs (%s); using random inputs.", exc)
         return random_inputs(inputs, shapes=bound), "random inputs"
 
+    def _choose_backend(self, original: ir.Model | None, optimized: ir.Model, feeds: Feeds,
+                        report: OptimizationReport) -> Target:
+        """The target of the installed backend that runs `optimized` fastest on `feeds`: each
+        backend's compiled model is checked against the reference (when validating; one outside
+        the tolerance is not a candidate), then all are timed in turn (rounds of every backend,
+        order rotating, spinning off: `kiln.backends.timing.round_robin`) and the lowest median
+        wins. The report gets a `Decision` with every backend's median."""
+        names = installed_backends()
+        candidates: dict[str, Target] = {}
+        executables: dict[str, Any] = {}
+        excluded: dict[str, str] = {}
+        checks: dict[str, tuple[ErrorStats, str]] = {}
+        for name in names:
+            target = dataclasses.replace(self.target, backend=name, allow_spinning=False)
+            try:
+                executables[name] = compile_model(optimized, target)
+                if original is not None:
+                    checks[name] = self._backend_error(original, optimized, feeds, target, executables[name])
+                candidates[name] = dataclasses.replace(self.target, backend=name)
+            except KilnError as exc:
+                executables.pop(name, None)
+                excluded[name] = str(exc).split(". ")[0]
+                logger.info("backend %s is not a candidate: %s", name, exc)
+        if not candidates:
+            raise BackendError("No installed backend runs the optimized model: "
+                               + "; ".join(f"{n}: {why}" for n, why in excluded.items()))
+        order = list(executables)
+        times = round_robin([lambda e=executables[n]: e.run(feeds) for n in order], warmup=3, repeats=15)
+        medians = {name: statistics.median(ms) for name, ms in zip(order, times)}
+        chosen = min(medians, key=medians.__getitem__)
+        others = ", ".join(f"{n} {medians[n]:.3f} ms" for n in order if n != chosen)
+        reason = (f"fastest median on the sample inputs: {medians[chosen]:.3f} ms"
+                  + (f" (vs {others})" if others else "") + ", backends timed in turn, order rotating")
+        if excluded:
+            reason += "; not candidates: " + "; ".join(f"{n} ({why})" for n, why in excluded.items())
+        report.backend_decision = Decision(
+            subject="backend", question="which installed backend runs the optimized model fastest",
+            alternatives=[Alternative(name, measured_ms=medians.get(name)) for name in names],
+            chosen=chosen, reason=reason, decided_by="measurement")
+        report.target = f"{chosen} (chosen by timing), {self.threads} intra-op threads"
+        if chosen in checks:
+            report.backend_error, report.backend_check = checks[chosen]
+        return candidates[chosen]
+
+    def _check_on_backend(self, original: ir.Model, optimized: ir.Model, feeds: Feeds,
+                          report: OptimizationReport) -> None:
+        """`_backend_error` on the target's backend, into the report."""
+        started = time.perf_counter()
+        report.backend_error, report.backend_check = self._backend_error(original, optimized, feeds, self.target)
+        report.validation_seconds += time.perf_counter() - started
+
+    def _backend_error(self, original: ir.Model, optimized: ir.Model, feeds: Feeds, target: Target,
+                       executable: Any = None) -> tuple[ErrorStats, str]:
+        """Run the optimized model compiled for `target` (or `executable`) on the sample inputs
+        and compare it with the reference (the original on ONNX Runtime, optimizer off), within
+        the validation tolerance loosened to the backend's inference precision.
+
+        Raises:
+            ValidationError: the backend's outputs are outside that tolerance.
+        """
+        reference = self.run_reference(original, feeds)
+        executable = executable if executable is not None else compile_model(optimized, target)
+        outputs = executable.run(feeds)
+        precision = str(getattr(executable, "inference_precision", "f32"))
+        floor = BACKEND_PRECISION_FLOOR.get(precision, 0.0)
+        tolerance = self.validation.tolerance
+        allowed = Tolerance(atol=max(tolerance.atol, floor), rtol=max(tolerance.rtol, floor))
+        stats, violation = compare_outputs([v.name for v in optimized.graph.outputs], reference, outputs, allowed)
+        if violation:
+            # is it the passes or the backend? the original compiled for the backend tells
+            try:
+                as_written, _ = compare_outputs([v.name for v in original.graph.outputs], reference,
+                                                compile_model(original, target).run(feeds), allowed)
+                cause = (f" The original model compiled for {target.backend} differs from the reference by up to "
+                         f"{as_written.max_abs:.3g} too: {target.backend} computes this model differently from "
+                         "ONNX Runtime (e.g. the rounding of its integer kernels), whatever kiln does.")
+            except KilnError as exc:
+                cause = f" (The original model does not run on {target.backend} either: {str(exc)[:200]})"
+            raise ValidationError(
+                f"The optimized model compiled for {target.backend} ({precision}) does not match the reference "
+                f"(the original on ONNX Runtime): {violation}. The passes' outputs matched; the backend's do not."
+                f"{cause} Use backend='onnxruntime', a wider tolerance=, or another inference precision.")
+        return stats, (f"{target.backend} ({precision}) against the reference: max abs error {stats.max_abs:.2e} "
+                       f"(allowed atol {allowed.atol:g}, rtol {allowed.rtol:g})")
+
     def _measure(self, before: ir.Model, after: ir.Model, feeds: Feeds, report: OptimizationReport,
                  bound: BoundShapes) -> None:
         """Time both models on the target, in turn on the same inputs, and price the graphs ORT
@@ -252,6 +353,12 @@ class Optimizer:
                                                               compiled=True)[0].latency_ms
         report.predicted_compiled_ms_after = price_at_inputs(compiled_model, after, feeds, dims=bound.dims,
                                                              compiled=True)[0].latency_ms
+
+
+#: Tolerance floor of a backend's reduced inference precision: every intermediate is rounded to
+#: it, so outputs differ by several units in its last place at 1.0 (bf16 keeps 8 bits of
+#: mantissa, f16 11).
+BACKEND_PRECISION_FLOOR = {"bf16": 8 * 2.0**-8, "f16": 8 * 2.0**-11}
 
 
 def _model_name(obj: Any) -> str:

@@ -33,6 +33,11 @@ def needs_external_data(model: ir.Model) -> bool:
     return parameter_bytes(model) >= EXTERNAL_DATA_THRESHOLD_BYTES
 
 
+def saves_external_data(model: ir.Model) -> bool:
+    """True when `save_model` (by default) writes the weights to an external-data file."""
+    return needs_external_data(model) or parameter_bytes(model) >= SAVE_EXTERNAL_DATA_THRESHOLD_BYTES
+
+
 def has_external_tensors(model: ir.Model) -> bool:
     """True when some initializer still points at an external-data file."""
     return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
@@ -51,10 +56,7 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
     that file; False forces a single file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if external_data is None:
-        use_external = needs_external_data(model) or parameter_bytes(model) >= SAVE_EXTERNAL_DATA_THRESHOLD_BYTES
-    else:
-        use_external = external_data
+    use_external = saves_external_data(model) if external_data is None else external_data
     if use_external:
         data_name = path.name + ".data"
         ir.save(model, path, external_data=data_name, size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES)

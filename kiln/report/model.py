@@ -153,6 +153,12 @@ class OptimizationReport:
     shape_warnings: list[str] = field(default_factory=list)
     shapes_fixed: bool = False
     final_error: ErrorStats | None = None
+    # a target backend other than the reference (ONNX Runtime, optimizer off): the optimized
+    # model compiled for it, against the reference on the sample inputs
+    backend_error: ErrorStats | None = None
+    backend_check: str = ""
+    # backend="auto": every installed backend's measured median and the one kept
+    backend_decision: Decision | None = None
     # cost model: what it is, its predicted latency and peak memory before and after, and (when
     # the caller measured it, e.g. `kiln optimize --measure`) the measured latency of both
     cost_model: str = ""

@@ -109,6 +109,9 @@ def _total_rows(table: Any, report: OptimizationReport) -> None:
         _predicted_text(report.predicted_ms_before, report.predicted_ms_after),
         f"{report.seconds:.2f}", validation_text(report),
     )
+    if report.backend_error is not None:
+        table.add_row(f"on {report.target.split(',')[0]}", "validated", "", "", f"{report.backend_error.max_abs:.2e}",
+                      "", "", report.backend_check)
     if report.predicted_compiled_ms_before is not None and report.predicted_compiled_ms_after is not None:
         table.add_row("predicted, as ORT runs it", "", "", "", "",
                       _predicted_text(report.predicted_compiled_ms_before, report.predicted_compiled_ms_after),
@@ -184,10 +187,14 @@ def shape_lines(report: OptimizationReport) -> list[Any]:
 def report_renderables(report: OptimizationReport, explain: bool = False) -> list[Any]:
     """The pass table, the input shapes used (with a warning for guessed sizes), then either the
     compact decision table (when any pass decided anything) or, with `explain`, the rewrites, near
-    misses and decisions in full."""
+    misses and decisions in full; with ``backend="auto"``, the backend kept and every one's time."""
+    from rich.text import Text
+
+    backend = [Text(f"backend: {report.backend_decision.chosen}, {report.backend_decision.reason}")] \
+        if report.backend_decision is not None else []
     if explain:
-        return [report_table(report), *shape_lines(report), *explain_renderables(report)]
-    return [report_table(report), *shape_lines(report),
+        return [report_table(report), *shape_lines(report), *backend, *explain_renderables(report)]
+    return [report_table(report), *shape_lines(report), *backend,
             *([decision_summary_table(report)] if report.decisions else [])]
 
 

@@ -14,13 +14,14 @@ from benchmarks.configs import CONFIGS, node_count, onnx_file_bytes
 
 # Largest deviation from the fp32 PyTorch output allowed per precision (outputs are LayerNorm'd,
 # so of order 1), and the smallest cosine similarity.
-ATOL = {"fp32": 1e-4, "int8": 0.15, "int4": 0.3}
-MIN_COSINE = {"fp32": 0.99999, "int8": 0.99, "int4": 0.97}
+ATOL = {"fp32": 1e-4, "fp16": 0.02, "bf16": 0.1, "int8": 0.15, "int4": 0.3}
+MIN_COSINE = {"fp32": 0.99999, "fp16": 0.9999, "bf16": 0.999, "int8": 0.99, "int4": 0.97}
 
 EXPECTED = {
     "torch-eager", "torch-compile", "ort-disable", "ort-basic", "ort-all", "ort-transformers", "onnxsim+ort",
     "onnxslim+ort", "onnxoptimizer+ort", "ort-quant-dynamic", "ort-quant-static", "ort-matmulnbits",
-    "tvm-relax-untuned", "kiln-l0", "kiln-l1", "kiln-l2",
+    "tvm-relax-untuned", "openvino-fp32", "openvino-f16", "openvino-bf16", "kiln-l0", "kiln-l1", "kiln-l2",
+    "kiln-l2-openvino",
 }
 
 
@@ -64,7 +65,8 @@ def test_every_configuration_is_registered() -> None:
 # The third-party tool a configuration needs, from the `bench` extra. Skipped (with the reason)
 # only where the extra is not installed, e.g. a venv made with `pip install -e '.[test]'`.
 BENCH_EXTRA = {"onnxsim+ort": "onnxsim", "onnxslim+ort": "onnxslim", "onnxoptimizer+ort": "onnxoptimizer",
-               "tvm-relax-untuned": "tvm"}
+               "tvm-relax-untuned": "tvm", "openvino-fp32": "openvino", "openvino-f16": "openvino",
+               "openvino-bf16": "openvino", "kiln-l2-openvino": "openvino"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

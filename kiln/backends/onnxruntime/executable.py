@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from kiln.backends.base import CallableExecutable
 from kiln.backends.onnxruntime.session import create_session
 from kiln.backends.onnxruntime.values import needs_ort_value, ort_value_to_numpy, to_ort_value
-from kiln.backends.timing import BenchmarkResult, time_calls
 from kiln.errors import ExecutionError
-from kiln.ir.inputs import Feeds, is_torch_tensor, make_feeds, random_inputs
+from kiln.ir.inputs import Feeds
 from kiln.ir.queries import is_onnx
 from kiln.ir.serialization import needs_external_data
 from kiln.target import Target
@@ -24,7 +24,7 @@ SHARED_WEIGHT_MIN_BYTES = 64 * 1024
 _SHAREABLE_DTYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
 
 
-class OrtExecutable:
+class OrtExecutable(CallableExecutable):
     """An ONNX Runtime session that takes and returns numpy arrays or torch tensors."""
 
     def __init__(self, model: ir.Model, target: Target | None = None):
@@ -58,27 +58,8 @@ class OrtExecutable:
         values = {name: to_ort_value(v) for name, v in feeds.items()}
         return [ort_value_to_numpy(v) for v in self.session.run_with_ort_values(self.output_names, values)]
 
-    def feeds(self, *args: Any, **kwargs: Any) -> Feeds:
-        """Match call arguments to model inputs (numpy or torch, positional or by name)."""
-        return make_feeds(self._required_inputs, args, kwargs)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run like the original model: one output is returned as is, several as a tuple; torch
-        tensors in give torch tensors out."""
-        as_torch = any(is_torch_tensor(a) for a in list(args) + list(kwargs.values()))
-        outputs = self.run(self.feeds(*args, **kwargs))
-        if as_torch:
-            import torch
-
-            outputs = [torch.from_numpy(np.ascontiguousarray(o)) if isinstance(o, np.ndarray) else o for o in outputs]
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
-
-    def benchmark(self, *args: Any, warmup: int = 5, repeats: int = 30, min_seconds: float = 0.0,
-                  **kwargs: Any) -> BenchmarkResult:
-        """Latency on the given inputs (random inputs of the declared shapes when none given)."""
-        feeds = self.feeds(*args, **kwargs) if (args or kwargs) else random_inputs(self._required_inputs)
-        return time_calls(lambda: self.session.run(self.output_names, feeds), warmup=warmup,
-                          repeats=repeats, min_seconds=min_seconds)
+    def _timed_run(self, feeds: Feeds) -> Any:
+        return self.session.run(self.output_names, feeds)
 
 
 def compile(model: ir.Model, target: Target | None = None) -> OrtExecutable:  # noqa: A001 - backend API name

@@ -186,7 +186,7 @@ def test_the_default_cache_follows_the_environment_and_only_ort_on_cpu_gets_one(
     assert default_cache_path() == tmp_path / "x.json"
     choices = Optimizer(Target(intra_op_threads=2)).measured_choices()
     assert isinstance(choices, MeasuredChoices) and choices.cache_path == tmp_path / "x.json"
-    assert Optimizer(Target(backend="tvm")).measured_choices() is None
+    assert Optimizer(Target(backend="openvino")).measured_choices() is None
     assert Optimizer(Target(providers=("CUDAExecutionProvider",))).measured_choices() is None
     assert Optimizer(cost=CostConfig(measured_choices=None)).measured_choices() is None
 
