@@ -130,10 +130,13 @@ class Optimizer:
         return CostModel.default(self.threads, learned=False)
 
     def measured_choices(self) -> MeasuredChoiceOracle | None:
-        """Measured choices on this machine when the model runs in ONNX Runtime on its CPU."""
+        """Measured choices on this machine for the target's backend on its CPU (ONNX Runtime's
+        CPU provider, OpenVINO's CPU device), cached per backend."""
         if self.cost.measured_choices != "default":
             return self.cost.measured_choices
-        if self.target.backend != "onnxruntime" or self.target.providers[:1] != ("CPUExecutionProvider",):
+        if self.target.backend == "onnxruntime" and self.target.providers[:1] != ("CPUExecutionProvider",):
+            return None
+        if self.target.backend == "openvino" and self.target.openvino.device != "CPU":
             return None
         return MeasuredChoices.default(self.target)
 

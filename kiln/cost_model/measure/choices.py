@@ -13,9 +13,9 @@ machine a single trial can be far off the others, so a caller that wants "clearl
 should require every trial to agree (`ChoiceMeasurement.worst_trial`).
 
 Results are cached as JSON beside the hardware profile (``~/.cache/kiln/measured_choices.json``,
-or ``$KILN_MEASURED_CHOICES``), keyed by the CPU model, the thread count, the ONNX Runtime version
-and its optimization level, and the caller's key (op shapes and dtype), so each shape is measured
-once per machine. A damaged cache file is ignored with a warning and rewritten.
+or ``$KILN_MEASURED_CHOICES``), keyed by the CPU model, the thread count, the backend (ONNX
+Runtime's version and optimization level; OpenVINO's version, precision, hint and streams), and
+the caller's key (op shapes and dtype), so each shape is measured once per machine and backend. A damaged cache file is ignored with a warning and rewritten.
 
 This is a measuring module: like `kiln.cost_model.measure.profiling`, it runs the backend (ONNX Runtime
 sessions from `kiln.backends.onnxruntime`); passes reach it only through
@@ -143,10 +143,38 @@ class OrtPairTimer:
         return list(zip(baseline_ms, candidate_ms))
 
 
+class BackendPairTimer:
+    """Times two models alternately on any backend through its `Executable` (`run` on the same
+    numpy feeds; `round_robin` as `OrtPairTimer`). The call includes kiln's thin wrapper around
+    the runtime, the same for both alternatives."""
+
+    def __init__(self, target: Target, warmup: int = DEFAULT_WARMUP):
+        self.target = target
+        self.warmup = warmup
+
+    def __call__(self, baseline: onnx.ModelProto, candidate: onnx.ModelProto, pairs: int) -> list[tuple[float, float]]:
+        from kiln.backends import compile_model
+
+        feeds = _feeds(baseline)
+        try:
+            runs = [compile_model(ir.from_proto(m), self.target) for m in (baseline, candidate)]
+            baseline_ms, candidate_ms = round_robin([lambda r=r: r.run(feeds) for r in runs], warmup=self.warmup,
+                                                    repeats=pairs)
+        except KilnError as exc:
+            raise MeasurementError(f"{self.target.backend} could not run an alternative: {str(exc)[:300]}") from exc
+        return list(zip(baseline_ms, candidate_ms))
+
+
+def pair_timer(target: Target) -> PairTimer:
+    """The timer of `target`'s backend: bare ORT sessions for ONNX Runtime, else the backend's
+    executables."""
+    return OrtPairTimer(target) if target.backend == "onnxruntime" else BackendPairTimer(target)
+
+
 class MeasuredChoices:
     """Measure two alternatives on this machine once per key; remember the ratio on disk.
 
-    `timer` times the pairs (default: `OrtPairTimer` for `target`); tests pass a fake one.
+    `timer` times the pairs (default: `pair_timer(target)`); tests pass a fake one.
     `cache_path=None` keeps results in memory only; `MeasuredChoices.default(target)` uses
     `default_cache_path()`.
     """
@@ -158,22 +186,31 @@ class MeasuredChoices:
                                    f"{DEFAULT_TRIALS} trials of {DEFAULT_PAIRS}).")
         self.trials = trials
         self.target = target or Target()
-        self.timer: PairTimer = timer or OrtPairTimer(self.target)
+        self.timer: PairTimer = timer or pair_timer(self.target)
         self.pairs = pairs
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self._entries: dict[str, dict[str, Any]] | None = None  # this machine's, loaded on first use
 
     @classmethod
     def default(cls, target: Target) -> MeasuredChoices:
-        """Measured on `target` (ONNX Runtime on this CPU), cached at `default_cache_path()`."""
+        """Measured on `target` (its backend on this CPU), cached at `default_cache_path()`."""
         return cls(target, cache_path=default_cache_path())
 
     @property
     def machine(self) -> str:
-        """What the cache is keyed by besides the choice: CPU, threads, ORT version and level."""
+        """What the cache is keyed by besides the choice: CPU, threads, the backend and its
+        version and settings (ORT's level; OpenVINO's precision, hint and streams)."""
         cpu = cpuinfo().get("model name", "unknown cpu")
-        return (f"{cpu} | threads={self.target.intra_op_threads} | onnxruntime {ort.__version__} | "
-                f"level={self.target.graph_optimization_level}")
+        if self.target.backend == "onnxruntime":
+            return (f"{cpu} | threads={self.target.intra_op_threads} | onnxruntime {ort.__version__} | "
+                    f"level={self.target.graph_optimization_level}")
+        from importlib.metadata import version
+
+        options = self.target.openvino if self.target.backend == "openvino" else None
+        settings = (f" | {options.device} {options.inference_precision} {options.performance_hint} "
+                    f"streams={options.streams}") if options is not None else ""
+        return (f"{cpu} | threads={self.target.intra_op_threads} | {self.target.backend} "
+                f"{version(self.target.backend)}{settings}")
 
     def _read_file(self, warn: bool = True) -> dict[str, Any]:
         """The whole cache file; {} (with a warning) when it is missing or damaged."""

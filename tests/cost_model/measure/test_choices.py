@@ -181,12 +181,29 @@ def test_the_ort_timer_runs_both_alternatives_and_refuses_symbolic_shapes(pair):
         timer(symbolic, to_proto(pair[1]), 3)
 
 
-def test_the_default_cache_follows_the_environment_and_only_ort_on_cpu_gets_one(tmp_path, monkeypatch):
+def test_other_backends_time_their_own_executables(pair):
+    pytest.importorskip("openvino")
+    from kiln.cost_model.measure.choices import BackendPairTimer, pair_timer
+    from kiln.ir.serialization import to_proto
+
+    target = Target(backend="openvino", intra_op_threads=1)
+    timer = pair_timer(target)
+    assert isinstance(timer, BackendPairTimer) and isinstance(pair_timer(Target()), OrtPairTimer)
+    timed = timer(to_proto(pair[0]), to_proto(pair[1]), 3)
+    assert len(timed) == 3 and all(a > 0 and b > 0 for a, b in timed)
+
+
+def test_the_default_cache_follows_the_environment_and_cpu_backends_get_one(tmp_path, monkeypatch):
     monkeypatch.setenv("KILN_MEASURED_CHOICES", str(tmp_path / "x.json"))
     assert default_cache_path() == tmp_path / "x.json"
     choices = Optimizer(Target(intra_op_threads=2)).measured_choices()
     assert isinstance(choices, MeasuredChoices) and choices.cache_path == tmp_path / "x.json"
-    assert Optimizer(Target(backend="openvino")).measured_choices() is None
+    from kiln.target import OpenVINOOptions
+
+    openvino = Optimizer(Target(backend="openvino", intra_op_threads=2)).measured_choices()
+    assert isinstance(openvino, MeasuredChoices) and "openvino" in openvino.machine and "f32" in openvino.machine
+    assert openvino.machine != choices.machine  # one cache entry per backend
+    assert Optimizer(Target(backend="openvino", openvino=OpenVINOOptions(device="GPU"))).measured_choices() is None
     assert Optimizer(Target(providers=("CUDAExecutionProvider",))).measured_choices() is None
     assert Optimizer(cost=CostConfig(measured_choices=None)).measured_choices() is None
 
