@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kiln.backends.registry import known_backends
 from kiln.errors import KilnError
 from kiln.report.model import OptimizationReport
 from kiln.report.render import format_bytes, report_renderables
@@ -87,11 +88,14 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         from kiln.passes.approximate.block_dropping import BlockBudget
 
         kwargs["drop_blocks"] = BlockBudget(min_cosine=args.drop_blocks_min_cosine)
+    if args.backend is not None:
+        kwargs["backend"] = args.backend
     if args.threads is not None:
         from kiln.target import Target
 
         # one thread count for the measurement and, derived from the target, the cost model's prediction
-        kwargs["target"] = Target(intra_op_threads=args.threads)
+        backend = "onnxruntime" if args.backend in (None, "auto") else args.backend
+        kwargs["target"] = Target(backend=backend, intra_op_threads=args.threads)  # type: ignore[arg-type]
     return kwargs
 
 
@@ -331,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--threads", type=int, metavar="N",
                      help="intra-op threads of the target: what --measure and measured choices run with and what "
                           "the cost model predicts for (default: the runtime's choice, predicted for 2)")
+    opt.add_argument("--backend", choices=[*known_backends(), "auto"],
+                     help="the runtime the optimized model is checked and timed on (default onnxruntime); auto times "
+                          "every installed backend in turn and reports the fastest")
     opt.add_argument("--strict", action="store_true",
                      help="exit with 1 (errors exit with 2) when any pass failed or was rolled back")
     opt.add_argument("--explain", action="store_true",

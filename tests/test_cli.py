@@ -275,3 +275,22 @@ def test_inspect_prints_symbolic_dims_and_errors_keep_their_brackets(tmp_path, c
     assert "[batch, 4]" in capsys.readouterr().out
     assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx"), "--input-shape", "x:1,2,3"]) == 2
     assert "the input is declared (batch, 4) (rank 2)" in " ".join(capsys.readouterr().err.split())
+
+
+def test_optimize_backend_chooses_the_runtime(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("openvino")
+    import kiln.api
+
+    seen = {}
+    real = kiln.api.optimize
+
+    def spy(model, **kwargs):
+        seen.update(kwargs)
+        return real(model, **kwargs)
+
+    monkeypatch.setattr(kiln.api, "optimize", spy)
+    code, out, _ = _optimize_chain(tmp_path, capsys, "--backend", "openvino", "--threads", "1")
+    assert code == 0 and seen["target"] == kiln.Target(backend="openvino", intra_op_threads=1)
+    assert "on openvino" in out
+    code, out, _ = _optimize_chain(tmp_path, capsys, "--backend", "auto")
+    assert code == 0 and seen["backend"] == "auto" and "backend: " in out and "fastest median" in out
