@@ -113,10 +113,12 @@ def test_optimize_no_validate_says_why_in_the_total_row(tmp_path, capsys):
     assert code == 0 and "not validated: validation is off" in total
 
 
-def test_optimize_threads_sets_the_target(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def optimize_kwargs(monkeypatch):
+    """The keyword arguments `kiln optimize` hands `kiln.optimize`, recorded call after call."""
     import kiln.api
 
-    seen = {}
+    seen: dict = {}
     real = kiln.api.optimize
 
     def spy(model, **kwargs):
@@ -124,6 +126,11 @@ def test_optimize_threads_sets_the_target(tmp_path, capsys, monkeypatch):
         return real(model, **kwargs)
 
     monkeypatch.setattr(kiln.api, "optimize", spy)
+    return seen
+
+
+def test_optimize_threads_sets_the_target(tmp_path, capsys, optimize_kwargs):
+    seen = optimize_kwargs
     code, _, _ = _optimize_chain(tmp_path, capsys, "--threads", "1")
     assert code == 0 and seen["target"] == kiln.Target(intra_op_threads=1)
 
@@ -277,18 +284,9 @@ def test_inspect_prints_symbolic_dims_and_errors_keep_their_brackets(tmp_path, c
     assert "the input is declared (batch, 4) (rank 2)" in " ".join(capsys.readouterr().err.split())
 
 
-def test_optimize_backend_chooses_the_runtime(tmp_path, capsys, monkeypatch):
+def test_optimize_backend_chooses_the_runtime(tmp_path, capsys, optimize_kwargs):
     pytest.importorskip("openvino")
-    import kiln.api
-
-    seen = {}
-    real = kiln.api.optimize
-
-    def spy(model, **kwargs):
-        seen.update(kwargs)
-        return real(model, **kwargs)
-
-    monkeypatch.setattr(kiln.api, "optimize", spy)
+    seen = optimize_kwargs
     code, out, _ = _optimize_chain(tmp_path, capsys, "--backend", "openvino", "--threads", "1")
     assert code == 0 and seen["target"] == kiln.Target(backend="openvino", intra_op_threads=1)
     assert "on openvino" in out
