@@ -260,6 +260,12 @@ class Executor:
     def total(self, kernel_sum_ms: float, kernels: int) -> float:
         return max(self.scale * kernel_sum_ms + self.per_kernel_ms * kernels + self.per_run_ms, 1e-6)
 
+    def apply_to(self, correction: Any) -> None:
+        """Write these terms into a `LearnedCorrection` (what `CostModel.model_cost` adds up)."""
+        correction.executor_scale = self.scale
+        correction.executor_overhead_us = self.per_kernel_ms * 1e3
+        correction.executor_run_us = self.per_run_ms * 1e3
+
 
 def evaluate(data: ModelData, predicted: np.ndarray, executor: Executor) -> dict[str, float]:
     """Spearman over kernels and the whole-model error (the executor's total of the predictions)."""
@@ -359,10 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     corpus_data = [data.pop(name) for name in corpus]
     corpus_samples = [s for d in corpus_data for s in d.samples]
     correction = fit([s for name in train for s in data[name].samples] + corpus_samples, profile)
-    # the executor maps a whole model's kernels to its wall time: fitted on whole models only
+    # the executor maps a model's summed kernels to its wall time: the training models' scale and
+    # per-kernel term, the corpus's per-run cost
     executor = fit_executor([data[name] for name in train], corpus_data)
-    correction.executor_scale, correction.executor_overhead_us = executor.scale, executor.per_kernel_ms * 1e3
-    correction.executor_run_us = executor.per_run_ms * 1e3
+    executor.apply_to(correction)
 
     lines, rows, diagnostics = [], [], []
     for name in test:
@@ -409,9 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         from kiln.cost_model.hardware import default_profile_path
 
         full = fit([s for d in data.values() for s in d.samples] + corpus_samples, profile)
-        full_executor = fit_executor(list(data.values()), corpus_data)
-        full.executor_scale, full.executor_overhead_us = full_executor.scale, full_executor.per_kernel_ms * 1e3
-        full.executor_run_us = full_executor.per_run_ms * 1e3
+        fit_executor(list(data.values()), corpus_data).apply_to(full)
         profile.save(default_profile_path())
         path = full.save(correction_path(default_profile_path()))
         print(f"profile and correction fitted on {len(data)} models written to {default_profile_path()}, {path}")

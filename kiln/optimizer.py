@@ -268,22 +268,21 @@ class Optimizer:
         order rotating, spinning off: `kiln.backends.timing.round_robin`) and the lowest median
         wins. The report gets a `Decision` with every backend's median."""
         names = installed_backends()
-        candidates: dict[str, Target] = {}
-        executables: dict[str, Any] = {}
+        executables: dict[str, Any] = {}  # the candidates: compiled, and within the tolerance when validating
         excluded: dict[str, str] = {}
         checks: dict[str, tuple[ErrorStats, str]] = {}
+        reference = self.run_reference(original, feeds) if original is not None else None
         for name in names:
             target = dataclasses.replace(self.target, backend=name, allow_spinning=False)
             try:
-                executables[name] = compile_model(optimized, target)
-                if original is not None:
-                    checks[name] = self._backend_error(original, optimized, feeds, target, executables[name])
-                candidates[name] = dataclasses.replace(self.target, backend=name)
+                executable = compile_model(optimized, target)
+                if original is not None and reference is not None:
+                    checks[name] = self._backend_error(original, reference, optimized, feeds, target, executable)
+                executables[name] = executable
             except KilnError as exc:
-                executables.pop(name, None)
                 excluded[name] = str(exc).split(". ")[0]
                 logger.info("backend %s is not a candidate: %s", name, exc)
-        if not candidates:
+        if not executables:
             raise BackendError("No installed backend runs the optimized model: "
                                + "; ".join(f"{n}: {why}" for n, why in excluded.items()))
         order = list(executables)
@@ -302,25 +301,26 @@ class Optimizer:
         report.target = f"{chosen} (chosen by timing), {self.threads} intra-op threads"
         if chosen in checks:
             report.backend_error, report.backend_check = checks[chosen]
-        return candidates[chosen]
+        return dataclasses.replace(self.target, backend=chosen)
 
     def _check_on_backend(self, original: ir.Model, optimized: ir.Model, feeds: Feeds,
                           report: OptimizationReport) -> None:
         """`_backend_error` on the target's backend, into the report."""
         started = time.perf_counter()
-        report.backend_error, report.backend_check = self._backend_error(original, optimized, feeds, self.target)
+        reference = self.run_reference(original, feeds)
+        report.backend_error, report.backend_check = self._backend_error(original, reference, optimized, feeds,
+                                                                         self.target)
         report.validation_seconds += time.perf_counter() - started
 
-    def _backend_error(self, original: ir.Model, optimized: ir.Model, feeds: Feeds, target: Target,
-                       executable: Any = None) -> tuple[ErrorStats, str]:
+    def _backend_error(self, original: ir.Model, reference: list[Any], optimized: ir.Model, feeds: Feeds,
+                       target: Target, executable: Any = None) -> tuple[ErrorStats, str]:
         """Run the optimized model compiled for `target` (or `executable`) on the sample inputs
-        and compare it with the reference (the original on ONNX Runtime, optimizer off), within
-        the validation tolerance loosened to the backend's inference precision.
+        and compare it with `reference` (the original's outputs on ONNX Runtime, optimizer off),
+        within the validation tolerance loosened to the backend's inference precision.
 
         Raises:
             ValidationError: the backend's outputs are outside that tolerance.
         """
-        reference = self.run_reference(original, feeds)
         executable = executable if executable is not None else compile_model(optimized, target)
         outputs = executable.run(feeds)
         precision = str(getattr(executable, "inference_precision", "f32"))

@@ -62,14 +62,14 @@ def check_backend(name: str) -> BackendInfo:
     """`name`'s registration; raises `BackendError` naming the installed backends when it is not a
     backend kiln knows or its runtime is not installed."""
     info = _BACKENDS.get(name)
+    if info is not None and _importable(info.runtime):
+        return info
     installed = ", ".join(installed_backends()) or "none"
     if info is None:
         raise BackendError(f"Unknown backend {name!r}. kiln knows {', '.join(known_backends())}; "
                            f"installed here: {installed}.")
-    if not _importable(info.runtime):
-        raise BackendError(f"Backend {name!r} is not installed (no {info.runtime!r} module): {info.install}. "
-                           f"Installed here: {installed}.")
-    return info
+    raise BackendError(f"Backend {name!r} is not installed (no {info.runtime!r} module): {info.install}. "
+                       f"Installed here: {installed}.")
 
 
 def backend_module(name: str) -> ModuleType:
