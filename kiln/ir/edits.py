@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 
@@ -63,8 +64,63 @@ def tensor_input(name: str, shape: Sequence[int], dtype: ir.DataType) -> ir.Valu
 
 
 def standalone_model(inputs: Sequence[ir.Value], outputs: Sequence[ir.Value], nodes: Sequence[ir.Node], *,
-                     initializers: Sequence[ir.Value] = (), name: str = "alternative") -> ir.Model:
-    """`nodes` as a model of their own (default ONNX domain): one form of a choice, to time it."""
+                     initializers: Sequence[ir.Value] = (), name: str = "alternative",
+                     opset_imports: dict[str, int] | None = None) -> ir.Model:
+    """`nodes` as a model of their own (default ONNX domain at `STANDALONE_OPSET` unless
+    `opset_imports` says otherwise): one form of a choice, to time it."""
     graph = ir.Graph(list(inputs), list(outputs), nodes=list(nodes), initializers=list(initializers),
-                     opset_imports={"": STANDALONE_OPSET}, name=name)
-    return ir.Model(graph, ir_version=STANDALONE_IR_VERSION)
+                     opset_imports=dict(opset_imports or {"": STANDALONE_OPSET}), name=name)
+    # an opset newer than the IR version knows is refused by ONNX Runtime's checker
+    ir_version = max(STANDALONE_IR_VERSION, onnx.helper.find_min_ir_version_for(
+        [onnx.helper.make_opsetid(domain, version) for domain, version in graph.opset_imports.items()],
+        ignore_unknown=True))
+    return ir.Model(graph, ir_version=ir_version)
+
+
+def region_model(nodes: Sequence[ir.Node], *, name: str = "region") -> tuple[ir.Model, dict[ir.Node, ir.Node]]:
+    """A copy of `nodes` (of one graph, no subgraph attributes) as a model of their own, to time a
+    region of a graph in one form or another: what they read from outside becomes an initializer
+    when its data is known and a graph input otherwise; what is read outside them (or is a graph
+    output) becomes a graph output. Returns the model and the copy of each node. Raises ValueError
+    when a graph input would have no static shape (the region cannot be run at a fixed size). The
+    region keeps its graph's opset imports."""
+    inside = set(nodes)
+    order = sorted(nodes, key=list(nodes[0].graph).index) if nodes and nodes[0].graph is not None else list(nodes)
+    copies: dict[ir.Node, ir.Node] = {}
+    values: dict[ir.Value, ir.Value] = {}
+    inputs: list[ir.Value] = []
+    initializers: list[ir.Value] = []
+
+    def outer(value: ir.Value) -> ir.Value:
+        if value in values:
+            return values[value]
+        if value.const_value is not None:
+            copy = ir.Value(name=value.name, type=value.type, shape=value.shape, const_value=value.const_value)
+            initializers.append(copy)
+        else:
+            shape = value.shape
+            if shape is None or not all(isinstance(d, int) for d in shape) or value.dtype is None:
+                raise ValueError(f"{value.name!r} has no static shape and element type")
+            copy = tensor_input(value.name or f"input_{len(inputs)}", list(shape), value.dtype)
+            inputs.append(copy)
+        values[value] = copy
+        return copy
+
+    for node in order:
+        if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
+            raise ValueError(f"{node.op_type} {node.name!r} has subgraphs")
+        wired = [None if v is None else values.get(v) or outer(v) for v in node.inputs]
+        attributes = [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()]
+        copy = ir.Node(node.domain, node.op_type, wired, attributes=attributes, num_outputs=len(node.outputs),
+                       name=node.name)
+        for old, new in zip(node.outputs, copy.outputs):
+            new.name, new.type, new.shape = old.name, old.type, old.shape
+            values[old] = new
+        copies[node] = copy
+    outputs = [values[v] for node in order for v in node.outputs
+               if v.is_graph_output() or any(user not in inside for user, _ in v.uses())]
+    graph = nodes[0].graph if nodes else None
+    opsets = dict(graph.opset_imports) if graph is not None and graph.opset_imports else None
+    model = standalone_model(inputs, outputs, [copies[n] for n in order], initializers=initializers, name=name,
+                             opset_imports=opsets)
+    return model, copies
