@@ -148,20 +148,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+_BACKEND_LABEL = {"onnxruntime": "ORT", "openvino": "OpenVINO"}
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from kiln.cost_model.hardware import default_profile_path
     from kiln.cost_model.measure.calibration import calibrate
 
-    output = Path(args.output) if args.output else default_profile_path()
+    output = Path(args.output) if args.output else default_profile_path(args.backend)
     with Progress(console=err_console, transient=True) as bar:
         task = bar.add_task("calibrating", total=1)
 
         def progress(step: str, done: int, total: int) -> None:
             bar.update(task, description=step, completed=done, total=total)
 
-        profile = calibrate(args.threads, quick=args.quick, progress=progress)
+        profile = calibrate(args.threads, quick=args.quick, progress=progress, backend=args.backend)
     profile.save(output)
     table = Table(title=profile.source)
     table.add_column("figure")
@@ -169,7 +172,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for precision, value in profile.peak_gflops.items():
         table.add_row(f"peak {precision}", f"{value:,.0f} GFLOP/s")
     for precision, value in profile.gemm_gflops.items():
-        table.add_row(f"ORT GEMM {precision}", f"{value:,.0f} GFLOP/s")
+        table.add_row(f"{_BACKEND_LABEL[profile.backend]} GEMM {precision}", f"{value:,.0f} GFLOP/s")
     for level in profile.memory:
         table.add_row(f"{level.name} ({format_bytes(level.capacity_bytes)})", f"{level.bandwidth_gbps:,.0f} GB/s")
     table.add_row("kernel launch", f"{profile.launch_overhead_us:.2f} us")
@@ -195,32 +198,68 @@ def _cost_feeds(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
     return random_inputs(inputs, shapes=bound), bound
 
 
+def _openvino_cost(args: argparse.Namespace, cost_model: Any, model: Any, feeds: Any,
+                   dims: Any) -> tuple[Any, dict[str, float], float | None]:
+    """(estimate, measured ms per kernel, measured model ms) for `kiln cost --backend openvino`:
+    the kernels of one profiled compilation are both what is priced and, with --measure, what is
+    timed; the whole model is timed on a compilation without counters."""
+    from kiln.backends.openvino import OpenVINOExecutable
+    from kiln.backends.openvino.kernels import runtime_kernels
+    from kiln.cost_model.measure.openvino_lowering import openvino_model_cost
+    from kiln.target import Target
+
+    target = Target(backend="openvino", intra_op_threads=cost_model.profile.threads)
+    kernels = runtime_kernels(model, feeds, target, repeats=args.repeats if args.measure else 1)
+    estimate = openvino_model_cost(cost_model, model, feeds, dims=dims, kernels=kernels)
+    if not args.measure:
+        return estimate, {}, None
+    executable = OpenVINOExecutable(model, target, input_shapes={k: v.shape for k, v in feeds.items()})
+    total = executable.benchmark(**feeds, repeats=args.repeats).median_ms
+    return estimate, {k.name: k.median_us / 1e3 for k in kernels}, total
+
+
 def cmd_cost(args: argparse.Namespace) -> int:
     from kiln.cost_model.analytical import op_key
+    from kiln.cost_model.hardware import ProfileError
     from kiln.cost_model.measure.observed import price_at_inputs
     from kiln.cost_model.model import CostModel
     from kiln.ir.capture import load
 
     model = load(args.model)
-    cost_model = CostModel.from_file(args.profile) if args.profile else CostModel.default(args.threads)
+    if args.backend != "onnxruntime":
+        from kiln.backends.registry import check_backend
+
+        check_backend(args.backend)
+    cost_model = CostModel.from_file(args.profile) if args.profile else CostModel.default(args.threads,
+                                                                                         backend=args.backend)
+    if cost_model.profile.backend != args.backend:
+        raise ProfileError(f"{args.profile} was measured through {cost_model.profile.backend}, not {args.backend}: "
+                           f"pass --backend {cost_model.profile.backend}, or calibrate one with "
+                           f"`kiln calibrate --backend {args.backend} -o <file>`.")
     feeds, bound = _cost_feeds(args, model)
-    estimate, facts = price_at_inputs(cost_model, model, feeds, dims=bound.dims, compiled=not args.as_written)
     measured: dict[str, float] = {}
     measured_total = None
-    if args.measure:
+    if args.backend == "openvino" and not args.as_written:
+        estimate, measured, measured_total = _openvino_cost(args, cost_model, model, feeds, bound.dims)
+        facts = estimate.facts
+    else:
+        estimate, facts = price_at_inputs(cost_model, model, feeds, dims=bound.dims, compiled=not args.as_written)
+    if args.measure and not measured:
         from kiln.cost_model.measure.profiling import profile_model
 
         profile = profile_model(model, feeds, repeats=args.repeats, threads=cost_model.profile.threads)
         measured = {k.ort_name: k.median_us / 1e3 for k in profile.kernels} if not args.as_written else {
             name: group.median_us / 1e3 / len(group.node_names) for group in profile.groups for name in group.node_names}
         measured_total = profile.model_median_ms
-    where = "as written" if args.as_written else "as ONNX Runtime runs it"
+    where = ("as written" if args.as_written else
+             "as OpenVINO runs it" if args.backend == "openvino" else "as ONNX Runtime runs it")
     source = "fitted correction" if estimate.corrected else cost_model.profile.source
     console.print(f"[bold]{args.model}[/bold] on {cost_model.profile.name} ({source}), {where}: "
                   f"{len(estimate.per_node)} kernels")
     by_op: dict[str, list] = {}
     for node, e in estimate.per_node:
-        row = by_op.setdefault(op_key(node), [0, 0, 0, 0.0, 0.0, {}])
+        # OpenVINO's kernels are listed by their layer type ("FullyConnected", "Subgraph", ...)
+        row = by_op.setdefault(node.op_type if node.domain == "ai.openvino" else op_key(node), [0, 0, 0, 0.0, 0.0, {}])
         row[0] += 1
         row[1] += e.flops
         row[2] += e.bytes
@@ -355,10 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "or $KILN_HARDWARE_PROFILE), which the cost model then reads")
     cal.add_argument("--threads", type=int, default=2, help="threads to calibrate for (default 2)")
     cal.add_argument("--quick", action="store_true", help="shorter micro-benchmarks (a few seconds)")
+    cal.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                     help="runtime to measure GEMM, conv, element-wise rates and kernel launch through "
+                          "(default onnxruntime); openvino writes hardware_profile.openvino.json beside the default")
     cal.set_defaults(func=cmd_calibrate)
     cost = sub.add_parser("cost", help="predict per-kernel and whole-model latency with the cost model")
     cost.add_argument("model", help=".onnx file")
-    cost.add_argument("--measure", action="store_true", help="also measure every kernel with ORT's profiler")
+    cost.add_argument("--measure", action="store_true",
+                      help="also measure every kernel (ORT's profiler, or OpenVINO's performance counters)")
+    cost.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                      help="price the kernels this runtime runs, with its calibrated profile "
+                           "(`kiln calibrate --backend`; default onnxruntime)")
     add_shape_arguments(cost)
     cost.add_argument("--sample-inputs", metavar="NPZ",
                       help="price and measure at these inputs (.npz keyed by input name) instead of sampled ones")

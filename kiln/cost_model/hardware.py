@@ -102,6 +102,8 @@ class HardwareProfile:
     cpu_model: str = ""
     flags: list[str] = field(default_factory=list)
     details: dict[str, float] = field(default_factory=dict)  # raw calibration measurements
+    # the runtime the GEMM rates, efficiencies and launch overhead were measured through
+    backend: str = "onnxruntime"
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -185,13 +187,16 @@ def load(path: str | os.PathLike) -> HardwareProfile:
     return HardwareProfile.from_dict(data)
 
 
-def default_profile_path() -> Path:
+def default_profile_path(backend: str = "onnxruntime") -> Path:
     """Where `kiln calibrate` writes and `CostModel.default()` reads: ``$KILN_HARDWARE_PROFILE``
-    or ``~/.cache/kiln/hardware_profile.json``."""
+    or ``~/.cache/kiln/hardware_profile.json`` for ONNX Runtime; another backend's profile sits
+    beside it as ``hardware_profile.<backend>.json``."""
     env = os.environ.get("KILN_HARDWARE_PROFILE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kiln" / "hardware_profile.json"
+    path = Path(env) if env else (Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kiln"
+                                  / "hardware_profile.json")
+    if backend == "onnxruntime":
+        return path
+    return path.with_name(f"{path.stem}.{backend}{path.suffix or '.json'}")
 
 
 # ---------------------------------------------------------------------------------------------

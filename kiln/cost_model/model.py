@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnx_ir as ir
 
-from kiln.cost_model.analytical import RunFacts
+from kiln.cost_model.analytical import ModelCost, RunFacts
 from kiln.cost_model.analytical import model_cost as analytical_model_cost
 from kiln.cost_model.analytical import op_key, value_nbytes
 from kiln.cost_model.hardware import HardwareProfile, default_profile_path, load, preset_for_this_cpu
@@ -56,6 +56,15 @@ class ModelEstimate:
     both_branches: list[str] = field(default_factory=list)  # If nodes whose branch was unknown
     trip_counts: dict[str, int] = field(default_factory=dict)  # Loop / Scan node -> iterations priced
     facts: RunFacts | None = None  # what a run showed, when the estimate used one
+
+    @classmethod
+    def of(cls, costs: ModelCost, per_node: list[tuple[ir.Node, Estimate]], *, latency_ms: float, peak: int,
+           weights: int, resident: bool, corrected: bool, compiled: bool, facts: RunFacts | None) -> ModelEstimate:
+        """The estimate of `per_node` priced from the analytical `costs` (whose notes it keeps)."""
+        return cls(latency_ms=latency_ms, peak_memory_bytes=peak, weight_bytes=weights, weights_resident=resident,
+                   per_node=per_node, unknown_ops=costs.unknown_ops, missing_shapes=costs.missing_shapes,
+                   corrected=corrected, compiled=compiled, defaulted_ops=costs.defaulted_ops,
+                   both_branches=costs.both_branches, trip_counts=costs.trip_counts, facts=facts)
 
     @property
     def needs_observation(self) -> bool:
@@ -192,17 +201,19 @@ class CostModel:
         return cls(profile, correction, residual=residual)
 
     @classmethod
-    def default(cls, threads: int = 2, *, learned: bool = True, residual: bool = True) -> CostModel:
-        """The calibrated profile at `default_profile_path()` (with its correction unless
-        ``learned=False``) when there is one for `threads` threads, else the preset for this CPU."""
-        path = default_profile_path()
+    def default(cls, threads: int = 2, *, learned: bool = True, residual: bool = True,
+                backend: str = "onnxruntime") -> CostModel:
+        """The calibrated profile for `backend` at `default_profile_path(backend)` (with its
+        correction unless ``learned=False``) when there is one for `threads` threads, else the
+        preset for this CPU (marked as that backend's)."""
+        path = default_profile_path(backend)
         if path.exists():
             model = cls.from_file(path, learned=learned, residual=residual)
-            if model.profile.threads == threads:
+            if model.profile.threads == threads and model.profile.backend == backend:
                 return model
-            logger.info("cost model: %s is for %d threads, not %d; using a preset", path, model.profile.threads,
-                        threads)
-        return cls(preset_for_this_cpu(threads))
+            logger.info("cost model: %s is for %d threads on %s, not %d on %s; using a preset", path,
+                        model.profile.threads, model.profile.backend, threads, backend)
+        return cls(dataclasses.replace(preset_for_this_cpu(threads), backend=backend))
 
     # --- pricing ---------------------------------------------------------------------------
 
@@ -231,7 +242,9 @@ class CostModel:
                    compiled: bool = False, infer_shapes: bool = True, facts: RunFacts | None = None,
                    feeds: Mapping[str, Any] | None = None) -> ModelEstimate:
         """Predicted latency and peak memory of `model` (not modified). With ``compiled=True``
-        the graph ONNX Runtime will run is priced instead of the model as written. With
+        the graph the profile's backend will run is priced instead of the model as written (ONNX
+        Runtime's optimized graph; for an OpenVINO profile, the kernels OpenVINO runs on `feeds`,
+        sampled at `dims` when not given: `kiln.cost_model.measure.openvino_lowering`). With
         ``infer_shapes=False`` the shapes already on the values are used (no shape inference; what the
         PassManager does after every pass, since rewrites keep the shapes they know). `dims` binds
         symbolic dims by name; `facts` (`kiln.cost_model.measure.observed.observe`) gives the shapes,
@@ -239,6 +252,15 @@ class CostModel:
         the model as written also serve its compiled graph where names survive ORT's fusions). With
         ``compiled=True`` and `feeds`, the compiled graph is run once on them and priced at the shapes
         ORT used (`ModelEstimate.facts`)."""
+        if compiled and self.profile.backend == "openvino":
+            from kiln.cost_model.measure.openvino_lowering import openvino_model_cost
+            from kiln.ir.inputs import random_inputs
+            from kiln.ir.shapes import ShapeBinding, bind_shapes
+
+            if feeds is None:
+                inputs = [v for v in model.graph.inputs if not v.is_initializer()]
+                feeds = random_inputs(inputs, shapes=bind_shapes(inputs, ShapeBinding(dim_values=dict(dims or {}))))
+            return openvino_model_cost(self, model, dict(feeds), dims=dims)
         if compiled:
             from kiln.cost_model.measure.lowering import observed_compiled_model, ort_compiled_model
 
@@ -257,22 +279,9 @@ class CostModel:
         executor_ms = self.correction.executor_overhead_us / 1e3 if self.correction is not None else 0.0
         scale = self.correction.executor_scale if self.correction is not None else 1.0
         run_ms = self.correction.executor_run_us / 1e3 if self.correction is not None else 0.0
-        return ModelEstimate(
-            latency_ms=(sum(e.ms for _, e in per_node) * scale + executor_ms * sum(e.runs for _, e in per_node)
-                        + run_ms),
-            peak_memory_bytes=peak,
-            weight_bytes=weights,
-            weights_resident=resident,
-            per_node=per_node,
-            unknown_ops=costs.unknown_ops,
-            missing_shapes=costs.missing_shapes,
-            corrected=self.correction is not None,
-            compiled=compiled,
-            defaulted_ops=costs.defaulted_ops,
-            both_branches=costs.both_branches,
-            trip_counts=costs.trip_counts,
-            facts=facts,
-        )
+        latency = sum(e.ms for _, e in per_node) * scale + executor_ms * sum(e.runs for _, e in per_node) + run_ms
+        return ModelEstimate.of(costs, per_node, latency_ms=latency, peak=peak, weights=weights, resident=resident,
+                                corrected=self.correction is not None, compiled=compiled, facts=facts)
 
     def compare(self, before: ir.Model, after: ir.Model, *, dims: Mapping[str, int] | None = None,
                 infer_shapes: bool = True) -> Comparison:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,11 @@ def _translate_read_error(exc: Exception) -> KilnError:
 class OpenVINOExecutable(CallableExecutable):
     """A model compiled by OpenVINO that takes and returns numpy arrays or torch tensors."""
 
-    def __init__(self, model: ir.Model, target: Target | None = None):
+    def __init__(self, model: ir.Model, target: Target | None = None, *,
+                 input_shapes: Mapping[str, Sequence[int]] | None = None, profiling: bool = False):
+        """`input_shapes` fixes the inputs named there to static shapes before compiling (what a
+        runtime graph with every shape known needs); `profiling` turns on OpenVINO's per-kernel
+        performance counters (`kiln.backends.openvino.kernels`), which slow every run a little."""
         self.target = target or Target(backend="openvino")
         self._required_inputs = [v for v in model.graph.inputs if not v.is_initializer()]
         self.input_names = [v.name for v in self._required_inputs]
@@ -97,7 +102,11 @@ class OpenVINOExecutable(CallableExecutable):
                 read = core.read_model(to_proto(model).SerializeToString())
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with its report
             raise _translate_read_error(exc) from exc
+        if input_shapes:
+            _fix_input_shapes(read, input_shapes)
         self.properties = compile_properties(self.target)
+        if profiling:
+            self.properties["PERF_COUNT"] = True
         try:
             self.compiled = core.compile_model(read, self.target.openvino.device, self.properties)
         except Exception as exc:  # noqa: BLE001
@@ -114,6 +123,11 @@ class OpenVINOExecutable(CallableExecutable):
         self._request = self.compiled.create_infer_request()
 
     @property
+    def request(self) -> Any:
+        """The infer request `run` uses (its `profiling_info` holds the last run's counters)."""
+        return self._request
+
+    @property
     def inference_precision(self) -> str:
         """The precision OpenVINO computes in ("f32", "bf16", "f16"), as compiled."""
         return str(self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
@@ -127,6 +141,19 @@ class OpenVINOExecutable(CallableExecutable):
         except Exception as exc:  # noqa: BLE001
             raise ExecutionError(f"OpenVINO failed to run the model: {str(exc).strip()[:500]}") from exc
         return [_from_openvino(np.asarray(results[port]), port) for port in self._ports]
+
+
+def _fix_input_shapes(read: Any, input_shapes: Mapping[str, Sequence[int]]) -> None:
+    shapes = {}
+    for port in read.inputs:
+        name = next((n for n in port.get_names() if n in input_shapes), None)
+        if name is not None:
+            shapes[port] = ov.PartialShape([int(d) for d in input_shapes[name]])
+    try:
+        read.reshape(shapes)
+    except Exception as exc:  # noqa: BLE001
+        raise BackendError(f"OpenVINO could not fix the input shapes to {dict(input_shapes)}: "
+                           f"{str(exc).strip()[:300]}") from exc
 
 
 #: element types numpy lacks (ml_dtypes has them): OpenVINO's name -> the ml_dtypes type, the

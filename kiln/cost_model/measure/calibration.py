@@ -5,12 +5,17 @@ What is measured (all with `threads` threads, see `kiln.cost_model.measure.micro
 - fp32 peak: register-resident AVX-512 / AVX2 FMA loops (the faster counts; derived from the
   clock and flags when no C compiler is available); int8 peak: an AVX-512 VNNI loop where the
   CPU has it, else ONNX Runtime's integer GEMM rate.
-- attainable GEMM rates through ONNX Runtime: fp32 MatMul, uint8 x int8 MatMulInteger and
-  QLinearMatMul, at a few transformer-sized shapes (best shape counts);
+- attainable GEMM rates through the backend (ONNX Runtime, or OpenVINO with ``backend=
+  "openvino"``): fp32 MatMul, uint8 x int8 MatMulInteger and QLinearMatMul (ONNX Runtime only:
+  OpenVINO runs int8 from NNCF's quantized form, not these ops), at a few transformer-sized
+  shapes (best shape counts);
 - a 3x3 Conv (ResNet stage shape) -> the "conv" efficiency; an element-wise Add the size of the
   L2 cache -> the "elementwise" efficiency; the GEMM rate over the FMA peak -> the "gemm" one;
 - copy bandwidth at working sets that land in each cache level the OS reports, and in DRAM;
-- per-kernel launch overhead: a chain of 64 one-element Adds against one Add.
+- per-kernel launch overhead: a chain of 64 one-element kernels against one.
+
+The instruction peaks and the copy bandwidths are the machine's; the GEMM rates, efficiencies and
+launch overhead are the backend's, and the profile records which backend (`HardwareProfile.backend`).
 
 Every benchmark runs once per round, in turn, for several rounds, so a burst of other work on
 a shared machine spreads over all of them; a figure is the best round (interference only slows
@@ -25,7 +30,7 @@ import time
 from collections.abc import Callable
 
 from kiln.backends.timing import proc_stat
-from kiln.cost_model.hardware import DEFAULT_EFFICIENCY, HardwareProfile, MemoryLevel, preset_for_this_cpu
+from kiln.cost_model.hardware import DEFAULT_EFFICIENCY, HardwareProfile, MemoryLevel, ProfileError, preset_for_this_cpu
 from kiln.cost_model.machine import caches, cpu_facts
 from kiln.cost_model.measure import microbench as mb
 
@@ -51,8 +56,12 @@ def _memory_sizes(threads: int) -> list[tuple[str, int, int]]:
     return levels
 
 
-def calibrate(threads: int = 2, quick: bool = False, progress: Progress | None = None) -> HardwareProfile:
-    """Measure a `HardwareProfile` for `threads` threads (`quick`: shorter micro-benchmarks)."""
+def calibrate(threads: int = 2, quick: bool = False, progress: Progress | None = None,
+              backend: str = "onnxruntime") -> HardwareProfile:
+    """Measure a `HardwareProfile` for `threads` threads on `backend` ("onnxruntime" or
+    "openvino"; `quick`: shorter micro-benchmarks)."""
+    if backend not in ("onnxruntime", "openvino"):
+        raise ProfileError(f"kiln calibrate measures backend 'onnxruntime' or 'openvino', not {backend!r}.")
     started = time.perf_counter()
     facts = cpu_facts()
     flags = facts["flags"]
@@ -70,18 +79,22 @@ def calibrate(threads: int = 2, quick: bool = False, progress: Progress | None =
     fp32_shapes = [(512, 768, 768)] if quick else [(1024, 1024, 1024), (128, 768, 3072), (512, 768, 768)]
     int8_shapes = [(512, 768, 768)] if quick else [(1024, 1024, 1024), (128, 768, 3072)]
     for m, k, n in fp32_shapes:
-        steps.append((f"fp32 GEMM {m}x{k}x{n}", lambda m=m, k=k, n=n: mb.gemm_bench(m, k, n, threads, False, gemm_s)))
-    for m, k, n in int8_shapes:
-        steps.append((f"int8 GEMM {m}x{k}x{n}", lambda m=m, k=k, n=n: mb.gemm_bench(m, k, n, threads, True, gemm_s)))
-    steps.append(("QLinearMatMul", lambda: mb.gemm_bench(512, 768, 768, threads, "qlinear", gemm_s)))
-    steps.append(("conv 3x3", lambda: mb.conv_bench(1, 64, 56, 64, 3, threads, gemm_s)))
+        steps.append((f"fp32 GEMM {m}x{k}x{n}",
+                      lambda m=m, k=k, n=n: mb.gemm_bench(m, k, n, threads, False, gemm_s, backend)))
+    if backend == "onnxruntime":
+        for m, k, n in int8_shapes:
+            steps.append((f"int8 GEMM {m}x{k}x{n}",
+                          lambda m=m, k=k, n=n: mb.gemm_bench(m, k, n, threads, True, gemm_s)))
+        steps.append(("QLinearMatMul", lambda: mb.gemm_bench(512, 768, 768, threads, "qlinear", gemm_s)))
+    steps.append(("conv 3x3", lambda: mb.conv_bench(1, 64, 56, 64, 3, threads, gemm_s, backend)))
     levels = _memory_sizes(threads)
     for name, _, working_set in levels:
         steps.append((f"copy {name}", lambda ws=working_set: mb.cache_copy_bench(ws, threads, loop_s)))
     steps.append(("copy DRAM", lambda: mb.cache_copy_bench(_DRAM_WORKING_SET, threads, loop_s)
                   or mb.copy_bench(_DRAM_WORKING_SET >> 20, threads)))
     l2_bytes = next((cap for name, cap, _ in levels if name == "L2"), 1 << 20)
-    steps.append(("element-wise Add", lambda: mb.elementwise_bench(max(1024, l2_bytes // 3 // 4), threads, gemm_s)))
+    steps.append(("element-wise Add",
+                  lambda: mb.elementwise_bench(max(1024, l2_bytes // 3 // 4), threads, gemm_s, backend)))
     total = len(steps) + rounds + 1
 
     benches: dict[str, mb.Bench] = {}
@@ -102,7 +115,7 @@ def calibrate(threads: int = 2, quick: bool = False, progress: Progress | None =
         details[bench.name] = best[label]
     if progress:
         progress("launch overhead", len(steps) + rounds, total)
-    launch_us = mb.launch_overhead_us(threads, rounds=3 if quick else 7)
+    launch_us = mb.launch_overhead_us(threads, rounds=3 if quick else 7, backend=backend)
     details["launch_overhead_us"] = launch_us
 
     fallback = preset_for_this_cpu(threads)
@@ -112,9 +125,15 @@ def calibrate(threads: int = 2, quick: bool = False, progress: Progress | None =
         details["fp32_fma_derived"] = fma
         logger.info("fp32 peak derived, not measured: %s", derivation)
     gemm_fp32 = max(v for k, v in best.items() if k.startswith("fp32 GEMM"))
-    gemm_int8 = max(v for k, v in best.items() if k.startswith("int8 GEMM") or k == "QLinearMatMul")
     # the instruction loops can lose a round to a noisy neighbour; a GEMM cannot beat the peak
     fma = max(fma, gemm_fp32)
+    int8_gemms = [v for k, v in best.items() if k.startswith("int8 GEMM") or k == "QLinearMatMul"]
+    if int8_gemms:
+        gemm_int8 = max(int8_gemms)
+    else:  # no integer GEMM through this backend: the int8 peak (the VNNI loop, else the preset's
+        # int8 : fp32 ratio of the FMA peak) at the share of its peak the fp32 GEMM attains
+        int8_peak = best.get("vnni512") or fma * fallback.peak("int8") / fallback.peak("fp32")
+        gemm_int8 = int8_peak * min(1.0, gemm_fp32 / fma)
     int8 = max(best.get("vnni512", 0.0), gemm_int8)
     fp16 = fma * (2.0 if flags.get("avx512_fp16") else 1.0)
     bf16 = fma * (2.0 if flags.get("avx512_bf16") or flags.get("amx") else 1.0)
@@ -135,7 +154,7 @@ def calibrate(threads: int = 2, quick: bool = False, progress: Progress | None =
     efficiency["elementwise"] = min(1.0, best["element-wise Add"] / l2_bandwidth)
     details["background_busy_pct_during"], details["cpu_steal_pct"] = mb.busy_and_steal(cpu_before, proc_stat())
     profile = HardwareProfile(
-        name=f"calibrated {facts['cpu_model']} x{threads}",
+        name=f"calibrated {facts['cpu_model']} x{threads}" + ("" if backend == "onnxruntime" else f" ({backend})"),
         threads=threads,
         peak_gflops={"fp32": fma, "fp16": fp16, "bf16": bf16, "int8": int8, "int4": int8},
         gemm_gflops={"fp32": gemm_fp32, "int8": gemm_int8},
@@ -147,6 +166,7 @@ def calibrate(threads: int = 2, quick: bool = False, progress: Progress | None =
         cpu_model=facts["cpu_model"],
         flags=sorted(name for name, present in flags.items() if present),
         details=details,
+        backend=backend,
     )
     if progress:
         progress("done", total, total)

@@ -4,8 +4,8 @@ Each benchmark is a `Bench`: `once()` runs it and returns wall seconds, `ops` is
 (FLOPs, integer ops or bytes), so rates are giga-units per second. The instruction-peak loops
 (AVX-512 / AVX2 FMA, VNNI) and the cache-sized copy loop are C, compiled on the fly with the
 system compiler (ONNX Runtime has no kernel that isolates a peak or a cache level); everything
-a model really runs (GEMM, integer GEMM, conv, element-wise, launch overhead) goes through ONNX
-Runtime, the backend kiln prices.
+a model really runs (GEMM, integer GEMM, conv, element-wise, launch overhead) goes through the
+backend being calibrated: ONNX Runtime by default, or OpenVINO (`kiln calibrate --backend`).
 """
 
 from __future__ import annotations
@@ -290,15 +290,33 @@ def _feed(proto: Any) -> dict[str, np.ndarray]:
     return feeds
 
 
-def ort_bench(name: str, proto: Any, ops: float, threads: int, seconds: float) -> Bench:
-    """A model through ORT; one run is as many calls as fill `seconds` (at least one) and its
-    time is the fastest call's (interference only slows a call down)."""
-    session = ort_session(proto, threads)
+def _runner(proto: Any, threads: int, backend: str) -> Callable[[], Any]:
+    """One call of `proto` on `backend` with `threads` threads, on feeds built once."""
     feeds = _feed(proto)
+    if backend == "onnxruntime":
+        session = ort_session(proto, threads)
+        return lambda: session.run(None, feeds)
+    if backend == "openvino":
+        import onnx_ir as ir
+
+        from kiln.backends.openvino import OpenVINOExecutable
+        from kiln.target import Target
+
+        executable = OpenVINOExecutable(ir.serde.deserialize_model(proto),
+                                        Target(backend="openvino", intra_op_threads=threads))
+        request = executable.request
+        return lambda: request.infer(feeds)
+    raise ValueError(f"no micro-benchmarks for backend {backend!r}")
+
+
+def model_bench(name: str, proto: Any, ops: float, threads: int, seconds: float, backend: str = "onnxruntime") -> Bench:
+    """A model through `backend` (ORT by default); one run is as many calls as fill `seconds`
+    (at least one) and its time is the fastest call's (interference only slows a call down)."""
+    call = _runner(proto, threads, backend)
     start = time.perf_counter()
     warmups = 0
     while warmups < 2 or (warmups < 10 and time.perf_counter() - start < 0.1):
-        session.run(None, feeds)
+        call()
         warmups += 1
     calls = max(1, int(seconds / ((time.perf_counter() - start) / warmups)))
 
@@ -306,41 +324,76 @@ def ort_bench(name: str, proto: Any, ops: float, threads: int, seconds: float) -
         times = []
         for _ in range(calls):
             t0 = time.perf_counter()
-            session.run(None, feeds)
+            call()
             times.append(time.perf_counter() - t0)
         return min(times)
 
     return Bench(name, ops, once)
 
 
-def gemm_bench(m: int, k: int, n: int, threads: int, integer: bool | str, seconds: float) -> Bench:
-    """An (m x k) @ (k x n) product through ORT (see `matmul_proto` for `integer`)."""
+_PREFIX = {"onnxruntime": "ort", "openvino": "ov"}
+
+
+def gemm_bench(m: int, k: int, n: int, threads: int, integer: bool | str, seconds: float,
+               backend: str = "onnxruntime") -> Bench:
+    """An (m x k) @ (k x n) product through `backend` (see `matmul_proto` for `integer`)."""
     kind = {False: "matmul_fp32", True: "matmulinteger_u8s8", "qlinear": "qlinearmatmul_u8s8"}[integer]
-    return ort_bench(f"ort_{kind}_{m}x{k}x{n}", matmul_proto(m, k, n, integer), 2 * m * k * n, threads, seconds)
+    return model_bench(f"{_PREFIX[backend]}_{kind}_{m}x{k}x{n}", matmul_proto(m, k, n, integer), 2 * m * k * n, threads,
+                     seconds, backend)
 
 
 def conv_bench(batch: int, channels: int, size: int, out_channels: int, kernel: int, threads: int,
-               seconds: float) -> Bench:
-    """A stride-1 same-padded Conv through ORT; ops = 2 x multiply-adds."""
+               seconds: float, backend: str = "onnxruntime") -> Bench:
+    """A stride-1 same-padded Conv through `backend`; ops = 2 x multiply-adds."""
     flops = 2 * batch * out_channels * size * size * channels * kernel * kernel
-    return ort_bench(f"ort_conv_{channels}x{size}x{size}_k{kernel}", conv_proto(batch, channels, size, out_channels,
-                     kernel), flops, threads, seconds)
+    return model_bench(f"{_PREFIX[backend]}_conv_{channels}x{size}x{size}_k{kernel}",
+                     conv_proto(batch, channels, size, out_channels, kernel), flops, threads, seconds, backend)
 
 
-def elementwise_bench(elements: int, threads: int, seconds: float) -> Bench:
-    """One ORT Add over `elements` floats; ops = bytes moved (two reads and one write)."""
-    return ort_bench(f"ort_add_{elements * 4 // 1024}KiB", add_chain_proto(elements, 1), 3 * 4 * elements, threads,
-                     seconds)
+def elementwise_bench(elements: int, threads: int, seconds: float, backend: str = "onnxruntime") -> Bench:
+    """One Add over `elements` floats through `backend`; ops = bytes moved (two reads, one write)."""
+    return model_bench(f"{_PREFIX[backend]}_add_{elements * 4 // 1024}KiB", add_chain_proto(elements, 1),
+                     3 * 4 * elements, threads, seconds, backend)
 
 
-def launch_overhead_us(threads: int, length: int = 64, rounds: int = 7) -> float:
-    """Fixed cost of one kernel in ORT: a chain of `length` Adds on one float against a single
-    Add, per extra node, best of `rounds` (microseconds)."""
-    long_chain = ort_bench("chain", add_chain_proto(1, length), 1, threads, 0.05)
-    one = ort_bench("one", add_chain_proto(1, 1), 1, threads, 0.05)
+def softmax_chain_proto(width: int, length: int) -> Any:
+    """`length` Softmax ops in a chain over a [1, width] tensor: no algebra collapses them (a
+    chain of Adds or of constant MatMuls folds into fewer kernels on OpenVINO)."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Softmax", ["x" if i == 0 else f"t{i - 1}"], [f"t{i}" if i < length - 1 else "y"], axis=-1)
+             for i in range(length)]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])], [])
+
+
+def _executed_kernels(proto: Any, threads: int) -> int:
+    """How many kernels OpenVINO runs for `proto` (it fuses and folds some of a chain)."""
+    import onnx_ir as ir
+
+    from kiln.backends.openvino.kernels import runtime_kernels
+    from kiln.target import Target
+
+    return len(runtime_kernels(ir.serde.deserialize_model(proto), _feed(proto),
+                               Target(backend="openvino", intra_op_threads=threads)))
+
+
+def launch_overhead_us(threads: int, length: int = 64, rounds: int = 7, backend: str = "onnxruntime") -> float:
+    """Fixed cost of one kernel on `backend`: a chain of `length` tiny kernels against a single
+    one, per extra kernel run, best of `rounds` (microseconds). ONNX Runtime runs a chain of
+    one-element Adds (one kernel each); OpenVINO a chain of Softmax ops, divided by the kernels
+    its run reports executed (it would fuse a chain of Adds into one)."""
+    if backend == "onnxruntime":
+        long_proto, one_proto = add_chain_proto(1, length), add_chain_proto(1, 1)
+        extra = length - 1
+    else:
+        long_proto, one_proto = softmax_chain_proto(16, length), softmax_chain_proto(16, 1)
+        extra = _executed_kernels(long_proto, threads) - _executed_kernels(one_proto, threads)
+    long_chain = model_bench("chain", long_proto, 1, threads, 0.05, backend)
+    one = model_bench("one", one_proto, 1, threads, 0.05, backend)
     long_s = min(long_chain.once() for _ in range(rounds))
     one_s = min(one.once() for _ in range(rounds))
-    return max(0.0, (long_s - one_s) / (length - 1) * 1e6)
+    return max(0.0, (long_s - one_s) / max(extra, 1) * 1e6)
 
 
 def cache_copy_bench(size_bytes: int, threads: int, seconds: float = 0.05) -> Bench | None:

@@ -1,0 +1,118 @@
+"""The kernels OpenVINO really runs for a model, read off its compiled model: each executed node
+of the runtime graph (`CompiledModel.get_runtime_model()`) with its layer type, the primitive
+that implements it, the ONNX nodes fused into it (the ``originalLayersNames`` OpenVINO keeps),
+its tensors, and the time its performance counter measured on each run.
+
+Only what a run says is executed counts: OpenVINO folds constant subgraphs (weight transposes,
+shape arithmetic) and fuses post-ops into their producer at compile time, and those nodes report
+NOT_RUN. Shapes are fixed to the feeds' before compiling, so every tensor has a static shape.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from kiln.backends.openvino.executable import OpenVINOExecutable
+from kiln.ir.inputs import Feeds
+from kiln.target import Target
+
+__all__ = ["RuntimeKernel", "TensorFacts", "runtime_kernels"]
+
+#: runtime-graph nodes that are not kernels (graph inputs, outputs, constants)
+_NOT_KERNELS = frozenset({"Input", "Output", "Const"})
+
+
+@dataclass(frozen=True)
+class TensorFacts:
+    """One input or output of a runtime kernel."""
+
+    shape: tuple[int, ...] | None  # None when OpenVINO left it dynamic
+    element_type: str  # OpenVINO's name: "f32", "i64", "u8", ...
+    constant: bool = False  # an input read from a constant (a weight)
+
+    @property
+    def nbytes(self) -> int:
+        if self.shape is None:
+            return 0
+        return int(np.prod(self.shape, dtype=np.int64)) * _element_bytes(self.element_type)
+
+
+@dataclass
+class RuntimeKernel:
+    """One executed node of OpenVINO's runtime graph."""
+
+    name: str
+    layer_type: str  # "FullyConnected", "Subgraph" (fused snippet), "MVN", "Transpose", ...
+    primitive: str  # the implementation, e.g. "brgconv_avx512_1x1_f32", "jit_avx512_f32"
+    original_names: tuple[str, ...]  # the ONNX nodes (and OpenVINO's own decompositions) it runs
+    inputs: tuple[TensorFacts, ...]
+    outputs: tuple[TensorFacts, ...]
+    order: int  # execution order
+    measured_us: list[float] = field(default_factory=list)  # one per profiled run
+
+    @property
+    def median_us(self) -> float:
+        return statistics.median(self.measured_us) if self.measured_us else 0.0
+
+
+def _element_bytes(name: str) -> int:
+    bits = {"boolean": 8, "bf16": 16, "f16": 16, "f32": 32, "f64": 64, "i4": 4, "u4": 4, "i8": 8, "u8": 8,
+            "i16": 16, "u16": 16, "i32": 32, "u32": 32, "i64": 64, "u64": 64, "u1": 1, "f8e4m3": 8, "f8e5m2": 8}
+    return max(1, bits.get(name, 32) // 8)
+
+
+def _shape(partial: Any) -> tuple[int, ...] | None:
+    if not partial.is_static:
+        return None
+    return tuple(int(d) for d in partial.to_shape())
+
+
+def _info(op: Any, key: str) -> str:
+    info = op.get_rt_info()
+    return str(info[key].astype(str)) if key in info else ""
+
+
+def _kernel(op: Any) -> RuntimeKernel:
+    inputs = tuple(
+        TensorFacts(_shape(port.get_partial_shape()), port.get_element_type().get_type_name(),
+                    _info(port.get_source_output().get_node(), "layerType") == "Const")
+        for port in op.inputs())
+    outputs = tuple(TensorFacts(_shape(port.get_partial_shape()), port.get_element_type().get_type_name())
+                    for port in op.outputs())
+    originals = tuple(name for name in _info(op, "originalLayersNames").split(",") if name)
+    order = _info(op, "execOrder")
+    return RuntimeKernel(name=op.get_friendly_name(), layer_type=_info(op, "layerType"),
+                         primitive=_info(op, "primitiveType"), original_names=originals, inputs=inputs,
+                         outputs=outputs, order=int(order) if order.lstrip("-").isdigit() else -1)
+
+
+def runtime_kernels(model: ir.Model, feeds: Feeds, target: Target | None = None, *,
+                    repeats: int = 1, warmup: int = 1) -> list[RuntimeKernel]:
+    """Compile `model` with OpenVINO for `target` at the feeds' shapes with performance counters
+    on, run it `warmup` + `repeats` times on `feeds`, and return the kernels that executed, in
+    execution order, each with its `repeats` measured times (at least one run is made)."""
+    target = target or Target(backend="openvino")
+    shapes = {name: np.shape(value) for name, value in feeds.items()}
+    executable = OpenVINOExecutable(model, target, input_shapes=shapes, profiling=True)
+    by_name = {op.get_friendly_name(): op for op in executable.compiled.get_runtime_model().get_ordered_ops()}
+    kernels: dict[str, RuntimeKernel] = {}
+    for _ in range(warmup):
+        executable.run(feeds)
+    for _ in range(max(1, repeats)):
+        executable.run(feeds)
+        for counter in executable.request.profiling_info:
+            if counter.status.name != "EXECUTED" or counter.node_name not in by_name:
+                continue  # fused into another kernel, or folded at compile time
+            kernel = kernels.get(counter.node_name)
+            if kernel is None:
+                op = by_name[counter.node_name]
+                if _info(op, "layerType") in _NOT_KERNELS:
+                    continue
+                kernel = kernels[counter.node_name] = _kernel(op)
+            kernel.measured_us.append(counter.real_time.total_seconds() * 1e6)
+    return sorted(kernels.values(), key=lambda k: k.order)
