@@ -126,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import openvino_zoo
 
         return openvino_zoo.main(argv[1:])
+    if argv[:1] == ["openvino-ab"]:  # its own parser
+        from benchmarks import openvino_ab
+
+        return openvino_ab.main(argv[1:])
+    if argv[:1] == ["openvino-cost"]:  # its own parser
+        from benchmarks import openvino_cost
+
+        return openvino_cost.main(argv[1:])
     if argv[:1] == ["openvino-node-suite"]:  # its own parser
         from benchmarks import openvino_node_suite
 

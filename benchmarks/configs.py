@@ -500,10 +500,11 @@ def openvino_prepared(case: ModelCase, model_path: str | os.PathLike, precision:
         return np.asarray(run()[first], dtype=np.float32)
 
     used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32", "bf16", "f16"
+    onnx_file = Path(model_path).suffix == ".onnx"  # else OpenVINO's own IR (.xml + .bin): the caller sizes it
     return Prepared(run=run, outputs=outputs, optimize_seconds=optimize_seconds,
                     node_count=node_count(model_path) if nodes is None else nodes,
-                    model_bytes=onnx_file_bytes(model_path), note=" ".join(filter(None, [note, f"precision {used}"])),
-                    model_path=Path(model_path))
+                    model_bytes=onnx_file_bytes(model_path) if onnx_file else 0,
+                    note=" ".join(filter(None, [note, f"precision {used}"])), model_path=Path(model_path))
 
 
 class OpenVINO(Config):
@@ -514,6 +515,39 @@ class OpenVINO(Config):
 
     def prepare(self, case: ModelCase, workdir: Path) -> Prepared:
         return openvino_prepared(case, case.onnx_path, self.openvino_precision)
+
+
+#: zoo kinds that are transformers (NNCF's TRANSFORMER model type keeps their sensitive ops in fp32)
+_TRANSFORMER_KINDS = frozenset({"text-encoder", "decoder", "sentence-embedding", "audio"})
+
+
+class NncfInt8OpenVINO(Config):
+    name = "nncf-int8+openvino"
+    precision = "int8"
+    description = ("NNCF post-training int8 (nncf.quantize on the OpenVINO model with the case's calibration "
+                   "samples; model_type TRANSFORMER for transformers), then OpenVINO CPU f32")
+
+    def prepare(self, case: ModelCase, workdir: Path) -> Prepared:
+        import nncf
+        import openvino as ov
+
+        if not case.calibration:
+            raise ValueError("nncf-int8+openvino needs calibration samples (case.calibration is empty)")
+        started = time.perf_counter()
+        model = ov.Core().read_model(str(case.onnx_path))
+        names = {name for port in model.inputs for name in port.get_names()}
+        dataset = nncf.Dataset(case.calibration, lambda sample: {k: v for k, v in sample.items() if k in names})
+        transformer = case.kind in _TRANSFORMER_KINDS or "vit" in case.name
+        quantized = nncf.quantize(model, dataset, subset_size=len(case.calibration),
+                                  model_type=nncf.ModelType.TRANSFORMER if transformer else None)
+        path = workdir / f"{self.name}.xml"
+        ov.save_model(quantized, str(path), compress_to_fp16=False)
+        seconds = time.perf_counter() - started
+        note = f"{len(case.calibration)} calibration samples" + ("; model_type TRANSFORMER" if transformer else "")
+        prepared = openvino_prepared(case, path, "f32", optimize_seconds=seconds, note=note,
+                                     nodes=len(quantized.get_ordered_ops()))
+        prepared.model_bytes = path.stat().st_size + path.with_suffix(".bin").stat().st_size
+        return prepared
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,6 +606,7 @@ def _configs() -> dict[str, Config]:
         OpenVINO("f32", "openvino-fp32", "f32 inference precision"),
         OpenVINO("f16", "openvino-f16", "f16 inference precision"),
         OpenVINO(None, "openvino-bf16", "its default inference precision (bf16 where the CPU has bf16 units)"),
+        NncfInt8OpenVINO(),
         Kiln(0),
         Kiln(1),
         Kiln(2),

@@ -66,6 +66,7 @@ class Cell:
     cosine: float | None = None
     embedding_cosine: float | None = None
     wall_seconds: float = 0.0
+    others_cpu_pct: float | None = None  # other processes' share of the machine while timing
 
 
 def _peak_rss_bytes() -> int:
@@ -117,6 +118,7 @@ def measure_cell(model: str, batch: int, config_name: str, settings: RunSettings
             cell.median_ms, cell.p90_ms = summary["median_ms"], summary["p90_ms"]
             cell.baseline_median_ms = summary["baseline_median_ms"]
             cell.ratio_vs_baseline, cell.calls = summary["ratio_vs_baseline"], int(summary["calls"])
+            cell.others_cpu_pct = summary["other_cpu_pct"]
     except NotApplicable as exc:
         cell.status, cell.error = "n/a", str(exc) or "not applicable"
     except Exception as exc:  # a failing peer is a table entry, not a crash of the run

@@ -21,7 +21,7 @@ EXPECTED = {
     "torch-eager", "torch-compile", "ort-disable", "ort-basic", "ort-all", "ort-transformers", "onnxsim+ort",
     "onnxslim+ort", "onnxoptimizer+ort", "ort-quant-dynamic", "ort-quant-static", "ort-matmulnbits",
     "tvm-relax-untuned", "openvino-fp32", "openvino-f16", "openvino-bf16", "kiln-l0", "kiln-l1", "kiln-l2",
-    "kiln-l2-openvino",
+    "kiln-l2-openvino", "nncf-int8+openvino",
 }
 
 
@@ -66,7 +66,7 @@ def test_every_configuration_is_registered() -> None:
 # only where the extra is not installed, e.g. a venv made with `pip install -e '.[test]'`.
 BENCH_EXTRA = {"onnxsim+ort": "onnxsim", "onnxslim+ort": "onnxslim", "onnxoptimizer+ort": "onnxoptimizer",
                "tvm-relax-untuned": "tvm", "openvino-fp32": "openvino", "openvino-f16": "openvino",
-               "openvino-bf16": "openvino", "kiln-l2-openvino": "openvino"}
+               "openvino-bf16": "openvino", "kiln-l2-openvino": "openvino", "nncf-int8+openvino": "nncf"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -89,7 +89,7 @@ def test_configuration_reproduces_reference(name: str, case: ModelCase, tmp_path
     assert diff <= ATOL[config.precision], f"{name}: max abs diff {diff:.3g}"
     assert cosine >= MIN_COSINE[config.precision], f"{name}: cosine {cosine:.6f}"
     assert prepared.optimize_seconds >= 0
-    if name.startswith(("ort-", "onnx", "kiln-")):
+    if name.startswith(("ort-", "onnx", "kiln-", "nncf-")):
         assert prepared.node_count and prepared.node_count > 0
         assert prepared.model_bytes and prepared.model_bytes > 0
 

@@ -1,0 +1,58 @@
+"""`python -m benchmarks openvino-ab`: kiln's level-2 graph against the original export, both on
+OpenVINO f32, timed against each other.
+
+The harness times every configuration against ONNX Runtime; comparing two of its cells divides two
+ratios, each with its own noise (a percent or two). Here the two OpenVINO runners of one zoo case
+alternate call by call in one process (`kiln.backends.timing.alternate`, the harness's budget), so
+the ratio kiln / export is measured directly. One markdown row per model and batch: both medians,
+the median per-pair ratio, the pairs timed and the other processes' share of the busy CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks openvino-ab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", help="comma-separated zoo names (default: the full zoo)")
+    parser.add_argument("--batches", help="comma-separated batch sizes (default: each model's)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    import kiln
+    from benchmarks import zoo
+    from benchmarks.base import MAX_SECONDS, MIN_ROUNDS, MIN_SECONDS, SLOW_CALL_MS, THREADS
+    from benchmarks.configs import openvino_prepared
+    from kiln.backends.timing import alternate
+
+    names = args.models.split(",") if args.models else [n for n, e in zoo.ZOO.items() if not e.quick]
+    print("| model | batch | export ms | kiln-l2 ms | kiln-l2 / export | pairs | others' CPU % |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in names:
+        batches = [int(b) for b in args.batches.split(",")] if args.batches else zoo.ZOO[name].batches
+        for batch in batches:
+            started = time.perf_counter()
+            case = zoo.load_case(name, batch, calibration_samples=0, trust_cache=True)
+            with tempfile.TemporaryDirectory(prefix="kiln-openvino-ab-") as workdir:
+                target = kiln.Target(backend="openvino", intra_op_threads=THREADS)
+                optimized = kiln.optimize(str(case.onnx_path), level=2, sample_inputs=case.inputs, target=target)
+                path = optimized.save(Path(workdir) / "kiln-l2.onnx")
+                ours = openvino_prepared(case, path, "f32")
+                export = openvino_prepared(case, case.onnx_path, "f32")
+                timing = alternate(ours.run, export.run, warmup=5, repeats=30, min_seconds=MIN_SECONDS,
+                                   max_seconds=MAX_SECONDS, min_rounds=MIN_ROUNDS, slow_call_ms=SLOW_CALL_MS)
+            s = timing.summary()
+            others = f"{s['other_cpu_pct']:.0f}" if s["other_cpu_pct"] is not None else "-"
+            print(f"| {name} | {batch} | {s['baseline_median_ms']:.2f} | {s['median_ms']:.2f} | "
+                  f"{s['ratio_vs_baseline']:.3f} | {s['calls']} | {others} |", flush=True)
+            logging.getLogger(__name__).info("%s b%d took %.0f s", name, batch, time.perf_counter() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
