@@ -5,7 +5,8 @@ The harness times every configuration against ONNX Runtime; comparing two of its
 ratios, each with its own noise (a percent or two). Here the two OpenVINO runners of one zoo case
 alternate call by call in one process (`kiln.backends.timing.alternate`, the harness's budget), so
 the ratio kiln / export is measured directly. One markdown row per model and batch: both medians,
-the median per-pair ratio, the pairs timed and the other processes' share of the busy CPU time.
+the median per-pair ratio with its 95 % bootstrap interval and the verdict (a tie when the interval
+holds 1), the pairs timed and the other processes' share of the busy CPU time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="comma-separated zoo names (default: the full zoo)")
     parser.add_argument("--batches", help="comma-separated batch sizes (default: each model's)")
+    parser.add_argument("--null", action="store_true",
+                        help="time a second compilation of the export instead of kiln's graph: the spread "
+                             "between two compilations of one file, the noise floor of the comparison")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     import kiln
@@ -31,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.backends.timing import alternate
 
     names = args.models.split(",") if args.models else [n for n, e in zoo.ZOO.items() if not e.quick]
-    print("| model | batch | export ms | kiln-l2 ms | kiln-l2 / export | pairs | others' CPU % |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    other = "second compile" if args.null else "kiln-l2"
+    print(f"| model | batch | export ms | {other} ms | {other} / export | 95 % interval | verdict | pairs | "
+          "others' CPU % |")
+    print("|---|---:|---:|---:|---:|---|---|---:|---:|")
     for name in names:
         batches = [int(b) for b in args.batches.split(",")] if args.batches else zoo.ZOO[name].batches
         for batch in batches:
@@ -40,16 +46,22 @@ def main(argv: list[str] | None = None) -> int:
             case = zoo.load_case(name, batch, calibration_samples=0, trust_cache=True)
             with tempfile.TemporaryDirectory(prefix="kiln-openvino-ab-") as workdir:
                 target = kiln.Target(backend="openvino", intra_op_threads=THREADS)
-                optimized = kiln.optimize(str(case.onnx_path), level=2, sample_inputs=case.inputs, target=target)
-                path = optimized.save(Path(workdir) / "kiln-l2.onnx")
+                if args.null:
+                    path = case.onnx_path
+                else:
+                    optimized = kiln.optimize(str(case.onnx_path), level=2, sample_inputs=case.inputs, target=target)
+                    path = optimized.save(Path(workdir) / "kiln-l2.onnx")
                 ours = openvino_prepared(case, path, "f32")
                 export = openvino_prepared(case, case.onnx_path, "f32")
                 timing = alternate(ours.run, export.run, warmup=5, repeats=30, min_seconds=MIN_SECONDS,
                                    max_seconds=MAX_SECONDS, min_rounds=MIN_ROUNDS, slow_call_ms=SLOW_CALL_MS)
             s = timing.summary()
             others = f"{s['other_cpu_pct']:.0f}" if s["other_cpu_pct"] is not None else "-"
+            low, high = timing.median_ratio_interval()
+            verdict = {"A faster": f"{other} faster", "B faster": "export faster"}.get(timing.verdict(), "tie")
             print(f"| {name} | {batch} | {s['baseline_median_ms']:.2f} | {s['median_ms']:.2f} | "
-                  f"{s['ratio_vs_baseline']:.3f} | {s['calls']} | {others} |", flush=True)
+                  f"{s['ratio_vs_baseline']:.3f} | {low:.3f}-{high:.3f} | {verdict} | {s['calls']} | {others} |",
+                  flush=True)
             logging.getLogger(__name__).info("%s b%d took %.0f s", name, batch, time.perf_counter() - started)
     return 0
 
