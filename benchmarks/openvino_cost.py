@@ -1,6 +1,7 @@
 """`python -m benchmarks openvino-cost`: how well `kiln cost --backend openvino` predicts OpenVINO.
 
-For each model (default: the benchmark zoo at batch 1 and the user zoo, on their zoo inputs), the
+For each model (default: the benchmark zoo at batch 1, the user zoo and the trained real files, on
+their zoo inputs), the
 kernels OpenVINO executes are profiled with its performance counters (`--repeats` runs, median per
 kernel) and priced by the cost model with the OpenVINO profile (`kiln calibrate --backend
 openvino`, else the preset); the whole model is timed on a compilation without counters. One
@@ -20,14 +21,14 @@ import traceback
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks openvino-cost", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", help="comma-separated names (default: every zoo and user-zoo model)")
+    parser.add_argument("--models", help="comma-separated names (default: every zoo, user-zoo and real-file model)")
     parser.add_argument("--repeats", type=int, default=20, help="profiled runs per model (default 20)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     import numpy as np
 
-    from benchmarks import user_zoo, zoo
+    from benchmarks import real_files, user_zoo, zoo
     from benchmarks.cost_model import _load, _spearman
     from kiln.backends.openvino import OpenVINOExecutable
     from kiln.backends.openvino.kernels import runtime_kernels
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"profile: {cost_model.profile.name} ({cost_model.profile.source})")
     print("| model | kernels | predicted ms | measured ms | model error | Spearman | kernel sum ms | others' CPU % |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    names = args.models.split(",") if args.models else [*zoo.ZOO, *user_zoo.USER_ZOO]
+    names = args.models.split(",") if args.models else [*zoo.ZOO, *user_zoo.USER_ZOO, *real_files.FILES]
     failed = 0
     for name in names:
         started = time.perf_counter()
