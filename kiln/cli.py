@@ -236,6 +236,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
         raise ProfileError(f"{args.profile} was measured through {cost_model.profile.backend}, not {args.backend}: "
                            f"pass --backend {cost_model.profile.backend}, or calibrate one with "
                            f"`kiln calibrate --backend {args.backend} -o <file>`.")
+    if args.backend != "onnxruntime" and args.as_written and args.measure:
+        raise KilnError(f"--as-written --measure times nodes with ONNX Runtime's profiler, not {args.backend}: "
+                        f"drop --as-written to price and measure the kernels {args.backend} runs.")
     feeds, bound = _cost_feeds(args, model)
     measured: dict[str, float] = {}
     measured_total = None

@@ -123,6 +123,12 @@ def test_cli_cost_refuses_a_profile_of_another_backend(tmp_path, capsys):
     assert "measured through onnxruntime, not openvino" in " ".join(capsys.readouterr().err.split())
 
 
+def test_cli_cost_will_not_measure_openvino_nodes_as_written(tmp_path, capsys):
+    onnx.save(_conv_relu_fc(), tmp_path / "m.onnx")
+    assert main(["cost", str(tmp_path / "m.onnx"), "--backend", "openvino", "--as-written", "--measure"]) == 2
+    assert "drop --as-written" in " ".join(capsys.readouterr().err.split())
+
+
 def test_cli_calibrate_openvino_writes_beside_the_default(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KILN_HARDWARE_PROFILE", str(tmp_path / "hw.json"))
     assert main(["calibrate", "--backend", "openvino", "--quick", "--threads", "1"]) == 0
