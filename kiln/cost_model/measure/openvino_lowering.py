@@ -7,7 +7,9 @@ constant subgraphs at compile time, so the kernels priced are the ones a run rep
 it runs (its ``originalLayersNames``): their FLOPs, the group's boundary tensors and one launch,
 at the shapes one ONNX Runtime run observed. A kernel that names no ONNX node (a layout reorder,
 an inserted conversion, a node of OpenVINO's own decomposition, or an ONNX node another kernel
-already accounts for) is priced from its own tensors as data movement or element-wise work.
+already accounts for) is priced from its own tensors as data movement or element-wise work. A
+Convolution or FullyConnected kernel whose named nodes hold no Conv or MatMul (OpenVINO renames a
+Conv it folded a BatchNorm into) is priced from its own tensors as that product.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import onnx_ir as ir
 
 from kiln.backends.openvino.kernels import RuntimeKernel, TensorFacts, runtime_kernels
@@ -23,7 +26,8 @@ from kiln.cost_model.analytical import model_cost as analytical_model_cost
 from kiln.cost_model.analytical import set_shapes
 from kiln.cost_model.measure.observed import observe
 from kiln.cost_model.model import CostModel, ModelEstimate, peak_memory_bytes
-from kiln.cost_model.roofline import Estimate, group_estimate, node_estimate
+from kiln.cost_model.hardware import HardwareProfile
+from kiln.cost_model.roofline import Estimate, group_estimate, node_estimate, op_class, roofline
 from kiln.ir.edits import sketch_node
 from kiln.ir.inputs import Feeds
 from kiln.target import Target
@@ -59,6 +63,33 @@ def _stand_in(kernel: RuntimeKernel) -> ir.Node:
                        domain=DOMAIN)
     node.name = kernel.name
     return node
+
+
+#: OpenVINO's product kernels and the op class their FLOPs belong to
+_PRODUCTS = {"Convolution": "conv", "GroupConvolution": "conv", "Deconvolution": "conv",
+             "FullyConnected": "gemm", "MatMul": "gemm"}
+
+
+def _product_estimate(kernel: RuntimeKernel, profile: HardwareProfile, resident: bool) -> Estimate | None:
+    """A Conv or GEMM kernel priced from its tensors: 2 x output elements x the multiply-adds per
+    output element (a Conv's weight elements over its output channels; a GEMM's inner dim)."""
+    if len(kernel.inputs) < 2 or not kernel.outputs or kernel.outputs[0].shape is None:
+        return None
+    x, w, out = kernel.inputs[0], kernel.inputs[1], kernel.outputs[0]
+    if x.shape is None or w.shape is None or len(out.shape) < 2:
+        return None
+    product = _PRODUCTS[kernel.layer_type]
+    out_numel = int(np.prod(out.shape, dtype=np.int64))
+    if product == "conv":
+        channels = out.shape[1] or 1
+        per_output = int(np.prod(w.shape, dtype=np.int64)) // channels
+    else:
+        per_output = x.shape[-1]
+    weights = sum(t.nbytes for t in kernel.inputs[1:])  # weights and bias (OpenVINO folded them to constants)
+    activations = x.nbytes + out.nbytes
+    return roofline(profile, op_class=product, precision="fp32", flops=2 * out_numel * per_output,
+                    activation_bytes=activations, weight_bytes=weights, weights_resident=resident,
+                    op=kernel.layer_type, output_bytes=out.nbytes)
 
 
 def _own_estimate(kernel: RuntimeKernel, cost_model: CostModel, resident: bool) -> Estimate:
@@ -119,6 +150,13 @@ def openvino_model_cost(cost_model: CostModel, model: ir.Model, feeds: Feeds, *,
             if node is not None and node not in taken and node in cost_of:
                 nodes.append(node)
                 taken.add(node)
+        product = _PRODUCTS.get(kernel.layer_type)
+        if product is not None and not any(op_class(n) == product for n in nodes):
+            estimate = _product_estimate(kernel, profile, resident)  # the product's own node went unnamed
+            if estimate is not None:
+                unmatched[kernel.layer_type] += 1
+                per_node.append((_stand_in(kernel), estimate))
+                continue
         if not nodes:
             unmatched[kernel.layer_type] += 1
             estimate = _own_estimate(kernel, cost_model, resident)

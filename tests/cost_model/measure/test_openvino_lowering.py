@@ -72,6 +72,22 @@ def test_each_kernel_is_priced_as_the_onnx_nodes_it_fuses():
     assert model.graph.inputs[0].shape[0] == ir.SymbolicDim("batch")  # the caller's model is untouched
 
 
+def test_a_conv_renamed_by_a_folded_batchnorm_is_still_priced_as_a_conv():
+    """OpenVINO folds a BatchNorm into the Conv and names the kernel after its Multiply, not the
+    Conv: the kernel is priced from its own tensors as a Conv, not as the BatchNorm's arithmetic."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"], name="bn"),
+             helper.make_node("Relu", ["n"], ["y"], name="relu")]
+    inits = [numpy_helper.from_array(RNG.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.1, "w")]
+    inits += [numpy_helper.from_array(RNG.random(16).astype(np.float32) + 0.5, n) for n in "sbmv"]
+    model = ir.from_proto(make_model(nodes, [tensor_info("x", [1, 16, 8, 8])], [tensor_info("y", [1, 16, 8, 8])], inits))
+    feeds = _feeds()
+    kernels = runtime_kernels(model, feeds, TARGET, repeats=1)
+    estimate = openvino_model_cost(CostModel(preset_for_this_cpu(1)), model, feeds, kernels=kernels)
+    (conv,) = [e for n, e in estimate.per_node if n.op_type == "Convolution"]
+    assert conv.op_class == "conv" and conv.flops == 2 * 16 * 8 * 8 * 16 * 9
+
+
 def test_a_model_cost_on_an_openvino_profile_prices_openvino_kernels():
     from dataclasses import replace
 
