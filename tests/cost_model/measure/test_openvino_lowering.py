@@ -49,7 +49,7 @@ def test_runtime_kernels_are_the_executed_ones_with_their_onnx_nodes_and_times()
     assert not {"Const", "Input", "Output"} & set(types)
     conv = next(k for k in kernels if k.layer_type == "Convolution")
     assert "relu" in conv.original_names  # the activation runs inside the Conv kernel
-    assert all(len(k.measured_us) == 3 for k in kernels)
+    assert all(1 <= len(k.measured_us) <= 3 for k in kernels) and len(conv.measured_us) == 3
     assert all(t.shape is not None for k in kernels for t in k.inputs + k.outputs)  # fixed to the feeds'
     assert conv.inputs[0].shape == (1, 16, 8, 8)
 
