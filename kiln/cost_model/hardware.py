@@ -145,6 +145,10 @@ class HardwareProfile:
                 return level
         return self.dram
 
+    def holds_weights(self, weight_bytes: int) -> bool:
+        """Weights of `weight_bytes` stay resident in the last cache level (DRAM alone holds none)."""
+        return len(self.memory) > 1 and weight_bytes <= self.memory[-2].capacity_bytes
+
     def efficiency_of(self, op_class: str) -> float:
         return self.efficiency.get(op_class, DEFAULT_EFFICIENCY.get(op_class, DEFAULT_EFFICIENCY["other"]))
 

@@ -272,7 +272,7 @@ class CostModel:
                 model = ort_compiled_model(model, threads=self.profile.threads)
         costs = analytical_model_cost(model, dims=dims, infer_shapes=infer_shapes or compiled, facts=facts)
         peak, weights = peak_memory_bytes(model.graph, dims)
-        resident = weights <= self.profile.memory[-2].capacity_bytes if len(self.profile.memory) > 1 else False
+        resident = self.profile.holds_weights(weights)
         estimates = [node_estimate(node, self.profile, cost=cost, weights_resident=resident, dims=dims)
                      for node, cost in costs.per_node]
         per_node = list(zip([node for node, _ in costs.per_node], self._corrected(estimates, [1] * len(estimates))))

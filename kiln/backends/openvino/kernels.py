@@ -33,13 +33,14 @@ class TensorFacts:
 
     shape: tuple[int, ...] | None  # None when OpenVINO left it dynamic
     element_type: str  # OpenVINO's name: "f32", "i64", "u8", ...
+    bits: int  # bits per element (OpenVINO's bitwidth of the type)
     constant: bool = False  # an input read from a constant (a weight)
 
     @property
     def nbytes(self) -> int:
         if self.shape is None:
             return 0
-        return int(np.prod(self.shape, dtype=np.int64)) * _element_bytes(self.element_type)
+        return (int(np.prod(self.shape, dtype=np.int64)) * self.bits + 7) // 8
 
 
 @dataclass
@@ -60,12 +61,6 @@ class RuntimeKernel:
         return statistics.median(self.measured_us) if self.measured_us else 0.0
 
 
-def _element_bytes(name: str) -> int:
-    bits = {"boolean": 8, "bf16": 16, "f16": 16, "f32": 32, "f64": 64, "i4": 4, "u4": 4, "i8": 8, "u8": 8,
-            "i16": 16, "u16": 16, "i32": 32, "u32": 32, "i64": 64, "u64": 64, "u1": 1, "f8e4m3": 8, "f8e5m2": 8}
-    return max(1, bits.get(name, 32) // 8)
-
-
 def _shape(partial: Any) -> tuple[int, ...] | None:
     if not partial.is_static:
         return None
@@ -77,13 +72,15 @@ def _info(op: Any, key: str) -> str:
     return str(info[key].astype(str)) if key in info else ""
 
 
+def _facts(port: Any, constant: bool = False) -> TensorFacts:
+    element = port.get_element_type()
+    return TensorFacts(_shape(port.get_partial_shape()), element.get_type_name(), element.bitwidth, constant)
+
+
 def _kernel(op: Any) -> RuntimeKernel:
-    inputs = tuple(
-        TensorFacts(_shape(port.get_partial_shape()), port.get_element_type().get_type_name(),
-                    _info(port.get_source_output().get_node(), "layerType") == "Const")
-        for port in op.inputs())
-    outputs = tuple(TensorFacts(_shape(port.get_partial_shape()), port.get_element_type().get_type_name())
-                    for port in op.outputs())
+    inputs = tuple(_facts(port, _info(port.get_source_output().get_node(), "layerType") == "Const")
+                   for port in op.inputs())
+    outputs = tuple(_facts(port) for port in op.outputs())
     originals = tuple(name for name in _info(op, "originalLayersNames").split(",") if name)
     order = _info(op, "execOrder")
     return RuntimeKernel(name=op.get_friendly_name(), layer_type=_info(op, "layerType"),
@@ -100,7 +97,8 @@ def runtime_kernels(model: ir.Model, feeds: Feeds, target: Target | None = None,
     target = target or Target(backend="openvino")
     shapes = {name: np.shape(value) for name, value in feeds.items()}
     executable = OpenVINOExecutable(model, target, input_shapes=shapes, profiling=True)
-    by_name = {op.get_friendly_name(): op for op in executable.compiled.get_runtime_model().get_ordered_ops()}
+    by_name = {op.get_friendly_name(): op for op in executable.compiled.get_runtime_model().get_ordered_ops()
+               if _info(op, "layerType") not in _NOT_KERNELS}
     kernels: dict[str, RuntimeKernel] = {}
     for _ in range(warmup):
         executable.run(feeds)
@@ -110,9 +108,7 @@ def runtime_kernels(model: ir.Model, feeds: Feeds, target: Target | None = None,
         this_run: dict[str, float] = {}  # a node listed twice in one run is one kernel: its times add up
         for counter in executable.request.profiling_info:
             if counter.status.name != "EXECUTED" or counter.node_name not in by_name:
-                continue  # fused into another kernel, or folded at compile time
-            if _info(by_name[counter.node_name], "layerType") in _NOT_KERNELS:
-                continue
+                continue  # fused into another kernel, folded at compile time, or not a kernel
             this_run[counter.node_name] = this_run.get(counter.node_name, 0.0) + counter.real_time.total_seconds() * 1e6
         for name, us in this_run.items():
             if name not in kernels:

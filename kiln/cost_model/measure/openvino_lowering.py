@@ -55,12 +55,17 @@ def _value(facts: TensorFacts, name: str) -> ir.Value:
     return ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(list(facts.shape)) if facts.shape else None)
 
 
+def _inputs(kernel: RuntimeKernel) -> list[ir.Value]:
+    return [_value(t, f"{kernel.name}:in{i}") for i, t in enumerate(kernel.inputs)]
+
+
+def _outputs(kernel: RuntimeKernel) -> list[tuple[list[int] | None, ir.DataType | None]]:
+    return [(list(t.shape) if t.shape else None, _ELEMENT_TYPES.get(t.element_type)) for t in kernel.outputs]
+
+
 def _stand_in(kernel: RuntimeKernel) -> ir.Node:
     """The node a `ModelEstimate` lists for `kernel`: named like it, of its layer type."""
-    inputs = [_value(t, f"{kernel.name}:in{i}") for i, t in enumerate(kernel.inputs)]
-    node = sketch_node(kernel.layer_type or "Kernel", inputs,
-                       [(list(t.shape) if t.shape else None, _ELEMENT_TYPES.get(t.element_type)) for t in kernel.outputs],
-                       domain=DOMAIN)
+    node = sketch_node(kernel.layer_type or "Kernel", _inputs(kernel), _outputs(kernel), domain=DOMAIN)
     node.name = kernel.name
     return node
 
@@ -96,10 +101,9 @@ def _own_estimate(kernel: RuntimeKernel, cost_model: CostModel, resident: bool) 
     """A kernel with no ONNX node of its own, priced from its tensors: a view, data movement
     (a Concat over its inputs) or element-wise work (a Sum over its inputs)."""
     op = "Reshape" if kernel.layer_type in _VIEWS else "Concat" if kernel.layer_type in _DATA_MOVEMENT else "Sum"
-    inputs = [_value(t, f"{kernel.name}:in{i}") for i, t in enumerate(kernel.inputs)]
-    outputs = [(list(t.shape) if t.shape else None, _ELEMENT_TYPES.get(t.element_type)) for t in kernel.outputs[:1]]
+    inputs = _inputs(kernel)
     attributes = [ir.AttrInt64("axis", 0)] if op == "Concat" else []
-    node = sketch_node(op, inputs[:1] if op == "Reshape" else inputs, outputs, attributes=attributes)
+    node = sketch_node(op, inputs[:1] if op == "Reshape" else inputs, _outputs(kernel)[:1], attributes=attributes)
     return node_estimate(node, cost_model.profile, weights_resident=resident)
 
 
@@ -139,7 +143,7 @@ def openvino_model_cost(cost_model: CostModel, model: ir.Model, feeds: Feeds, *,
                 by_name.setdefault(key, node)
     peak, weights = peak_memory_bytes(priced.graph, dims)
     profile = cost_model.profile
-    resident = weights <= profile.memory[-2].capacity_bytes if len(profile.memory) > 1 else False
+    resident = profile.holds_weights(weights)
     taken: set[ir.Node] = set()
     per_node: list[tuple[ir.Node, Estimate]] = []
     unmatched: Counter[str] = Counter()
