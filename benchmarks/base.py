@@ -78,3 +78,19 @@ class Config(abc.ABC):
     @abc.abstractmethod
     def prepare(self, case: ModelCase, workdir: Path) -> Prepared:
         """Build the runner; raise NotApplicable, or any exception (recorded as the cell's error)."""
+
+
+def outcome(measure: Callable[[], str], limit: int) -> tuple[str, str]:
+    """(text, status) of one model's step: `measure()`'s text and "ok"; the `kiln.errors`
+    exception it raised as "<Type>: <message>" (one line, cut at `limit` characters) and "error";
+    or any other exception as "RAW ..." with its traceback and "raw" (a bug, and the finding)."""
+    import traceback
+
+    from kiln.errors import KilnError
+
+    try:
+        return measure(), "ok"
+    except KilnError as exc:
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:limit]}", "error"
+    except Exception as exc:  # noqa: BLE001 - a raw exception is the finding
+        return f"RAW {type(exc).__name__}: {exc}\n{traceback.format_exc()}", "raw"

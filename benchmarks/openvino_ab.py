@@ -42,39 +42,38 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.backends.timing import alternate
 
     names = args.models.split(",") if args.models else [n for n, e in zoo.ZOO.items() if not e.quick]
+    given = [int(b) for b in args.batches.split(",")] if args.batches else None
+    cells = [(name, batch) for name in names for batch in given or zoo.ZOO[name].batches]
     if args.bisect:
-        for name in names:
-            for batch in [int(b) for b in args.batches.split(",")] if args.batches else zoo.ZOO[name].batches:
-                _bisect(zoo.load_case(name, batch, calibration_samples=0, trust_cache=True))
+        for name, batch in cells:
+            _bisect(zoo.load_case(name, batch, calibration_samples=0, trust_cache=True))
         return 0
     other = "second compile" if args.null else "kiln-l2"
     print(f"| model | batch | export ms | {other} ms | {other} / export | 95 % interval | verdict | pairs | "
           "others' CPU % |")
     print("|---|---:|---:|---:|---:|---|---|---:|---:|")
-    for name in names:
-        batches = [int(b) for b in args.batches.split(",")] if args.batches else zoo.ZOO[name].batches
-        for batch in batches:
-            started = time.perf_counter()
-            case = zoo.load_case(name, batch, calibration_samples=0, trust_cache=True)
-            with tempfile.TemporaryDirectory(prefix="kiln-openvino-ab-") as workdir:
-                target = kiln.Target(backend="openvino", intra_op_threads=THREADS)
-                if args.null:
-                    path = case.onnx_path
-                else:
-                    optimized = kiln.optimize(str(case.onnx_path), level=2, sample_inputs=case.inputs, target=target)
-                    path = optimized.save(Path(workdir) / "kiln-l2.onnx")
-                ours = openvino_prepared(case, path, "f32")
-                export = openvino_prepared(case, case.onnx_path, "f32")
-                timing = alternate(ours.run, export.run, warmup=5, repeats=30, min_seconds=MIN_SECONDS,
-                                   max_seconds=MAX_SECONDS, min_rounds=MIN_ROUNDS, slow_call_ms=SLOW_CALL_MS)
-            s = timing.summary()
-            others = f"{s['other_cpu_pct']:.0f}" if s["other_cpu_pct"] is not None else "-"
-            low, high = timing.median_ratio_interval()
-            verdict = {"A faster": f"{other} faster", "B faster": "export faster"}.get(timing.verdict(), "tie")
-            print(f"| {name} | {batch} | {s['baseline_median_ms']:.2f} | {s['median_ms']:.2f} | "
-                  f"{s['ratio_vs_baseline']:.3f} | {low:.3f}-{high:.3f} | {verdict} | {s['calls']} | {others} |",
-                  flush=True)
-            logging.getLogger(__name__).info("%s b%d took %.0f s", name, batch, time.perf_counter() - started)
+    for name, batch in cells:
+        started = time.perf_counter()
+        case = zoo.load_case(name, batch, calibration_samples=0, trust_cache=True)
+        with tempfile.TemporaryDirectory(prefix="kiln-openvino-ab-") as workdir:
+            target = kiln.Target(backend="openvino", intra_op_threads=THREADS)
+            if args.null:
+                path = case.onnx_path
+            else:
+                optimized = kiln.optimize(str(case.onnx_path), level=2, sample_inputs=case.inputs, target=target)
+                path = optimized.save(Path(workdir) / "kiln-l2.onnx")
+            ours = openvino_prepared(case, path, "f32")
+            export = openvino_prepared(case, case.onnx_path, "f32")
+            timing = alternate(ours.run, export.run, warmup=5, repeats=30, min_seconds=MIN_SECONDS,
+                               max_seconds=MAX_SECONDS, min_rounds=MIN_ROUNDS, slow_call_ms=SLOW_CALL_MS)
+        s = timing.summary()
+        others = f"{s['other_cpu_pct']:.0f}" if s["other_cpu_pct"] is not None else "-"
+        low, high = timing.median_ratio_interval()
+        verdict = {"A faster": f"{other} faster", "B faster": "export faster"}.get(timing.verdict(), "tie")
+        print(f"| {name} | {batch} | {s['baseline_median_ms']:.2f} | {s['median_ms']:.2f} | "
+              f"{s['ratio_vs_baseline']:.3f} | {low:.3f}-{high:.3f} | {verdict} | {s['calls']} | {others} |",
+              flush=True)
+        logging.getLogger(__name__).info("%s b%d took %.0f s", name, batch, time.perf_counter() - started)
     return 0
 
 

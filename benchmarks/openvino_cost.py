@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-import traceback
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,13 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from benchmarks import real_files, user_zoo, zoo
+    from benchmarks.base import outcome
     from benchmarks.cost_model import _load, _spearman
     from kiln.backends.openvino import OpenVINOExecutable
     from kiln.backends.openvino.kernels import runtime_kernels
     from kiln.backends.timing import CpuTimes
     from kiln.cost_model.measure.openvino_lowering import openvino_model_cost
     from kiln.cost_model.model import CostModel
-    from kiln.errors import KilnError
     from kiln.target import Target
 
     cost_model = CostModel.default(args.threads, backend="openvino")
@@ -43,30 +42,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"profile: {cost_model.profile.name} ({cost_model.profile.source})")
     print("| model | kernels | predicted ms | measured ms | model error | Spearman | kernel sum ms | others' CPU % |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    def row(name: str) -> str:
+        model, inputs = _load(name)
+        before = CpuTimes.now()
+        kernels = runtime_kernels(model, inputs, target, repeats=args.repeats, warmup=3)
+        executable = OpenVINOExecutable(model, target, input_shapes={k: np.shape(v) for k, v in inputs.items()})
+        measured = executable.benchmark(**inputs, repeats=args.repeats).median_ms
+        after = CpuTimes.now()
+        others = f"{(after - before).other_pct:.0f}" if before and after else "-"
+        estimate = openvino_model_cost(cost_model, model, inputs, kernels=kernels)
+        predicted = np.array([e.ms for _, e in estimate.per_node])
+        observed = np.array([k.median_us / 1e3 for k in kernels])
+        error = abs(estimate.latency_ms - measured) / measured
+        return (f"| {name} | {len(kernels)} | {estimate.latency_ms:.3f} | {measured:.3f} | {error:.3f} | "
+                f"{_spearman(predicted, observed):.3f} | {observed.sum():.3f} | {others} |")
+
     names = args.models.split(",") if args.models else [*zoo.ZOO, *user_zoo.USER_ZOO, *real_files.FILES]
     failed = 0
     for name in names:
         started = time.perf_counter()
-        try:
-            model, inputs = _load(name)
-            before = CpuTimes.now()
-            kernels = runtime_kernels(model, inputs, target, repeats=args.repeats, warmup=3)
-            executable = OpenVINOExecutable(model, target, input_shapes={k: np.shape(v) for k, v in inputs.items()})
-            measured = executable.benchmark(**inputs, repeats=args.repeats).median_ms
-            after = CpuTimes.now()
-            others = f"{(after - before).other_pct:.0f}" if before and after else "-"
-            estimate = openvino_model_cost(cost_model, model, inputs, kernels=kernels)
-            predicted = np.array([e.ms for _, e in estimate.per_node])
-            observed = np.array([k.median_us / 1e3 for k in kernels])
-            error = abs(estimate.latency_ms - measured) / measured
-            print(f"| {name} | {len(kernels)} | {estimate.latency_ms:.3f} | {measured:.3f} | {error:.3f} | "
-                  f"{_spearman(predicted, observed):.3f} | {observed.sum():.3f} | {others} |",
-                  flush=True)
-        except KilnError as exc:
-            print(f"| {name} | {type(exc).__name__}: {' '.join(str(exc).split())[:200]} |||||||", flush=True)
-        except Exception as exc:  # noqa: BLE001 - a raw exception is the finding
-            failed += 1
-            print(f"| {name} | RAW {type(exc).__name__}: {exc} |||||||\n{traceback.format_exc()}", flush=True)
+        text, status = outcome(lambda name=name: row(name), 200)
+        failed += status == "raw"
+        print(text if status == "ok" else f"| {name} | {text} |||||||", flush=True)
         logging.getLogger(__name__).info("%s took %.1f s", name, time.perf_counter() - started)
     return 1 if failed else 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-import traceback
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,22 +22,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     import kiln
     from benchmarks import real_files, user_zoo, zoo
+    from benchmarks.base import outcome
     from benchmarks.cost_model import _load
-    from kiln.errors import KilnError
+
+    def check(name: str) -> str:
+        model, inputs = _load(name)
+        return f"ok: {kiln.optimize(model, level=2, backend='openvino', sample_inputs=inputs).report.backend_check}"
 
     names = args.models.split(",") if args.models else [*zoo.ZOO, *user_zoo.USER_ZOO, *real_files.FILES]
     raw = 0
     for name in names:
         started = time.perf_counter()
-        try:
-            model, inputs = _load(name)
-            report = kiln.optimize(model, level=2, backend="openvino", sample_inputs=inputs).report
-            result = f"ok: {report.backend_check}"
-        except KilnError as exc:
-            result = f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
-        except Exception as exc:  # noqa: BLE001 - a raw exception is the finding
-            raw += 1
-            result = f"RAW {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        result, status = outcome(lambda name=name: check(name), 400)
+        raw += status == "raw"
         print(f"{name}: {result} ({time.perf_counter() - started:.1f} s)", flush=True)
     return 1 if raw else 0
 
