@@ -67,6 +67,20 @@ class ValidationError(KilnError):
     """The optimized model could not be validated against the original."""
 
 
+class BackendNumericsError(BackendError, ValidationError):
+    """A backend runs the model as written, but computes it differently from the reference (ONNX
+    Runtime, optimizer off) beyond the tolerance, whatever kiln does to it.
+
+    Attributes:
+        op_type, node: the first node whose outputs differ, when it could be found.
+    """
+
+    def __init__(self, message: str, *, op_type: str | None = None, node: str | None = None):
+        self.op_type = op_type
+        self.node = node
+        super().__init__(message)
+
+
 class MeasurementError(KilnError):
     """A measurement on this machine could not be made (the alternatives do not match, a shape is
     not static, or the runtime failed to load or run one of them)."""

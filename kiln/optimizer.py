@@ -30,7 +30,8 @@ from kiln.cost_model.decisions import CostOracle, MeasuredChoiceOracle
 from kiln.cost_model.measure.choices import MeasuredChoices
 from kiln.cost_model.measure.observed import observe, price_at_inputs
 from kiln.cost_model.model import CostModel
-from kiln.errors import BackendError, InputError, KilnError, ValidationError
+from kiln.divergence import find_divergence
+from kiln.errors import BackendError, BackendNumericsError, InputError, KilnError, ValidationError
 from kiln.ir.capture import capture, split_example_inputs
 from kiln.ir.inputs import Feeds, make_feeds, random_inputs, shapes_of_feeds
 from kiln.ir.queries import has_symbolic_inputs
@@ -40,8 +41,8 @@ from kiln.passes.infra import IRDump, NumericValidation, PassContext, PassManage
 from kiln.passes.infra.cost_prediction import CostPrediction
 from kiln.passes.infra.instruments import Instrument
 from kiln.passes.infra.manager import PipelineStep
-from kiln.passes.infra.validation import compare_outputs
 from kiln.passes.infra.options import PassOptions
+from kiln.passes.infra.validation import compare_outputs
 from kiln.passes.pipeline import passes_for_level
 from kiln.report.model import Alternative, Decision, ErrorStats, OptimizationReport
 from kiln.target import Target
@@ -319,7 +320,8 @@ class Optimizer:
         within the validation tolerance loosened to the backend's inference precision.
 
         Raises:
-            ValidationError: the backend's outputs are outside that tolerance.
+            BackendNumericsError: the backend computes the original outside that tolerance too.
+            ValidationError: only the optimized model's outputs are outside it on the backend.
         """
         executable = executable if executable is not None else compile_model(optimized, target)
         outputs = executable.run(feeds)
@@ -329,21 +331,40 @@ class Optimizer:
         allowed = Tolerance(atol=max(tolerance.atol, floor), rtol=max(tolerance.rtol, floor))
         stats, violation = compare_outputs([v.name for v in optimized.graph.outputs], reference, outputs, allowed)
         if violation:
-            # is it the passes or the backend? the original compiled for the backend tells
-            try:
-                as_written, _ = compare_outputs([v.name for v in original.graph.outputs], reference,
-                                                compile_model(original, target).run(feeds), allowed)
-                cause = (f" The original model compiled for {target.backend} differs from the reference by up to "
-                         f"{as_written.max_abs:.3g} too: {target.backend} computes this model differently from "
-                         "ONNX Runtime (e.g. the rounding of its integer kernels), whatever kiln does.")
-            except KilnError as exc:
-                cause = f" (The original model does not run on {target.backend} either: {str(exc)[:200]})"
-            raise ValidationError(
-                f"The optimized model compiled for {target.backend} ({precision}) does not match the reference "
-                f"(the original on ONNX Runtime): {violation}. The passes' outputs matched; the backend's do not."
-                f"{cause} Use backend='onnxruntime', a wider tolerance=, or another inference precision.")
+            self._raise_backend_mismatch(original, reference, optimized, feeds, target, precision, allowed, violation)
         return stats, (f"{target.backend} ({precision}) against the reference: max abs error {stats.max_abs:.2e} "
                        f"(allowed atol {allowed.atol:g}, rtol {allowed.rtol:g})")
+
+    def _raise_backend_mismatch(self, original: ir.Model, reference: list[Any], optimized: ir.Model, feeds: Feeds,
+                                target: Target, precision: str, allowed: Tolerance, violation: str) -> None:
+        """Raise the error for an optimized model the backend computes outside the tolerance: is
+        it the passes or the backend? The original compiled for the backend tells; the first node
+        whose outputs differ (`kiln.divergence`) is named, in the original when it differs too
+        (`BackendNumericsError`), else in the optimized model (`ValidationError`)."""
+        def on_backend(model: ir.Model, model_feeds: Feeds) -> list[Any]:
+            return compile_model(model, target).run(model_feeds)
+
+        head = (f"The optimized model compiled for {target.backend} ({precision}) does not match the reference "
+                f"(the original on ONNX Runtime): {violation}. The passes' outputs matched; the backend's do not.")
+        advice = " Use backend='onnxruntime', a wider tolerance=, or another inference precision."
+        try:
+            as_written, original_violation = compare_outputs([v.name for v in original.graph.outputs], reference,
+                                                             on_backend(original, feeds), allowed)
+        except KilnError as exc:
+            raise ValidationError(f"{head} (The original model does not run on {target.backend} either: "
+                                  f"{str(exc)[:200]}){advice}") from exc
+        culprit = original if original_violation else optimized
+        divergence = find_divergence(culprit, feeds, reference=self.run_reference, candidate=on_backend,
+                                     tolerance=allowed)
+        where = f" {divergence.describe(target.backend)}" if divergence is not None else (
+            " No single node could be named: with every intermediate value exposed, the outputs agree.")
+        if original_violation:
+            raise BackendNumericsError(
+                f"{head} The original model compiled for {target.backend} differs from the reference by up to "
+                f"{as_written.max_abs:.3g} too: {target.backend} computes this model differently from ONNX Runtime, "
+                f"whatever kiln does.{where}{advice}",
+                op_type=divergence.op_type if divergence else None, node=divergence.node if divergence else None)
+        raise ValidationError(f"{head} In the optimized model:{where}{advice}")
 
     def _measure(self, before: ir.Model, after: ir.Model, feeds: Feeds, report: OptimizationReport,
                  bound: BoundShapes) -> None:

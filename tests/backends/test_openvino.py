@@ -9,8 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import kiln
-from kiln.backends import compile_model, installed_backends, known_backends
-from kiln.backends import registry
+from kiln.backends import compile_model, installed_backends, known_backends, registry
 from kiln.errors import BackendError, ExecutionError, InputError, UnsupportedOperatorError
 from kiln.target import OpenVINOOptions, Target
 from tests.conftest import make_model, tensor_info
@@ -174,3 +173,29 @@ def test_types_numpy_lacks_cross_the_boundary_as_onnx_runtime_gives_them(source,
     want = compile_model(model, Target()).run({"x": x})[0]
     assert got.dtype == want.dtype and got.shape == want.shape == (2, 3)
     np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+
+
+def test_a_backend_computing_the_original_differently_names_the_first_node_that_differs(mlp_model, monkeypatch):
+    """The original compiled for the backend differs too: a BackendNumericsError (a BackendError
+    and a ValidationError) naming the first node whose output differs, found with every
+    intermediate value exposed."""
+    import kiln.optimizer as optimizer_module
+    from kiln.backends import onnxruntime as ort_backend
+    from kiln.errors import BackendNumericsError, ValidationError
+
+    class AddOneOff:  # an ONNX Runtime whose Add kernel of 'add_a' is one too high, wherever it shows
+        inference_precision = "f32"
+
+        def __init__(self, model, target):
+            self.model = model
+
+        def run(self, feeds):
+            names = [v.name for v in self.model.graph.outputs]
+            outputs = ort_backend.run_model(self.model, feeds)
+            return [o + 1 if name in ("h1", "y") else o for name, o in zip(names, outputs)]
+
+    monkeypatch.setattr(optimizer_module, "compile_model", AddOneOff)
+    with pytest.raises(BackendNumericsError, match=r"openvino computes Add 'add_a' \(output 'h1'") as caught:
+        kiln.optimize(mlp_model, level=1, backend="openvino")
+    assert isinstance(caught.value, BackendError) and isinstance(caught.value, ValidationError)
+    assert (caught.value.op_type, caught.value.node) == ("Add", "add_a")
