@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = 0
     for name in names:
         started = time.perf_counter()
-        result, status = outcome(lambda name=name: check(name), 400)
+        result, status = outcome(lambda name=name: check(name), 700)
         raw += status == "raw"
         print(f"{name}: {result} ({time.perf_counter() - started:.1f} s)", flush=True)
     return 1 if raw else 0
