@@ -27,7 +27,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,9 @@ CORPUS_PREFIX = "corpus:"
 #: Configurations per operator (31 operators), chosen after fits with 6, 12 and 24 on the same
 #: measurements (benchmarks/results/cost_model_user_models.md, "kernel corpus").
 CORPUS_PER_OP = 12
+#: unprofiled seconds per model per pass (`--min-seconds`): the test-retest Spearman of the small
+#: models' kernel medians rises with the runs (benchmarks/results/cost_model_user_models.md)
+MIN_PASS_SECONDS = 0.25
 PROFILE_FILE = "hardware_profile.json"
 #: The user zoo's models (`benchmarks.user_zoo`) are priced and measured at the sizes they are
 #: deployed at, not at the test's small input sets: at a few microseconds a kernel is mostly the
@@ -81,6 +84,29 @@ class ModelData:
     # percent of the machine's CPU time other processes used while this model was measured:
     # the profile's medians are only as good as the machine was quiet
     foreign_cpu_pct: float = 0.0
+    # an If / Loop / Scan kernel (by its index in `samples`): its own node and the nodes of its
+    # subgraphs, each a one-run Sample with how many times it runs; the kernel is predicted as
+    # their sum, each part priced as its own class, and left out of fits (its measured time is
+    # not one kernel's)
+    parts: dict[str, list[tuple[Any, int]]] = field(default_factory=dict)
+
+    def kernel_count(self) -> int:
+        """Kernels ORT runs per model run, those inside control flow included (times their runs):
+        what the executor's per-kernel term counts, as the profiler times every one of them."""
+        return len(self.samples) + sum(sum(runs for _, runs in parts) - 1 for parts in self.parts.values())
+
+    def training_samples(self) -> list[Any]:
+        """The samples a correction may be fitted on: every kernel but the control-flow ones."""
+        return [s for i, s in enumerate(self.samples) if str(i) not in self.parts]
+
+    def predicted(self, price: Callable[[list[Any]], np.ndarray]) -> np.ndarray:
+        """Each kernel's predicted ms by `price` (many samples -> their ms): a control-flow
+        kernel's is the sum of its parts', each times its runs."""
+        out = np.asarray(price(self.samples), dtype=float) if self.samples else np.zeros(0)
+        for index, parts in self.parts.items():
+            times = price([sample for sample, _ in parts])
+            out[int(index)] = float(sum(t * runs for t, (_, runs) in zip(times, parts)))
+        return out
 
 
 def _profile(cache_dir: Path, recalibrate: bool, threads: int) -> Any:
@@ -103,6 +129,7 @@ class _Priced:
     model: Any  # onnx_ir.Model of the export
     inputs: dict[str, Any]
     estimates: dict[str, Any]  # ORT kernel name -> roofline Estimate (no fitted correction)
+    parts: dict[str, list[Any]] = field(default_factory=dict)  # control-flow kernel -> its parts' Estimates
     profiles: list[Any] = field(default_factory=list)  # kiln.cost_model.measure.ModelProfile per pass
     cpu: CpuTimes = CpuTimes(0.0, 0.0)  # over the profiled passes: machine busy and own CPU seconds
 
@@ -158,17 +185,32 @@ def _price(name: str, profile: Any) -> _Priced:
     estimate, _ = price_at_inputs(CostModel(profile), model, inputs, compiled=True)
     main = estimate.per_node[0][0].graph if estimate.per_node else None  # the walk starts in the main graph
     estimates = {node.name: estimate.inclusive(node) for node, _ in estimate.per_node if node.graph is main}
-    return _Priced(name, model, inputs, estimates)
+    parts = {node.name: estimate.parts(node) for node, _ in estimate.per_node if node.graph is main}
+    return _Priced(name, model, inputs, estimates, {k: v for k, v in parts.items() if len(v) > 1})
 
 
-def _measure_pass(priced: _Priced, repeats: int, threads: int) -> None:
+def _measure_pass(priced: _Priced, repeats: int, threads: int, min_seconds: float) -> None:
+    """One profiled pass of a model: `repeats` runs, more for a zoo model until its unprofiled
+    runs fill `min_seconds` (the corpus's one-operator models keep `repeats`: hundreds of them
+    would each take the whole budget)."""
     from kiln.cost_model.measure.profiling import profile_model
 
     before = CpuTimes.now()
-    priced.profiles.append(profile_model(priced.model, priced.inputs, repeats=repeats, threads=threads))
+    budget = 0.0 if priced.name.startswith(CORPUS_PREFIX) else min_seconds
+    priced.profiles.append(profile_model(priced.model, priced.inputs, repeats=repeats, threads=threads,
+                                         min_seconds=budget))
     after = CpuTimes.now()
     if before and after:
         priced.cpu += after - before
+
+
+def typical_us(samples: Sequence[float]) -> float:
+    """A kernel's typical time over its runs: the median of its samples read as whole-microsecond
+    bins, interpolated inside the median's bin (`statistics.median_grouped`). ORT's profiler
+    reports whole microseconds, and the plain median of whole numbers is a whole number: the many
+    kernels of a few microseconds would tie. Interpolating keeps the resolution the run-to-run
+    jitter gives and the median's indifference to slow outliers."""
+    return float(statistics.median_grouped(samples, interval=1.0))
 
 
 def _model_data(priced: _Priced) -> ModelData:
@@ -183,6 +225,7 @@ def _model_data(priced: _Priced) -> ModelData:
                 pooled.setdefault(kernel.ort_name, []).extend(kernel.samples_us)
     first = priced.profiles[0]
     samples, unmatched = [], []
+    parts: dict[str, list[tuple[Any, int]]] = {}
     for kernel in first.kernels:
         if kernel.parent is not None:
             continue
@@ -191,27 +234,32 @@ def _model_data(priced: _Priced) -> ModelData:
             continue
         estimate = priced.estimates[kernel.ort_name]
         group = "corpus" if priced.name.startswith(CORPUS_PREFIX) else priced.name
+        if kernel.ort_name in priced.parts:
+            parts[str(len(samples))] = [(Sample.from_estimate(part.per_run(), part.op, 1, 0.0, group), part.runs)
+                                        for part in priced.parts[kernel.ort_name]]
         samples.append(Sample.from_estimate(estimate, estimate.op, max(1, len(kernel.node_names)),
-                                            statistics.median(pooled[kernel.ort_name]) / 1e3, group))
+                                            typical_us(pooled[kernel.ort_name]) / 1e3, group))
     return ModelData(priced.name, samples, statistics.median(p.model_median_ms for p in priced.profiles),
                      statistics.median(p.kernel_sum_ms for p in priced.profiles), len(priced.estimates),
-                     unmatched, priced.cpu.other_pct)
+                     unmatched, priced.cpu.other_pct, parts)
 
 
-def collect(names: list[str], profile: Any, repeats: int, passes: int = 1) -> dict[str, ModelData]:
+def collect(names: list[str], profile: Any, repeats: int, passes: int = 1,
+            min_seconds: float = 0.0) -> dict[str, ModelData]:
     """Price, then measure the kernels of the zoo models `names` at batch 1: `passes` rounds over
-    all of them, `repeats` profiled runs of each model per round. Interleaving the models spreads
+    all of them, `repeats` profiled runs of each model per round (more for a fast zoo model:
+    `_measure_pass`). Interleaving the models spreads
     the machine's drift (its speed can move severalfold within an hour) over all of them alike, so
     efficiencies fitted on some models still hold for the others."""
     priced = [_price(name, profile) for name in names]
     for _ in range(passes):
         for entry in priced:
-            _measure_pass(entry, repeats, profile.threads)
+            _measure_pass(entry, repeats, profile.threads, min_seconds)
     return {entry.name: _model_data(entry) for entry in priced}
 
 
 def _collect_cached(names: list[str], profile: Any, repeats: int, passes: int, cache_dir: Path,
-                    reuse: bool) -> dict[str, ModelData]:
+                    reuse: bool, min_seconds: float = 0.0) -> dict[str, ModelData]:
     """`collect`, saving each model's result under ``cache_dir/cost_model/``; with `reuse`, saved
     results measured against the same profile are read back instead of measuring again (all or
     none: models measured in different windows would not be interleaved)."""
@@ -227,14 +275,15 @@ def _collect_cached(names: list[str], profile: Any, repeats: int, passes: int, c
             for name, d in saved.items():
                 d = {k: v for k, v in d.items() if k in ModelData.__dataclass_fields__}
                 d["samples"] = [Sample(**s) for s in d["samples"]]
+                d["parts"] = {k: [(Sample(**s), runs) for s, runs in v] for k, v in d.get("parts", {}).items()}
                 out[name] = ModelData(**d)
             return out
         logger.warning("no saved measurements of all of %s with this profile; measuring again", ", ".join(names))
-    data = collect(names, profile, repeats, passes)
+    data = collect(names, profile, repeats, passes, min_seconds)
     for name, result in data.items():
         paths[name].parent.mkdir(parents=True, exist_ok=True)
         paths[name].write_text(json.dumps({**asdict(result), "profile_source": profile.source,
-                                           "passes": passes, "repeats": repeats}))
+                                           "passes": passes, "repeats": repeats, "min_seconds": min_seconds}))
     return data
 
 
@@ -270,7 +319,7 @@ class Executor:
 def evaluate(data: ModelData, predicted: np.ndarray, executor: Executor) -> dict[str, float]:
     """Spearman over kernels and the whole-model error (the executor's total of the predictions)."""
     measured = np.array([s.measured_ms for s in data.samples])
-    total = executor.total(float(predicted.sum()), len(data.samples))
+    total = executor.total(float(predicted.sum()), data.kernel_count())
     return {"spearman": _spearman(predicted, measured),
             "model_error": abs(total - data.measured_model_ms) / data.measured_model_ms,
             "predicted_ms": total, "measured_ms": data.measured_model_ms}
@@ -295,7 +344,7 @@ def fit_executor(models: list[ModelData], corpus: Sequence[ModelData] = ()) -> E
     of two large times, which a small wobble of the whole-model time swings by tens of microseconds."""
     def terms(group: list[ModelData]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return (np.array([sum(s.measured_ms for s in d.samples) for d in group]),
-                np.array([len(d.samples) for d in group], dtype=float),
+                np.array([d.kernel_count() for d in group], dtype=float),
                 np.array([d.measured_model_ms for d in group]))
 
     sums, counts, walls = terms(models)
@@ -327,7 +376,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", default=",".join(TRAIN), help="zoo models to fit on (comma-separated)")
     parser.add_argument("--test", default=",".join(TEST), help="held-out zoo models (comma-separated)")
-    parser.add_argument("--repeats", type=int, default=10, help="profiled runs of each model per pass")
+    parser.add_argument("--repeats", type=int, default=10, help="profiled runs of each model per pass (at least)")
+    parser.add_argument("--min-seconds", type=float, default=MIN_PASS_SECONDS, metavar="S",
+                        help="profile a zoo model for more runs than --repeats until its unprofiled runs take S "
+                             "seconds per pass (a millisecond model's kernel medians need hundreds of runs)")
     parser.add_argument("--passes", type=int, default=3,
                         help="rounds over all models (train and test interleaved, so machine drift hits all alike)")
     parser.add_argument("--threads", type=int, default=THREADS)
@@ -351,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     if args.retest:
-        for line in retest(args.test.split(","), repeats=args.repeats, threads=args.threads):
+        for line in retest(args.test.split(","), repeats=args.repeats, threads=args.threads,
+                           min_seconds=args.min_seconds):
             print(line)
         print(f"({time.perf_counter() - started:.0f} s)")
         return 0
@@ -361,10 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     if set(train) & set(test):
         parser.error(f"train and test overlap: {sorted(set(train) & set(test))}")
     corpus = corpus_names(args.corpus)
-    data = _collect_cached([*train, *test, *corpus], profile, args.repeats, args.passes, cache_dir, args.reuse)
+    data = _collect_cached([*train, *test, *corpus], profile, args.repeats, args.passes, cache_dir, args.reuse,
+                           args.min_seconds)
     corpus_data = [data.pop(name) for name in corpus]
     corpus_samples = [s for d in corpus_data for s in d.samples]
-    correction = fit([s for name in train for s in data[name].samples] + corpus_samples, profile)
+    correction = fit([s for name in train for s in data[name].training_samples()] + corpus_samples, profile)
     # the executor maps a model's summed kernels to its wall time: the training models' scale and
     # per-kernel term, the corpus's per-run cost
     executor = fit_executor([data[name] for name in train], corpus_data)
@@ -373,10 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     lines, rows, diagnostics = [], [], []
     for name in test:
         d = data[name]
-        analytical = evaluate(d, np.array([_analytical_ms(s, profile) for s in d.samples]), Executor(1.0, 0.0))
-        fitted = evaluate(d, correction.predict_samples(d.samples, residual=False), executor)
-        learned = evaluate(d, correction.predict_samples(d.samples), executor)
-        diagnostics.append(_by_class(d, correction.predict_samples(d.samples)))
+        analytical = evaluate(d, d.predicted(lambda samples: np.array([_analytical_ms(s, profile) for s in samples])),
+                              Executor(1.0, 0.0))
+        fitted = evaluate(d, d.predicted(lambda samples: correction.predict_samples(samples, residual=False)), executor)
+        learned = evaluate(d, d.predicted(correction.predict_samples), executor)
+        diagnostics.append(_by_class(d, d.predicted(correction.predict_samples)))
         for label, result in (("analytical", analytical), ("efficiencies", fitted), ("learned", learned)):
             lines.append(f"{name} {label} spearman={result['spearman']:.3f} model_error={result['model_error']:.3f}")
             rows.append(f"| {name} | {label} | {len(d.samples)} | {result['spearman']:.3f} | "
@@ -414,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:  # where CostModel.default() (kiln optimize, kiln cost) reads them
         from kiln.cost_model.hardware import default_profile_path
 
-        full = fit([s for d in data.values() for s in d.samples] + corpus_samples, profile)
+        full = fit([s for d in data.values() for s in d.training_samples()] + corpus_samples, profile)
         fit_executor(list(data.values()), corpus_data).apply_to(full)
         profile.save(default_profile_path())
         path = full.save(correction_path(default_profile_path()))
@@ -423,10 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def retest(names: list[str], passes: int = 4, repeats: int = 10, threads: int = THREADS) -> list[str]:
+def retest(names: list[str], passes: int = 4, repeats: int = 10, threads: int = THREADS,
+           min_seconds: float = 0.0) -> list[str]:
     """Test-retest reliability of the kernel measurement: `passes` interleaved profiling passes of
-    each model, then the Spearman of one pass's kernel medians against another's (median and
-    minimum over the pairs) and of the first half of the passes pooled against the second half.
+    each model, then the Spearman of one pass's typical kernel times (`typical_us`) against
+    another's (median and minimum over the pairs) and of the first half of the passes' runs pooled
+    against the second half's.
     No predictor can correlate with the measurement better than it correlates with itself."""
     from kiln.cost_model.measure.profiling import profile_model
 
@@ -434,16 +491,18 @@ def retest(names: list[str], passes: int = 4, repeats: int = 10, threads: int = 
     profiles: dict[str, list[Any]] = {name: [] for name in names}
     for _ in range(passes):
         for name, (model, inputs) in loaded.items():
-            profiles[name].append(profile_model(model, inputs, repeats=repeats, threads=threads))
+            profiles[name].append(profile_model(model, inputs, repeats=repeats, threads=threads,
+                                                min_seconds=min_seconds))
     lines = []
     for name, measured in profiles.items():
-        medians = [{k.ort_name: statistics.median(k.samples_us) for k in p.kernels if k.parent is None} for p in measured]
+        runs = [{k.ort_name: k.samples_us for k in p.kernels if k.parent is None} for p in measured]
+        medians = [{name: typical_us(samples) for name, samples in r.items()} for r in runs]
         keys = sorted(medians[0])
         pairs = [_spearman(np.array([medians[i][k] for k in keys]), np.array([medians[j][k] for k in keys]))
                  for i in range(passes) for j in range(i + 1, passes)]
         half = passes // 2
-        pooled = [np.array([statistics.median(m[k] for m in group) for k in keys])
-                  for group in (medians[:half], medians[half:])]
+        pooled = [np.array([typical_us([v for r in group for v in r[k]]) for k in keys])
+                  for group in (runs[:half], runs[half:])]
         walls = [p.model_median_ms for p in measured]
         lines.append(f"{name} retest kernels={len(keys)} pass_vs_pass={statistics.median(pairs):.3f} "
                      f"(min {min(pairs):.3f}) pooled_halves={_spearman(*pooled):.3f} "
@@ -460,8 +519,9 @@ def _leave_one_model_out(data: dict[str, ModelData], profile: Any, corpus: list[
     lines = ["Leave one model out (learned correction fitted on the other models):"]
     for name, held in data.items():
         others = [d for other, d in data.items() if other != name]
-        correction = fit([s for d in others for s in d.samples] + [s for d in corpus for s in d.samples], profile)
-        result = evaluate(held, correction.predict_samples(held.samples), fit_executor(others, corpus))
+        correction = fit([s for d in others for s in d.training_samples()] + [s for d in corpus for s in d.samples],
+                         profile)
+        result = evaluate(held, held.predicted(correction.predict_samples), fit_executor(others, corpus))
         lines.append(f"{name} leave-one-out spearman={result['spearman']:.3f} model_error={result['model_error']:.3f} "
                      f"(predicted {result['predicted_ms']:.1f} ms, measured {result['measured_ms']:.1f} ms, "
                      f"booster weight {correction.residual_weight:g})")

@@ -73,13 +73,19 @@ class ModelEstimate:
         (`kiln.cost_model.measure.observed`) would settle."""
         return bool(self.missing_shapes) or bool({"Loop", "Scan"} & set(self.unknown_ops)) or bool(self.both_branches)
 
+    def parts(self, node: ir.Node) -> list[Estimate]:
+        """The node's own estimate, then those of every node of its subgraphs that is priced
+        (each of its own class: an If's branch holds convs and GEMMs, not data movement)."""
+        inner = {id(n) for n in _subgraph_nodes(node)}
+        own = next(e for n, e in self.per_node if n is node)
+        return [own, *(e for n, e in self.per_node if id(n) in inner)]
+
     def inclusive(self, node: ir.Node) -> Estimate:
         """The node's estimate with every node of its subgraphs added (what a profiler reports for
         an If, Loop or Scan kernel): work, bytes and times summed; the node's own class, op and
         written bytes."""
-        inner = {id(n) for n in _subgraph_nodes(node)}
-        own = next(e for n, e in self.per_node if n is node)
-        parts = [own, *(e for n, e in self.per_node if id(n) in inner)]
+        parts = self.parts(node)
+        own = parts[0]
         if len(parts) == 1:
             return own
         return dataclasses.replace(own, **{name: sum(getattr(e, name) for e in parts) for name in (

@@ -107,6 +107,10 @@ def test_model_estimate_scales_a_loop_body_and_reports_it_inside_the_loop():
     assert matmul.runs == 5
     assert abs(matmul.per_run().ms * 5 - matmul.ms) < 1e-9
     assert estimate.inclusive_ms(loop) >= matmul.ms
+    # the parts a profiler's Loop kernel holds, each of its own class: the Loop, then its body
+    parts = estimate.parts(loop)
+    assert parts[0].op == "Loop" and matmul in parts[1:]
+    assert sum(p.ms for p in parts) == estimate.inclusive_ms(loop)
 
 
 def test_scan_prices_its_body_once_per_element_of_the_scan_axis():

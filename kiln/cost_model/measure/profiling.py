@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import statistics
 import tempfile
@@ -641,6 +642,7 @@ def profile_model(
     threads: int = 2,
     graph_optimization_level: str = "all",
     providers: tuple[str, ...] = ("CPUExecutionProvider",),
+    min_seconds: float = 0.0,
 ) -> ModelProfile:
     """Measure every ORT kernel of `model` over `repeats` runs and map kernels to the model's nodes.
 
@@ -649,6 +651,11 @@ def profile_model(
         feeds: input name -> array (numpy or torch); random inputs of the declared shapes if None.
         repeats: measured runs; every kernel has one sample per run and medians are over them.
         warmup: runs before measuring (profiled too, then discarded).
+        min_seconds: measure more runs than `repeats` until the unprofiled runs add up to about
+            this long (their count set from the warm-up runs' median): a model of a millisecond
+            gets as many samples of its kernels as the machine's jitter needs, a slow one keeps
+            `repeats`. ORT's profiler stops recording at `PROFILER_MAX_EVENTS` events; medians
+            then use the runs it recorded.
         threads: ORT intra-op threads (execution is sequential, one inter-op thread).
         graph_optimization_level: ORT's optimizer level ("disable", "basic", "extended",
             "layout", "all"); the mapping follows whatever it rewrites.
@@ -659,9 +666,9 @@ def profile_model(
         InvalidModelError: the model is malformed or unsafe.
         BackendError: ORT could not load or run the model.
     """
-    if repeats < 1 or warmup < 0 or threads < 0:
-        raise InputError(f"profile_model needs repeats >= 1, warmup >= 0 and threads >= 0 "
-                         f"(got repeats={repeats}, warmup={warmup}, threads={threads}).")
+    if repeats < 1 or warmup < 0 or threads < 0 or min_seconds < 0:
+        raise InputError(f"profile_model needs repeats >= 1, warmup >= 0, threads >= 0 and min_seconds >= 0 "
+                         f"(got repeats={repeats}, warmup={warmup}, threads={threads}, min_seconds={min_seconds}).")
     original = _as_model(model)
     inputs = _feeds(original, feeds)
     # The profiled and the timed session alternate; with spinning on, the idle one's threads
@@ -679,16 +686,20 @@ def profile_model(
         plain = create_session(source, target, purpose="to profile it")
         run_profiled, run_plain = _runner(profiled, inputs), _runner(plain, inputs)
         wall_ms: list[float] = []
-        for i in range(warmup + repeats):  # interleaved, so drifting machine load hits both alike
+        warm_ms: list[float] = []
+        i = 0
+        while i < warmup + repeats:  # interleaved, so drifting machine load hits both alike
             _run(run_profiled, "while profiling")
             started = time.perf_counter()
             _run(run_plain, "while timing")
-            if i >= warmup:
-                wall_ms.append((time.perf_counter() - started) * 1e3)
+            (wall_ms if i >= warmup else warm_ms).append((time.perf_counter() - started) * 1e3)
+            i += 1
+            if i == max(warmup, 1) and min_seconds > 0:
+                repeats = max(repeats, math.ceil(min_seconds * 1e3 / max(_median(warm_ms + wall_ms), 1e-3)))
         events = json.loads(Path(profiled.end_profiling()).read_text())
         del profiled, plain, run_profiled, run_plain
         optimized = ir.load(workdir / "optimized.onnx")  # weights stay on disk, unread
-    return _build_profile(original, optimized, events, warmup=warmup, repeats=repeats,
+    return _build_profile(original, optimized, events, warmup=warmup, repeats=len(wall_ms),
                           model_median_ms=_median(wall_ms), threads=threads, level=graph_optimization_level)
 
 

@@ -95,6 +95,15 @@ def test_medians_come_from_one_sample_per_run(fused):
         statistics.median([sum(run) for run in zip(*(k.samples_us for k in fused.kernels))]) / 1e3)
 
 
+def test_a_time_budget_measures_a_fast_model_for_more_runs_than_asked():
+    """min_seconds: the run count comes from the warm-up runs' median, so a model of microseconds
+    gets many more samples per kernel than `repeats`; every kernel has one per measured run."""
+    profile = profile_model(_fusable_model(), repeats=2, warmup=2, min_seconds=0.05)
+    assert profile.runs > 2
+    assert all(len(kernel.samples_us) == profile.runs for kernel in profile.kernels)
+    assert profile_model(_fusable_model(), repeats=2, warmup=2).runs == 2
+
+
 def test_constant_folded_nodes_are_unmapped_with_a_reason(fused):
     assert fused.unmapped == {"const_add": "folded into an initializer by ONNX Runtime"}
     assert fused.group_of("const_add") is None and fused.kernel_of("const_add") is None
@@ -185,6 +194,8 @@ def test_bad_arguments_raise_kiln_errors():
         profile_model(model, {"nope": np.zeros(3, np.float32)}, repeats=1, warmup=0)
     with pytest.raises(InputError, match="repeats >= 1"):
         profile_model(model, repeats=0)
+    with pytest.raises(InputError, match="min_seconds >= 0"):
+        profile_model(model, min_seconds=-1.0)
     with pytest.raises(InputError, match="onnx_ir.Model"):
         profile_model(42)  # type: ignore[arg-type]
 
