@@ -507,10 +507,21 @@ def openvino_prepared(case: ModelCase, model_path: str | os.PathLike, precision:
                     note=" ".join(filter(None, [note, f"precision {used}"])), model_path=Path(model_path))
 
 
+def _openvino_cpu_default_precision() -> str:
+    """The inference precision OpenVINO's CPU plugin picks when none is set ("bf16", "f32", ...)."""
+    try:
+        import openvino as ov
+
+        return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()  # "bf16", "f32", "f16"
+    except Exception:  # noqa: BLE001 - OpenVINO missing or unable to answer: the config is not applicable anyway
+        return "f32"
+
+
 class OpenVINO(Config):
     def __init__(self, precision: str | None, name: str, label: str):
         self.openvino_precision, self.name = precision, name
-        self.precision = {"f16": "fp16", "bf16": "bf16"}.get(precision or "", "fp32")
+        # the default hint's precision is the CPU's: bf16 where it has bf16 units, else f32
+        self.precision = {"f16": "fp16", "bf16": "bf16"}.get(precision or _openvino_cpu_default_precision(), "fp32")
         self.description = f"OpenVINO CPU, {label}"
 
     def prepare(self, case: ModelCase, workdir: Path) -> Prepared:
