@@ -17,6 +17,7 @@ Conventions for the `Prepared` facts:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -520,9 +521,13 @@ def _openvino_cpu_default_precision() -> str:
 class OpenVINO(Config):
     def __init__(self, precision: str | None, name: str, label: str):
         self.openvino_precision, self.name = precision, name
-        # the default hint's precision is the CPU's: bf16 where it has bf16 units, else f32
-        self.precision = {"f16": "fp16", "bf16": "bf16"}.get(precision or _openvino_cpu_default_precision(), "fp32")
         self.description = f"OpenVINO CPU, {label}"
+
+    @functools.cached_property
+    def precision(self) -> str:  # type: ignore[override]
+        """The precision OpenVINO runs at; the default hint's is the CPU's (bf16 where it has bf16
+        units, else f32), asked on first use so importing the configs does not import OpenVINO."""
+        return {"f16": "fp16", "bf16": "bf16"}.get(self.openvino_precision or _openvino_cpu_default_precision(), "fp32")
 
     def prepare(self, case: ModelCase, workdir: Path) -> Prepared:
         return openvino_prepared(case, case.onnx_path, self.openvino_precision)

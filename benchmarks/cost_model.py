@@ -248,9 +248,9 @@ def collect(names: list[str], profile: Any, repeats: int, passes: int = 1,
             min_seconds: float = 0.0) -> dict[str, ModelData]:
     """Price, then measure the kernels of the zoo models `names` at batch 1: `passes` rounds over
     all of them, `repeats` profiled runs of each model per round (more for a fast zoo model:
-    `_measure_pass`). Interleaving the models spreads
-    the machine's drift (its speed can move severalfold within an hour) over all of them alike, so
-    efficiencies fitted on some models still hold for the others."""
+    `_measure_pass`). Interleaving the models spreads the machine's drift (its speed can move
+    severalfold within an hour) over all of them alike, so efficiencies fitted on some models
+    still hold for the others."""
     priced = [_price(name, profile) for name in names]
     for _ in range(passes):
         for entry in priced:

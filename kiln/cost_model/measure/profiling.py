@@ -685,17 +685,16 @@ def profile_model(
         profiled = create_session(source, target, options=options, purpose="to profile it")
         plain = create_session(source, target, purpose="to profile it")
         run_profiled, run_plain = _runner(profiled, inputs), _runner(plain, inputs)
-        wall_ms: list[float] = []
-        warm_ms: list[float] = []
-        i = 0
-        while i < warmup + repeats:  # interleaved, so drifting machine load hits both alike
+        times_ms: list[float] = []  # unprofiled runs, warm-up included
+        runs = warmup + repeats
+        while len(times_ms) < runs:  # interleaved, so drifting machine load hits both alike
             _run(run_profiled, "while profiling")
             started = time.perf_counter()
             _run(run_plain, "while timing")
-            (wall_ms if i >= warmup else warm_ms).append((time.perf_counter() - started) * 1e3)
-            i += 1
-            if i == max(warmup, 1) and min_seconds > 0:
-                repeats = max(repeats, math.ceil(min_seconds * 1e3 / max(_median(warm_ms + wall_ms), 1e-3)))
+            times_ms.append((time.perf_counter() - started) * 1e3)
+            if min_seconds > 0 and len(times_ms) == max(warmup, 1):
+                runs = warmup + max(repeats, math.ceil(min_seconds * 1e3 / max(_median(times_ms), 1e-3)))
+        wall_ms = times_ms[warmup:]
         events = json.loads(Path(profiled.end_profiling()).read_text())
         del profiled, plain, run_profiled, run_plain
         optimized = ir.load(workdir / "optimized.onnx")  # weights stay on disk, unread
