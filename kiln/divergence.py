@@ -84,7 +84,9 @@ def _max_abs(reference: Any, candidate: Any) -> float:
 
 def _node_alone(node: ir.Node, arrays: dict[str, np.ndarray]) -> ir.Model | None:
     """`node` as a model of its own, its non-constant inputs graph inputs of the shapes the
-    reference ran them at; None when it has subgraphs or an input the reference did not give."""
+    reference ran them at (not `kiln.ir.edits.region_model`, which needs static shapes on the
+    values, and intermediates often carry none); None when it has subgraphs or an input the
+    reference did not give."""
     if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
         return None
     inputs: list[ir.Value] = []

@@ -345,15 +345,15 @@ class Optimizer:
             return compile_model(model, target).run(model_feeds)
 
         backend = f"{target.backend} ({precision})"
+        mismatch = (f"The optimized model compiled for {backend} does not match the reference (the original on "
+                    f"ONNX Runtime): {violation}")
         advice = " Use backend='onnxruntime', a wider tolerance=, or another inference precision."
         try:
             _, original_violation = compare_outputs([v.name for v in original.graph.outputs], reference,
                                                     on_backend(original, feeds), allowed)
         except KilnError as exc:
-            raise ValidationError(
-                f"The optimized model compiled for {backend} does not match the reference (the original on ONNX "
-                f"Runtime): {violation}, and the original does not run on {target.backend}: {str(exc)[:200]}."
-                f"{advice}") from exc
+            raise ValidationError(f"{mismatch}, and the original does not run on {target.backend}: "
+                                  f"{str(exc)[:200]}.{advice}") from exc
         culprit = original if original_violation else optimized
         divergence = find_divergence(culprit, feeds, reference=self.run_reference, candidate=on_backend,
                                      tolerance=allowed)
@@ -361,13 +361,11 @@ class Optimizer:
             " No single node could be named: with every intermediate value exposed, the outputs agree.")
         if original_violation:
             raise BackendNumericsError(
-                f"{backend} computes this model differently from ONNX Runtime, the original as much as the "
-                f"optimized model ({violation}); kiln's passes matched on ONNX Runtime.{where}{advice}",
+                f"{backend} computes this model differently from ONNX Runtime, the original too (there {original_violation}"
+                f"; in the optimized model {violation}); kiln's passes matched on ONNX Runtime.{where}{advice}",
                 op_type=divergence.op_type if divergence else None, node=divergence.node if divergence else None)
-        raise ValidationError(
-            f"The optimized model compiled for {backend} does not match the reference (the original on ONNX "
-            f"Runtime): {violation}; the original does match on {target.backend}, and the passes' outputs "
-            f"matched on ONNX Runtime. In the optimized model:{where}{advice}")
+        raise ValidationError(f"{mismatch}; the original does match on {target.backend}, and the passes' outputs "
+                              f"matched on ONNX Runtime. In the optimized model:{where}{advice}")
 
     def _measure(self, before: ir.Model, after: ir.Model, feeds: Feeds, report: OptimizationReport,
                  bound: BoundShapes) -> None:
