@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import cost_model
 
         return cost_model.main(argv[1:])
+    if argv[:1] == ["quantization"]:  # its own parser: python -m benchmarks quantization --help
+        from benchmarks import quantization
+
+        return quantization.main(argv[1:])
     if argv[:1] == ["block-dropping"]:  # its own parser: python -m benchmarks block-dropping --help
         from benchmarks import block_dropping
 
@@ -175,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("cost-model", help="cost model accuracy: fit on some zoo models, test on the others")
     sub.add_parser("real-files", help="kiln optimize on trained ONNX files from PyPI wheels (OCR, captcha, VAD)")
     sub.add_parser("block-dropping", help="approximate block dropping at several cosine budgets (MiniLM, BERT-base)")
+    sub.add_parser("quantization", help="kiln int8 against ORT quantize_dynamic: latency and accuracy (MiniLM, ...)")
     cell = sub.add_parser("cell", help=argparse.SUPPRESS)
     cell.add_argument("--model", required=True)
     cell.add_argument("--batch", type=int, required=True)

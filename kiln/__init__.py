@@ -20,7 +20,9 @@ from kiln.ir.capture import capture, load
 from kiln.ir.shapes import ShapeBinding
 from kiln.optimizer import CostConfig, Optimizer, PipelineConfig, ValidationConfig
 from kiln.passes.approximate.block_dropping import BlockBudget
+from kiln.passes.infra.contract import CosineBudget
 from kiln.passes.infra.options import PassOptions
+from kiln.passes.quantization import QuantConfig
 from kiln.target import OpenVINOOptions, Target
 
 __version__ = "0.1.0"
@@ -29,6 +31,7 @@ __all__ = [
     "BackendError",
     "BlockBudget",
     "CaptureError",
+    "CosineBudget",
     "CostConfig",
     "CostModel",
     "InputError",
@@ -39,6 +42,7 @@ __all__ = [
     "Optimizer",
     "PassOptions",
     "PipelineConfig",
+    "QuantConfig",
     "ShapeBinding",
     "Target",
     "UnsafeModelError",

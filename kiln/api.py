@@ -25,6 +25,7 @@ from kiln.passes.approximate.block_dropping import BlockBudget
 from kiln.passes.infra import Tolerance
 from kiln.passes.infra.manager import PipelineStep
 from kiln.passes.infra.options import PassOptions
+from kiln.passes.quantization import QuantConfig, resolve_quantize
 from kiln.report.model import OptimizationReport
 from kiln.target import Target
 
@@ -81,6 +82,8 @@ def optimize(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     dim_values: Mapping[str, int] | None = None,
     fix_shapes: bool = False,
+    quantize: str | QuantConfig | None = None,
+    calibration: Sequence[Feeds] | None = None,
 ) -> OptimizedModel:
     """Optimize a PyTorch or ONNX model.
 
@@ -127,6 +130,13 @@ def optimize(
         dim_values: sizes of symbolic dims by name, e.g. ``{"image_width": 160, "batch": 1}``.
         fix_shapes: write the bound shapes into the model (its inputs become static, and folding
             may use them); by default they stay symbolic in the optimized model.
+        quantize: approximate, off by default: "int8" (dynamic int8 linears on ONNX Runtime, no
+            calibration data needed) or a ``kiln.QuantConfig`` (e.g.
+            ``QuantConfig(budget=kiln.CosineBudget(min_cosine=0.999))``). A linear is quantized when the cost model prices it faster in int8 and
+            the outputs keep the config's budget (cosine 0.99 by default) on the calibration inputs;
+            the report has a row per linear. Runs after the level's passes.
+        calibration: feeds (name -> array) quantization measures its accuracy on; by default the
+            sample inputs. Validation then checks the budget on the sample inputs.
     """
     choose_backend = backend == "auto"
     if target is None:
@@ -139,8 +149,9 @@ def optimize(
     optimizer = Optimizer(
         target,
         pipeline=PipelineConfig(level=level, passes=passes, drop_blocks=drop_blocks,
-                                options=PassOptions.from_mapping(options)),
-        validation=ValidationConfig(enabled=validate, tolerance=tolerance or Tolerance(), sample_inputs=sample_inputs),
+                                options=PassOptions.from_mapping(options), quantize=resolve_quantize(quantize)),
+        validation=ValidationConfig(enabled=validate, tolerance=tolerance or Tolerance(), sample_inputs=sample_inputs,
+                                    calibration=tuple(calibration or ())),
         cost=CostConfig(cost_model=cost_model, measured_choices=measured_choices, measure=measure),
         shapes=ShapeBinding(input_shapes={} if input_shapes is None else input_shapes,
                             dim_values={} if dim_values is None else dim_values, fix=fix_shapes),

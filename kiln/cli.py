@@ -88,6 +88,10 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         from kiln.passes.approximate.block_dropping import BlockBudget
 
         kwargs["drop_blocks"] = BlockBudget(min_cosine=args.drop_blocks_min_cosine)
+    if args.quantize is not None:
+        kwargs["quantize"] = args.quantize
+    if args.calibration:
+        kwargs["calibration"] = [load_npz(path) for path in args.calibration]
     if args.backend is not None:
         kwargs["backend"] = args.backend
     if args.threads is not None:
@@ -374,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--drop-blocks-min-cosine", type=float, metavar="COSINE",
                      help="approximate: drop residual blocks while the outputs on --sample-inputs keep this "
                           "cosine similarity with the original (e.g. 0.99); off by default")
+    opt.add_argument("--quantize", choices=["int8"],
+                     help="approximate: dynamic int8 linears where the cost model prices them faster and the outputs "
+                          "keep cosine 0.99 with the original on the calibration inputs; off by default")
+    opt.add_argument("--calibration", action="append", metavar="NPZ",
+                     help="inputs (.npz keyed by input name) --quantize measures its accuracy on; repeatable "
+                          "(default: the sample inputs)")
     opt.add_argument("--threads", type=int, metavar="N",
                      help="intra-op threads of the target: what --measure and measured choices run with and what "
                           "the cost model predicts for (default: the runtime's choice, predicted for 2)")

@@ -44,6 +44,7 @@ from kiln.passes.infra.manager import PipelineStep
 from kiln.passes.infra.options import PassOptions
 from kiln.passes.infra.validation import compare_outputs
 from kiln.passes.pipeline import passes_for_level
+from kiln.passes.quantization import QuantConfig, QuantizeLinearsDynamicInt8
 from kiln.report.model import Alternative, Decision, ErrorStats, OptimizationReport
 from kiln.target import Target
 
@@ -55,17 +56,22 @@ Default = Literal["default"]
 @dataclass(frozen=True)
 class PipelineConfig:
     """Which passes run: a level's pipeline, or the given `passes`; block dropping first when a
-    budget is given; `options` for the passes (unknown keys are an error)."""
+    budget is given; quantization last when asked (after the exact passes: it sees the linears
+    they folded, joined and turned into Gemms); `options` for the passes (unknown keys are an
+    error)."""
 
     level: int = 1
     passes: Sequence[PipelineStep] | None = None
     drop_blocks: BlockBudget | None = None
     options: PassOptions = field(default_factory=PassOptions)
+    quantize: QuantConfig | None = None
 
     def steps(self) -> list[PipelineStep]:
         if self.passes is None:
-            return passes_for_level(self.level, drop_blocks=self.drop_blocks)
-        return ([DropResidualBlocks(self.drop_blocks)] if self.drop_blocks is not None else []) + list(self.passes)
+            steps = passes_for_level(self.level, drop_blocks=self.drop_blocks)
+        else:
+            steps = ([DropResidualBlocks(self.drop_blocks)] if self.drop_blocks is not None else []) + list(self.passes)
+        return steps + ([QuantizeLinearsDynamicInt8(self.quantize)] if self.quantize is not None else [])
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,11 @@ class Optimizer:
         self.cost = cost or CostConfig()
         self.dump_ir = dump_ir
         self.pipeline.steps()  # an unknown level fails here, before any capture
+        if self.pipeline.quantize is not None and (self.target.backend != "onnxruntime" or choose_backend):
+            raise BackendError(f"quantize={self.pipeline.quantize.scheme!r} lowers to ONNX Runtime's "
+                               "com.microsoft.DynamicQuantizeMatMul, which only the 'onnxruntime' backend runs "
+                               f"(asked: {'auto' if choose_backend else self.target.backend!r}); int8 for OpenVINO "
+                               "is not built yet: use backend='onnxruntime'.")
 
     @property
     def threads(self) -> int:

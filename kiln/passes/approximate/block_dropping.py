@@ -20,7 +20,6 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import onnx_ir as ir
 
 from kiln.errors import InputError, PassError
@@ -28,7 +27,7 @@ from kiln.ir.inputs import Feeds
 from kiln.passes.approximate.residual_blocks import ResidualBlock, analyze_add, drop_block, find_residual_blocks
 from kiln.passes.infra.contract import CosineBudget, ModelRunner, Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
-from kiln.passes.infra.validation import cosine_stats
+from kiln.passes.infra.validation import OutputScore, score_outputs
 from kiln.report.model import Alternative, Decision, Rewrite
 
 logger = logging.getLogger(__name__)
@@ -55,18 +54,6 @@ class BlockBudget:
     def cosine_budget(self) -> CosineBudget:
         """The budget the PassManager validates the pass with."""
         return CosineBudget(min_cosine=self.min_cosine, max_abs=self.max_abs)
-
-
-@dataclass
-class _Score:
-    cosine: float
-    max_abs: float
-    problem: str | None  # why the outputs are incomparable or the model does not run
-
-    @property
-    def error(self) -> float:
-        """1 - cosine; infinite when the model does not run or its outputs changed shape."""
-        return float("inf") if self.problem or not np.isfinite(self.cosine) else 1.0 - self.cosine
 
 
 class DropResidualBlocks(Pass):
@@ -107,10 +94,10 @@ class DropResidualBlocks(Pass):
         positions = {node: index for index, node in enumerate(model.graph)}
         indices = [positions[b.add] for b in blocks]
 
-        def measure(drop: list[int]) -> _Score:
+        def measure(drop: list[int]) -> OutputScore:
             trial = model.clone()
             _drop_by_position(trial, drop)
-            return self._score(runner, trial, feeds, names, reference)
+            return score_outputs(runner, trial, feeds, names, reference)
 
         solo = [measure([index]) for index in indices]
         decisions = [self._solo(block, score, ctx) for block, score in zip(blocks, solo)]
@@ -158,7 +145,7 @@ class DropResidualBlocks(Pass):
         return self.budget.max_abs is None or max_abs <= self.budget.max_abs
 
     @staticmethod
-    def _solo(block: ResidualBlock, score: _Score, ctx: PassContext) -> Decision:
+    def _solo(block: ResidualBlock, score: OutputScore, ctx: PassContext) -> Decision:
         """The block's decision row before the greedy pass: keep it (priced by the cost model at
         what the block's kernels take) or drop it (nothing runs; scored alone)."""
         keep_ms = ctx.cost.price(block.removed_nodes) if ctx.cost is not None else None
@@ -170,23 +157,6 @@ class DropResidualBlocks(Pass):
         return Decision(subject=block.name, question="drop residual block", chosen="keep",
                         alternatives=[Alternative("keep", predicted_ms=keep_ms, metrics={"cosine": 1.0}), drop],
                         reason=score.problem or "", decided_by="budget")
-
-    @staticmethod
-    def _score(runner: ModelRunner, model: ir.Model, feeds: list[Feeds], names: list[str],
-               reference: list[list[np.ndarray]]) -> _Score:
-        """The worst cosine and max abs diff over the calibration inputs."""
-        cosine, max_abs = 1.0, 0.0
-        for f, ref in zip(feeds, reference):
-            try:
-                outputs = runner(model, f)
-            except Exception as exc:  # a drop that breaks the model scores as unusable
-                return _Score(float("nan"), float("inf"), f"the model does not run: {str(exc).strip()[:200]}")
-            stats, problem = cosine_stats(names, ref, outputs)
-            if problem:
-                return _Score(float("nan"), float("inf"), problem)
-            cosine = min(cosine, stats.min_cosine if stats.min_cosine is not None else 1.0)
-            max_abs = max(max_abs, stats.max_abs)
-        return _Score(cosine, max_abs, None)
 
     @staticmethod
     def _apply(model: ir.Model, blocks: list[ResidualBlock], decisions: list[Decision]) -> list[Rewrite]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -180,6 +181,39 @@ def cosine_stats(names: Sequence[str], reference: Sequence[Any],
     worst = min(cosines, key=lambda item: item[0] if np.isfinite(item[0]) else -np.inf, default=(1.0, ""))
     stats.min_cosine = worst[0]
     return stats, problem
+
+
+@dataclass(frozen=True)
+class OutputScore:
+    """How far a changed model's outputs moved over a set of feeds: the worst cosine and max abs
+    diff, or why they cannot be compared (the model does not run, the outputs changed shape)."""
+
+    cosine: float
+    max_abs: float
+    problem: str | None = None
+
+    @property
+    def error(self) -> float:
+        """1 - cosine; infinite when the outputs cannot be compared."""
+        return float("inf") if self.problem or not np.isfinite(self.cosine) else 1.0 - self.cosine
+
+
+def score_outputs(runner: ModelRunner, model: ir.Model, feeds: Sequence[Feeds], names: Sequence[str],
+                  reference: Sequence[Sequence[np.ndarray]]) -> OutputScore:
+    """`model` run on every feed set against the `reference` outputs (one list per feed set):
+    what approximate passes weigh their trials by (block dropping, quantization)."""
+    cosine, max_abs = 1.0, 0.0
+    for f, ref in zip(feeds, reference):
+        try:
+            outputs = runner(model, f)
+        except Exception as exc:  # noqa: BLE001 - a trial that breaks the model scores as unusable
+            return OutputScore(float("nan"), float("inf"), f"the model does not run: {str(exc).strip()[:200]}")
+        stats, problem = cosine_stats(names, ref, outputs)
+        if problem:
+            return OutputScore(float("nan"), float("inf"), problem)
+        cosine = min(cosine, stats.min_cosine if stats.min_cosine is not None else 1.0)
+        max_abs = max(max_abs, stats.max_abs)
+    return OutputScore(cosine, max_abs)
 
 
 def compare_cosine(names: Sequence[str], reference: Sequence[Any], actual: Sequence[Any],

@@ -1,0 +1,208 @@
+"""`python -m benchmarks quantization [--models minilm,bert-base,gpt2] [--batch 8]`: kiln's int8
+against ORT's dynamic quantizer, on ONNX Runtime (ENABLE_ALL, 2 threads, no spinning).
+
+Configurations, all on the zoo's dynamo export:
+- ``fp32``: the export as is;
+- ``ort-dynamic`` / ``ort-dynamic-per-channel``: ORT ``quantize_dynamic`` (QInt8 weights,
+  pre-processed as the harness does), per tensor / per channel;
+- ``kiln-int8``: ``kiln.optimize(level=2, quantize="int8")`` with 4 calibration input sets (zoo
+  seeds 1-4) for its budget search.
+
+Accuracy against fp32 on 5 held-out input sets (the main inputs and seeds 5-8): MiniLM's sentence
+embeddings by their mean and smallest cosine and by top-1 nearest-neighbour agreement (each
+sentence's nearest other sentence, fp32 vs quantized, over all held-out sentences); other models
+by the cosine of the flattened output (smallest over the sets). Latency: the four configurations
+called in rotation in one process (`kiln.backends.timing.round_robin`); a ratio is the median of
+per-round ratios. One line per model:
+
+    MODEL backend=onnxruntime kiln_vs_best_peer=<ratio> kiln_cos=<x> peer_cos=<y> (...)
+
+(the best peer is the faster ORT quantization, named in the parentheses with kiln's ratio to the
+per-channel one; cos is the accuracy figure above: MiniLM's smallest sentence cosine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.accuracy import cosine
+
+CALIBRATION = 4  # zoo input sets 1..4: kiln's budget search
+HELD_OUT = 4  # zoo input sets 5..8 and the main inputs: accuracy
+DEFAULT_MODELS = ("minilm", "bert-base", "gpt2")
+PEERS = ("ort-dynamic", "ort-dynamic-per-channel")
+
+
+@dataclass
+class Accuracy:
+    """Against fp32 on the held-out sets: the smallest (and mean) cosine; top-1 neighbour agreement
+    for sentence embeddings."""
+
+    min_cosine: float
+    mean_cosine: float
+    top1: float | None = None
+
+    def text(self) -> str:
+        top1 = f", top-1 {self.top1:.3f}" if self.top1 is not None else ""
+        return f"min {self.min_cosine:.5f}, mean {self.mean_cosine:.5f}{top1}"
+
+
+@dataclass
+class ModelResult:
+    model: str
+    batch: int
+    accuracy: dict[str, Accuracy] = field(default_factory=dict)
+    median_ms: dict[str, float] = field(default_factory=dict)
+    ratio_vs_fp32: dict[str, float] = field(default_factory=dict)
+    kiln_vs_peer: dict[str, float] = field(default_factory=dict)
+    other_cpu_pct: float | None = None
+    kiln_linears: str = ""
+    optimize_seconds: float = 0.0
+
+    def best_peer(self) -> str:
+        return min(PEERS, key=lambda p: self.median_ms[p])
+
+    def line(self) -> str:
+        peer = self.best_peer()
+        return (f"{self.model} backend=onnxruntime kiln_vs_best_peer={self.kiln_vs_peer[peer]:.3f} "
+                f"kiln_cos={self.accuracy['kiln-int8'].min_cosine:.5f} peer_cos={self.accuracy[peer].min_cosine:.5f} "
+                f"(best peer {peer}; kiln_vs_ort_per_channel={self.kiln_vs_peer['ort-dynamic-per-channel']:.3f})")
+
+
+def _embedding_accuracy(references: list[np.ndarray], outputs: list[np.ndarray]) -> Accuracy:
+    ref, out = np.concatenate(references).astype(np.float64), np.concatenate(outputs).astype(np.float64)
+    rows = np.sum(ref * out, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(axis=1)
+
+    return Accuracy(float(rows.min()), float(rows.mean()), float(np.mean(neighbours(ref) == neighbours(out))))
+
+
+def _output_accuracy(references: list[np.ndarray], outputs: list[np.ndarray]) -> Accuracy:
+    values = [cosine(r, o) for r, o in zip(references, outputs)]
+    return Accuracy(min(values), float(np.mean(values)))
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    from benchmarks.base import THREADS
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_dynamic(source: Path, workdir: Path, per_channel: bool) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from benchmarks.configs import _quant_preprocess
+
+    name = "ort-dynamic-per-channel" if per_channel else "ort-dynamic"
+    prepared, note = _quant_preprocess(source, workdir, name)
+    if note:
+        logging.getLogger(__name__).warning("%s: %s", name, note)
+    out = workdir / f"{name}.onnx"
+    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
+    return out
+
+
+def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 5.0) -> ModelResult:
+    import kiln
+    from benchmarks import zoo
+    from benchmarks.base import MAX_SECONDS, MIN_ROUNDS, SLOW_CALL_MS
+    from kiln.backends.timing import CpuTimes, round_robin
+
+    case = zoo.load_case(name, batch, calibration_samples=CALIBRATION + HELD_OUT)
+    calibration = case.calibration[:CALIBRATION]
+    held_out = [case.inputs, *case.calibration[CALIBRATION:]]
+    result = ModelResult(name, batch)
+    with tempfile.TemporaryDirectory(prefix=f"kiln-quant-{name}-") as tmp:
+        workdir = Path(tmp)
+        started = time.perf_counter()
+        optimized = kiln.optimize(case.onnx_path, level=2, quantize="int8", calibration=calibration,
+                                  sample_inputs=case.inputs)
+        result.optimize_seconds = time.perf_counter() - started
+        entry = next(p for p in optimized.report.passes if p.name == "quantize_dynamic_int8")
+        result.kiln_linears = f"{entry.status}: {entry.message}"
+        paths = {"fp32": Path(case.onnx_path), "kiln-int8": optimized.save(workdir / "kiln-int8.onnx"),
+                 "ort-dynamic": _ort_dynamic(Path(case.onnx_path), workdir, per_channel=False),
+                 "ort-dynamic-per-channel": _ort_dynamic(Path(case.onnx_path), workdir, per_channel=True)}
+        sessions = {config: _session(path) for config, path in paths.items()}
+        outputs = {config: [s.run(None, feeds)[0] for feeds in held_out] for config, s in sessions.items()}
+        measure = _embedding_accuracy if case.kind == "sentence-embedding" else _output_accuracy
+        result.accuracy = {config: measure(outputs["fp32"], outs) for config, outs in outputs.items() if config != "fp32"}
+        configs = list(sessions)
+        calls = [lambda s=sessions[c]: s.run(None, case.inputs) for c in configs]
+        before = CpuTimes.now()
+        samples = dict(zip(configs, round_robin(calls, repeats=repeats, min_seconds=min_seconds, max_seconds=MAX_SECONDS,
+                                                min_rounds=MIN_ROUNDS, slow_call_ms=SLOW_CALL_MS)))
+        after = CpuTimes.now()
+    result.other_cpu_pct = (after - before).other_pct if before and after else None
+    result.median_ms = {c: float(statistics.median(v)) for c, v in samples.items()}
+    result.ratio_vs_fp32 = {c: statistics.median(a / b for a, b in zip(v, samples["fp32"])) for c, v in samples.items()}
+    result.kiln_vs_peer = {p: statistics.median(a / b for a, b in zip(samples["kiln-int8"], samples[p])) for p in PEERS}
+    print(result.line(), flush=True)
+    return result
+
+
+def render(results: list[ModelResult], command: str, machine: str) -> str:
+    lines = [
+        "# Quantization (issue 14): kiln int8 against ORT's dynamic quantizer", "",
+        (f"Command: `{command}`. {machine}. ORT ENABLE_ALL, 2 threads, spinning off; the configurations called in "
+         "rotation in one process, ratios are medians of per-round ratios. Accuracy against fp32 on 5 held-out "
+         "input sets (MiniLM: sentence-embedding cosine min / mean and top-1 neighbour agreement; others: cosine of "
+         "the flattened output)."), "",
+        "| model | batch | config | ms | / fp32 | kiln / it | accuracy | others' CPU % |",
+        "|---|---:|---|---:|---:|---:|---|---:|",
+    ]
+    for r in results:
+        for config in ("fp32", *PEERS, "kiln-int8"):
+            vs = f"{r.kiln_vs_peer[config]:.3f}" if config in r.kiln_vs_peer else ""
+            accuracy = r.accuracy[config].text() if config in r.accuracy else "reference"
+            cpu = f"{r.other_cpu_pct:.0f}" if r.other_cpu_pct is not None else "-"
+            lines.append(f"| {r.model} | {r.batch} | {config} | {r.median_ms[config]:.2f} | "
+                         f"{r.ratio_vs_fp32[config]:.3f} | {vs} | {accuracy} | {cpu} |")
+    lines += ["", *(f"- {r.model}: kiln's pass {r.kiln_linears} (optimize {r.optimize_seconds:.0f} s)" for r in results),
+              "", "```", *(r.line() for r in results), "```"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks quantization", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated zoo names")
+    parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    parser.add_argument("--out", help="markdown file to write the table to")
+    parser.add_argument("--quick", action="store_true", help="fewer timed rounds")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from kiln.cost_model.machine import cpu_facts
+
+    facts = cpu_facts()
+    machine = (f"Machine: {facts.get('cpu_model', 'unknown CPU')} (family {facts.get('cpu_family')} model "
+               f"{facts.get('cpu_model_number')}), {facts.get('usable_cores')} cores")
+    settings = {"repeats": 6, "min_seconds": 1.0} if args.quick else {}
+    results = [run_model(name, args.batch, **settings) for name in args.models.split(",") if name]
+    command = "python -m benchmarks quantization " + " ".join(argv if argv is not None else sys.argv[2:])
+    table = render(results, command.strip(), machine)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0

@@ -1,0 +1,73 @@
+"""What the user asks quantization for: `QuantConfig`, and the shorthands ``quantize="int8"``.
+
+Only the schemes kiln can lower today are accepted; any other raises at once with the list, so a
+request is never silently run as something else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kiln.errors import InputError
+from kiln.passes.infra.contract import CosineBudget
+
+__all__ = ["SCHEMES", "QuantConfig", "resolve_quantize"]
+
+Scheme = Literal["dynamic-int8"]
+#: scheme -> what it is, for messages and the CLI's help
+SCHEMES: dict[str, str] = {
+    "dynamic-int8": ("int8 weights (symmetric, per output channel by default) and activations quantized on the fly "
+                     "to uint8 at every linear; no calibration data needed"),
+}
+#: shorthand -> scheme
+SHORTHANDS = {"int8": "dynamic-int8", "dynamic-int8": "dynamic-int8"}
+#: schemes the issue plans that kiln does not lower yet, and what to use meanwhile
+_NOT_YET = {
+    "int4-weights": "4-bit weight-only (MatMulNBits) is not built yet",
+    "static-int8": "static int8 with calibrated activation scales (QDQ) is not built yet",
+}
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize.
+
+    - `scheme`: "dynamic-int8" (the only one kiln lowers so far; see `SCHEMES`).
+    - `per_channel`: one weight scale per output channel (else one per tensor).
+    - `reduce_range`: 7-bit weights, for CPUs without VNNI whose u8 x s8 products saturate in 16
+      bits; None decides from this CPU's flags.
+    - `budget`: how far the outputs may move from the fp32 model's on the calibration inputs; the
+      layers whose quantization costs the most accuracy stay fp32 until the joint error fits.
+    - `exclude`: names of nodes to keep in fp32 whatever they would gain.
+    """
+
+    scheme: Scheme = "dynamic-int8"
+    per_channel: bool = True
+    reduce_range: bool | None = None
+    budget: CosineBudget = field(default_factory=lambda: CosineBudget(min_cosine=0.99))
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise InputError(_unknown(self.scheme))
+        if not isinstance(self.budget, CosineBudget):
+            raise InputError(f"budget={self.budget!r} is not a CosineBudget; give e.g. CosineBudget(min_cosine=0.99) "
+                             "(from kiln.passes.infra import CosineBudget).")
+
+
+def resolve_quantize(value: str | QuantConfig | None) -> QuantConfig | None:
+    """`kiln.optimize(quantize=...)`: None (no quantization), a `QuantConfig`, or a shorthand
+    ("int8")."""
+    if value is None or isinstance(value, QuantConfig):
+        return value
+    if isinstance(value, str) and value in SHORTHANDS:
+        return QuantConfig(scheme=SHORTHANDS[value])  # type: ignore[arg-type]
+    raise InputError(_unknown(value))
+
+
+def _unknown(value: object) -> str:
+    known = ", ".join(repr(name) for name in SHORTHANDS)
+    if isinstance(value, str) and value in _NOT_YET:
+        return f"quantize={value!r}: {_NOT_YET[value]}. Use one of {known}."
+    return f"quantize={value!r} is not a quantization scheme kiln knows; use one of {known} or a QuantConfig."

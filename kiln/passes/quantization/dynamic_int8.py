@@ -1,0 +1,302 @@
+"""Dynamic int8 quantization of linears, layer by layer, under an accuracy budget.
+
+Each linear ``y = alpha * (A @ W) + bias`` (`kiln.passes.quantization.linears`) becomes ONNX
+Runtime's ``com.microsoft.DynamicQuantizeMatMul(A, Wq, scale, 0, bias)``: W stored as symmetric
+int8 (`kiln.passes.quantization.weights`), A quantized to uint8 with its own range at every call,
+the int32 product rescaled to float. Which linears are rewritten is decided twice:
+
+1. **speed, by the cost model**: the fp32 product against the int8 one (its on-the-fly
+   quantization of A included), per linear, at the linear's shapes; a linear predicted no faster
+   stays fp32;
+2. **accuracy, by measurement**: all the linears the cost model chose are quantized and the model
+   is run on the calibration inputs; while its outputs' cosine with the fp32 model's is below the
+   budget, the linear whose quantization alone moved the outputs most goes back to fp32, and the
+   joint error is measured again. (Errors of separate layers do not simply add up, so every step
+   is measured, not predicted.)
+
+Linears that read the same activation (a transformer layer's Q, K and V) may instead quantize it
+once: ``DynamicQuantizeLinear(A)`` feeding one ``com.microsoft.MatMulIntegerToFloat`` per linear,
+which computes exactly what their DynamicQuantizeMatMuls would (the same uint8 A, scale and zero
+point); which form is faster is measured on the target once per shape (`shared_activation`).
+
+Every linear is a `Decision` row: both alternatives' predicted times, its solo and the joint
+cosine, and why; so is every shape of shared activation. The pass is approximate: the PassManager checks its result against the original
+with the budget on the sample inputs, which need not be the calibration ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from kiln.cost_model.decisions import measured_decision
+from kiln.errors import PassError
+from kiln.ir.edits import new_initializer, placeholder_weight, sketch_node
+from kiln.ir.inputs import Feeds
+from kiln.ir.provenance import merge_provenance
+from kiln.passes.infra.contract import ModelRunner, Pass, PassContext, PassResult
+from kiln.passes.infra.recording import node_ref
+from kiln.passes.infra.validation import OutputScore, score_outputs
+from kiln.passes.quantization.config import QuantConfig
+from kiln.passes.quantization.linears import Linear, find_linears, linear_of
+from kiln.passes.quantization.shared_activation import SharedShape
+from kiln.passes.quantization.shared_activation import alternatives as shared_alternatives
+from kiln.passes.quantization.weights import quantize_weight
+from kiln.report.model import Alternative, Decision, Rewrite
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["QuantizeLinearsDynamicInt8"]
+
+_DOMAIN = "com.microsoft"
+_OP = "DynamicQuantizeMatMul"
+_SHARED_OP = "MatMulIntegerToFloat"
+_QUESTION = "quantize linear to dynamic int8"
+_SHARED_QUESTION = "quantize an activation several int8 linears read once"
+
+
+def _cpu_has_vnni() -> bool:
+    from kiln.cost_model.machine import cpu_flags
+
+    flags = cpu_flags()
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags) or not flags  # unknown CPU: assume modern
+
+
+class QuantizeLinearsDynamicInt8(Pass):
+    """Rewrites the linears the cost model prices faster in int8 into DynamicQuantizeMatMul,
+    keeping in fp32 those whose error would break the budget (see the module doc)."""
+
+    name = "quantize_dynamic_int8"
+    exact = False
+    rule = "quantize_dynamic_int8"
+
+    def __init__(self, config: QuantConfig | None = None, *, calibration: Sequence[Feeds] | None = None,
+                 runner: ModelRunner | None = None) -> None:
+        self.config = config or QuantConfig()
+        self.error_budget = self.config.budget
+        self.calibration = list(calibration) if calibration is not None else None
+        self.runner = runner
+
+    def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        if ctx.target.backend != "onnxruntime":
+            raise PassError(f"dynamic int8 quantization lowers to ONNX Runtime's {_DOMAIN}.{_OP}, which the "
+                            f"{ctx.target.backend!r} backend does not run; use backend='onnxruntime' (int8 for "
+                            "OpenVINO is not built yet).")
+        reduce_range = self.config.reduce_range if self.config.reduce_range is not None else not _cpu_has_vnni()
+        linears, left = find_linears(model.graph)
+        positions = {node: index for index, node in enumerate(model.graph)}
+        decisions = [self._priced(linear, ctx, reduce_range) for linear in linears]
+        chosen = [i for i, d in enumerate(decisions) if d.chosen == "int8"]
+        leftover = "; ".join(f"{count} left: {why}" for why, count in sorted(left.items()))
+        if not chosen:
+            for decision in decisions:
+                ctx.record(decision)
+            return PassResult(model, False, message=f"no linear is predicted faster in int8 ({len(linears)} priced"
+                              + (f"; {leftover}" if leftover else "") + ")")
+        runner = self.runner or ctx.runner
+        feeds = self.calibration or ctx.calibration_feeds()
+        if runner is not None and feeds:
+            chosen = self._fit_budget(model, runner, feeds, [positions[linears[i].node] for i in chosen],
+                                      chosen, decisions, reduce_range)
+        for decision in decisions:
+            ctx.record(decision)
+        if not chosen:
+            return PassResult(model, False, message=f"no linear fits the budget {self.error_budget} in int8")
+        shared = self._shared_activations([linears[i] for i in chosen], ctx)
+        rewrites = _quantize(model, [positions[linears[i].node] for i in chosen], self.config.per_channel,
+                             reduce_range, [decisions[i] for i in chosen], shared=shared)
+        message = (f"{len(chosen)} of {len(linears)} linears in dynamic int8 "
+                   f"({'per-channel' if self.config.per_channel else 'per-tensor'}"
+                   f"{', 7-bit weights' if reduce_range else ''}"
+                   f"{f'; {len(shared)} activations quantized once for several linears' if shared else ''})"
+                   + (f"; {leftover}" if leftover else ""))
+        logger.info("%s: %s", self.name, message)
+        return PassResult(model, True, rewrites=rewrites, message=message)
+
+    def _priced(self, linear: Linear, ctx: PassContext, reduce_range: bool) -> Decision:
+        """The linear's decision row on speed alone (the budget may revise it)."""
+        subject = linear.name
+        weight_bytes = {"fp32": float(linear.weight.nbytes), "int8": float(linear.weight.size)}
+        metrics = {name: {"weight_bytes": value} for name, value in weight_bytes.items()}
+        if linear.node.name in self.config.exclude:
+            return Decision(subject, _QUESTION, [Alternative("fp32", metrics=metrics["fp32"]),
+                                                 Alternative("int8", metrics=metrics["int8"])],
+                            chosen="fp32", reason="excluded by QuantConfig.exclude", decided_by="precondition")
+        if ctx.cost is None:
+            return Decision(subject, _QUESTION, [Alternative("fp32", metrics=metrics["fp32"]),
+                                                 Alternative("int8", metrics=metrics["int8"])],
+                            chosen="fp32", reason="no cost model to price int8 against fp32; the linear stays fp32",
+                            decided_by="precondition")
+        return ctx.cost.choose(subject, _QUESTION, {"fp32": [linear.node], "int8": [_sketch(linear)]}, keep="fp32",
+                               metrics=metrics, why={"int8": "int8 weights and an int8 GEMM, A quantized per call"
+                                                     + (" (7-bit weights: no VNNI)" if reduce_range else "")})
+
+    @staticmethod
+    def _shared_activations(linears: list[Linear], ctx: PassContext) -> set[str]:
+        """Names of the activations read by two or more of `linears` that measured clearly faster
+        quantized once (`shared_activation`); a decision row per shape, with the cost model's
+        price of both forms beside the measurement."""
+        readers: dict[str, list[Linear]] = {}
+        for linear in linears:
+            if linear.activation.name:
+                readers.setdefault(linear.activation.name, []).append(linear)
+        decisions: dict[str, Decision] = {}  # one measurement per shape, however many layers share it
+        shared: set[str] = set()
+        for name, group in readers.items():
+            if len(group) < 2:
+                continue
+            activation = group[0].activation
+            shape = SharedShape(tuple(activation.shape) if activation.shape is not None else (None,),
+                                tuple(linear.weight.shape[1] for linear in group),
+                                tuple(linear.bias is not None for linear in group))
+            decision = decisions.get(shape.key)
+            if decision is None:
+                quantized = _sketch_dynamic_quantize(activation)
+                predicted = ({"per linear": ctx.cost.price([_sketch(linear) for linear in group]),
+                              "shared": ctx.cost.price([quantized, *(_sketch(linear, quantized) for linear in group)])}
+                             if ctx.cost is not None else None)
+                decision = decisions[shape.key] = ctx.record(measured_decision(
+                    ctx.measured, key=shape.key, subject=str(shape), question=_SHARED_QUESTION,
+                    names=("per linear", "shared"), build=lambda shape=shape: shared_alternatives(shape),
+                    predicted=predicted, policy=ctx.measured_policy, static=shape.static))
+            else:
+                decision.count += 1
+            if decision.chosen == "shared":
+                shared.add(name)
+        return shared
+
+    def _fit_budget(self, model: ir.Model, runner: ModelRunner, feeds: list[Feeds], positions: list[int],
+                    chosen: list[int], decisions: list[Decision], reduce_range: bool) -> list[int]:
+        """The chosen linears (indices into `decisions`) that keep the budget together: all of them
+        if they do, else drop the one with the largest solo error and measure again."""
+        names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
+        reference = [runner(model, f) for f in feeds]
+
+        def measure(subset: list[int]) -> OutputScore:
+            trial = model.clone()
+            _quantize(trial, [positions[chosen.index(i)] for i in subset], self.config.per_channel, reduce_range)
+            return score_outputs(runner, trial, feeds, names, reference)
+
+        keep = list(chosen)
+        joint = measure(keep)
+        if self._within(joint):
+            for i in keep:
+                decisions[i].alternative("int8").metrics["joint_cosine"] = joint.cosine
+                decisions[i].reason += f"; joint cosine {joint.cosine:.6f} within {self.error_budget}"
+            return keep
+        solo = {i: measure([i]) for i in keep}
+        for i, score in solo.items():
+            decisions[i].alternative("int8").metrics["solo_cosine"] = score.cosine
+        for i in sorted(keep, key=lambda i: (-solo[i].error, i)):
+            keep.remove(i)
+            decisions[i].chosen = "fp32"
+            decisions[i].decided_by = "budget"
+            decisions[i].reason = (f"int8 alone moves the outputs to cosine {solo[i].cosine:.6f}; with it the joint "
+                                   f"cosine was {joint.cosine:.6f} (budget {self.error_budget})")
+            if not keep:
+                break
+            joint = measure(keep)
+            if self._within(joint):
+                break
+        for i in keep:
+            decisions[i].alternative("int8").metrics["joint_cosine"] = joint.cosine
+            decisions[i].reason += f"; joint cosine {joint.cosine:.6f} within {self.error_budget}"
+        return keep
+
+    def _within(self, score: OutputScore) -> bool:
+        budget = self.config.budget
+        if score.problem or not score.cosine >= budget.min_cosine:
+            return False
+        return budget.max_abs is None or score.max_abs <= budget.max_abs
+
+
+def _sketch_dynamic_quantize(activation: ir.Value) -> ir.Node:
+    """The DynamicQuantizeLinear of `activation`, outside the graph."""
+    return sketch_node("DynamicQuantizeLinear", [activation],
+                       [(activation.shape, ir.DataType.UINT8), ((), ir.DataType.FLOAT), ((), ir.DataType.UINT8)])
+
+
+def _sketch(linear: Linear, quantized: ir.Node | None = None) -> ir.Node:
+    """The DynamicQuantizeMatMul `linear` would become, or with `quantized` (a sketched
+    DynamicQuantizeLinear of its activation) its MatMulIntegerToFloat, outside the graph (to price
+    it)."""
+    k, n = linear.weight.shape
+    weight = placeholder_weight("weight_int8", (k, n), ir.DataType.INT8)
+    scale = placeholder_weight("weight_scale", (n,), ir.DataType.FLOAT)
+    zero_point = placeholder_weight("weight_zero_point", (n,), ir.DataType.INT8)
+    bias = [placeholder_weight("bias", (n,), ir.DataType.FLOAT)] if linear.bias is not None else []
+    output = linear.node.outputs[0]
+    if quantized is None:
+        return sketch_node(_OP, [linear.activation, weight, scale, zero_point, *bias],
+                           [(output.shape, ir.DataType.FLOAT)], domain=_DOMAIN)
+    a, a_scale, a_zero_point = quantized.outputs
+    return sketch_node(_SHARED_OP, [a, weight, a_scale, scale, a_zero_point, zero_point, *bias],
+                       [(output.shape, ir.DataType.FLOAT)], domain=_DOMAIN)
+
+
+def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_range: bool,
+              decisions: Sequence[Decision] | None = None, shared: set[str] = frozenset()) -> list[Rewrite]:
+    """Rewrite the linears at `positions` of the graph's node order (positions survive
+    `Model.clone()`, node identity does not) into DynamicQuantizeMatMul, in place; those reading
+    an activation named in `shared` into MatMulIntegerToFloat of one DynamicQuantizeLinear of it."""
+    graph = model.graph
+    nodes = list(graph)
+    rewrites: list[Rewrite] = []
+    graph.opset_imports.setdefault(_DOMAIN, 1)
+    quantized: dict[str, ir.Node] = {}  # shared activation -> its DynamicQuantizeLinear
+    for k, position in enumerate(positions):
+        linear = linear_of(nodes[position])
+        if isinstance(linear, str):  # cannot happen: positions come from find_linears on this graph
+            raise PassError(f"node {nodes[position].name!r} is no longer a quantizable linear: {linear}")
+        refs = [node_ref(linear.node)]
+        q = quantize_weight(linear.weight, per_channel=per_channel, reduce_range=reduce_range)
+        prefix = linear.name
+        weight = new_initializer(graph, f"{prefix}.weight_int8", q.values)
+        scale = new_initializer(graph, f"{prefix}.weight_scale", (q.scale * np.float32(linear.alpha)).astype(np.float32))
+        zero_point = new_initializer(graph, f"{prefix}.weight_zero_point", q.zero_point)
+        bias = [new_initializer(graph, f"{prefix}.bias", linear.bias)] if linear.bias is not None else []
+        old_weights = [v for v in linear.node.inputs[1:] if v is not None]
+        name = linear.activation.name
+        if name in shared:
+            if name not in quantized:  # before the first reader: the activation exists there
+                quantized[name] = ir.Node("", "DynamicQuantizeLinear", [linear.activation], num_outputs=3,
+                                          name=f"{name}.dynamic_quantize")
+                for output, suffix in zip(quantized[name].outputs, ("quantized", "scale", "zero_point")):
+                    output.name = f"{name}.{suffix}"
+                graph.insert_before(linear.node, quantized[name])
+            a, a_scale, a_zero_point = quantized[name].outputs
+            node = ir.Node(_DOMAIN, _SHARED_OP, [a, weight, a_scale, scale, a_zero_point, zero_point, *bias],
+                           name=linear.node.name, num_outputs=1)
+        else:
+            node = ir.Node(_DOMAIN, _OP, [linear.activation, weight, scale, zero_point, *bias],
+                           name=linear.node.name, num_outputs=1)
+        merge_provenance(node, [linear.node])
+        ir.convenience.replace_nodes_and_values(graph, linear.node, [linear.node], [node],
+                                                [linear.node.outputs[0]], [node.outputs[0]])
+        if linear.transpose is not None and not linear.transpose.outputs[0].uses() \
+                and not linear.transpose.outputs[0].is_graph_output():
+            refs.append(node_ref(linear.transpose))
+            old_weights.append(linear.transpose.inputs[0])
+            graph.remove(linear.transpose, safe=True)
+        _drop_unused_initializers(graph, old_weights)
+        if decisions is not None:
+            int8 = decisions[k].alternative("int8")
+            saved = linear.weight.nbytes - q.values.nbytes
+            rewrites.append(Rewrite(
+                rule=QuantizeLinearsDynamicInt8.rule, nodes=refs,
+                reason=decisions[k].reason + (f" (int8 predicted {int8.predicted_ms:.4f} ms)"
+                                              if int8 is not None and int8.predicted_ms is not None else ""),
+                result=f"{_DOMAIN}.{node.op_type} {node.name!r}, weight {linear.weight.shape[0]}x{linear.weight.shape[1]} "
+                       f"int8 ({saved / 1e6:.2f} MB less if the fp32 weight had no other reader)"))
+    return rewrites
+
+
+def _drop_unused_initializers(graph: ir.Graph, values: list[ir.Value | None]) -> None:
+    for value in values:
+        if value is None or value.uses() or value.is_graph_input() or value.is_graph_output():
+            continue
+        if value.name in graph.initializers and graph.initializers[value.name] is value:
+            graph.initializers.pop(value.name)
