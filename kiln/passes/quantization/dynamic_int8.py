@@ -20,8 +20,9 @@ which computes exactly what their DynamicQuantizeMatMuls would (the same uint8 A
 point); which form is faster is measured on the target once per shape (`shared_activation`).
 
 Every linear is a `Decision` row: both alternatives' predicted times, its solo and the joint
-cosine, and why; so is every shape of shared activation. The pass is approximate: the PassManager checks its result against the original
-with the budget on the sample inputs, which need not be the calibration ones.
+cosine, and why; so is every shape of shared activation. The pass is approximate: the
+PassManager checks its result against the original with the budget on the sample inputs, which
+need not be the calibration ones.
 """
 
 from __future__ import annotations
