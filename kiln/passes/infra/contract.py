@@ -41,10 +41,13 @@ class CosineBudget:
     """The error budget of a pass that changes outputs on purpose (e.g. dropping blocks): each
     float output, flattened, keeps a cosine similarity of at least `min_cosine` with the original
     model's (and, when `max_abs` is given, stays within it elementwise); other outputs must match
-    exactly. Elementwise atol/rtol would reject any such pass however close its outputs stay."""
+    exactly. Elementwise atol/rtol would reject any such pass however close its outputs stay.
+    With `per_sample`, every sample of an output (a slice along its first axis: one sentence's
+    embedding in a batch) keeps `min_cosine`, not only the batch as a whole."""
 
     min_cosine: float = 0.99
     max_abs: float | None = None
+    per_sample: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.min_cosine <= 1.0:
@@ -53,7 +56,7 @@ class CosineBudget:
             raise PassError(f"max_abs={self.max_abs} is negative; give a bound >= 0 or None.")
 
     def __str__(self) -> str:
-        text = f"cosine>={self.min_cosine:g}"
+        text = f"cosine>={self.min_cosine:g}" + (" per sample" if self.per_sample else "")
         return text + (f" max_abs<={self.max_abs:g}" if self.max_abs is not None else "")
 
 

@@ -159,11 +159,21 @@ def cosine_similarity(reference: np.ndarray, actual: np.ndarray) -> float:
     return float(np.clip(ref @ got / norms, -1.0, 1.0))
 
 
+def sample_cosine(reference: np.ndarray, actual: np.ndarray) -> float:
+    """The smallest cosine between matching samples (slices along the first axis, each flattened):
+    a batch of sentence embeddings is as good as its worst sentence. Rank < 2: the flattened cosine."""
+    if reference.ndim < 2 or reference.shape[0] < 2:
+        return cosine_similarity(reference, actual)
+    values = [cosine_similarity(r, a) for r, a in zip(reference, actual)]
+    return min(values, key=lambda v: v if np.isfinite(v) else -np.inf)
+
+
 def cosine_stats(names: Sequence[str], reference: Sequence[Any],
-                 actual: Sequence[Any]) -> tuple[ErrorStats, str | None]:
-    """Min cosine over float outputs (flattened) and max abs / rel error of `actual` against
-    `reference`; the problem is set when the outputs are incomparable (count, shape, dtype) or a
-    non-float output differs, which no cosine can measure."""
+                 actual: Sequence[Any], *, per_sample: bool = False) -> tuple[ErrorStats, str | None]:
+    """Min cosine over float outputs (flattened, or with `per_sample` the worst sample of each:
+    `sample_cosine`) and max abs / rel error of `actual` against `reference`; the problem is set
+    when the outputs are incomparable (count, shape, dtype) or a non-float output differs, which no
+    cosine can measure."""
     stats, _ = compare_outputs(names, reference, actual, Tolerance(atol=np.inf, rtol=np.inf))
     pairs, problem = _paired_outputs(names, reference, actual)
     if problem:
@@ -177,7 +187,8 @@ def cosine_stats(names: Sequence[str], reference: Sequence[Any],
                 problem = f"output {name!r} ({ref.dtype}) differs; a cosine budget covers float outputs only"
             continue
         if ref.size:
-            cosines.append((cosine_similarity(np.real(ref), np.real(got)), name))
+            measure = sample_cosine if per_sample else cosine_similarity
+            cosines.append((measure(np.real(ref), np.real(got)), name))
     worst = min(cosines, key=lambda item: item[0] if np.isfinite(item[0]) else -np.inf, default=(1.0, ""))
     stats.min_cosine = worst[0]
     return stats, problem
@@ -199,16 +210,17 @@ class OutputScore:
 
 
 def score_outputs(runner: ModelRunner, model: ir.Model, feeds: Sequence[Feeds], names: Sequence[str],
-                  reference: Sequence[Sequence[np.ndarray]]) -> OutputScore:
+                  reference: Sequence[Sequence[np.ndarray]], *, per_sample: bool = False) -> OutputScore:
     """`model` run on every feed set against the `reference` outputs (one list per feed set):
-    what approximate passes weigh their trials by (block dropping, quantization)."""
+    what approximate passes weigh their trials by (block dropping, quantization). `per_sample`:
+    cosines of the worst sample (`sample_cosine`)."""
     cosine, max_abs = 1.0, 0.0
     for f, ref in zip(feeds, reference):
         try:
             outputs = runner(model, f)
         except Exception as exc:  # noqa: BLE001 - a trial that breaks the model scores as unusable
             return OutputScore(float("nan"), float("inf"), f"the model does not run: {str(exc).strip()[:200]}")
-        stats, problem = cosine_stats(names, ref, outputs)
+        stats, problem = cosine_stats(names, ref, outputs, per_sample=per_sample)
         if problem:
             return OutputScore(float("nan"), float("inf"), problem)
         cosine = min(cosine, stats.min_cosine if stats.min_cosine is not None else 1.0)
@@ -219,12 +231,13 @@ def score_outputs(runner: ModelRunner, model: ir.Model, feeds: Sequence[Feeds], 
 def compare_cosine(names: Sequence[str], reference: Sequence[Any], actual: Sequence[Any],
                    budget: CosineBudget) -> tuple[ErrorStats, str | None]:
     """`cosine_stats` of `actual` against `reference` and the first violation of `budget`."""
-    stats, problem = cosine_stats(names, reference, actual)
+    stats, problem = cosine_stats(names, reference, actual, per_sample=budget.per_sample)
     if problem:
         return stats, problem
     assert stats.min_cosine is not None
     if not stats.min_cosine >= budget.min_cosine:
-        return stats, f"an output has cosine {stats.min_cosine:.6f} with the original (allowed {budget})"
+        what = "a sample of an output" if budget.per_sample else "an output"
+        return stats, f"{what} has cosine {stats.min_cosine:.6f} with the original (allowed {budget})"
     if budget.max_abs is not None and stats.max_abs > budget.max_abs:
         return stats, f"output {stats.worst_output!r} differs by up to {stats.max_abs:.3g} (allowed {budget})"
     return stats, None

@@ -38,14 +38,15 @@ class QuantConfig:
     - `reduce_range`: 7-bit weights, for CPUs without VNNI whose u8 x s8 products saturate in 16
       bits; None decides from this CPU's flags.
     - `budget`: how far the outputs may move from the fp32 model's on the calibration inputs; the
-      layers whose quantization costs the most accuracy stay fp32 until the joint error fits.
+      layers whose quantization costs the most accuracy stay fp32 until the joint error fits. By
+      default every sample of a batch keeps cosine 0.99 (its worst sentence, not its average).
     - `exclude`: names of nodes to keep in fp32 whatever they would gain.
     """
 
     scheme: Scheme = "dynamic-int8"
     per_channel: bool = True
     reduce_range: bool | None = None
-    budget: CosineBudget = field(default_factory=lambda: CosineBudget(min_cosine=0.99))
+    budget: CosineBudget = field(default_factory=lambda: CosineBudget(min_cosine=0.99, per_sample=True))
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

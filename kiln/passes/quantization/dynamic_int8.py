@@ -179,7 +179,8 @@ class QuantizeLinearsDynamicInt8(Pass):
         def measure(subset: list[int]) -> OutputScore:
             trial = model.clone()
             _quantize(trial, [positions[chosen.index(i)] for i in subset], self.config.per_channel, reduce_range)
-            return score_outputs(runner, trial, feeds, names, reference)
+            return score_outputs(runner, trial, feeds, names, reference,
+                                 per_sample=self.config.budget.per_sample)
 
         keep = list(chosen)
         joint = measure(keep)

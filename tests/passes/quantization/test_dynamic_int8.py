@@ -137,7 +137,7 @@ def test_a_tight_budget_keeps_the_most_sensitive_linears_in_fp32():
     solo = {d.subject: d.alternative("int8").metrics for d in _quant_pass(loose).decisions}
     joint = next(iter(solo.values()))["joint_cosine"]
     # a budget between the joint cosine and 1: some linears must go back to fp32, worst first
-    budget = CosineBudget(min_cosine=1.0 - (1.0 - joint) / 3)
+    budget = CosineBudget(min_cosine=1.0 - (1.0 - joint) / 3, per_sample=True)
     tight = kiln.optimize(proto, level=1, sample_inputs={"x": X}, quantize=QuantConfig(budget=budget))
     decisions = {d.subject: d for d in _quant_pass(tight).decisions}
     reverted = [name for name, d in decisions.items() if d.decided_by == "budget"]
@@ -147,6 +147,24 @@ def test_a_tight_budget_keeps_the_most_sensitive_linears_in_fp32():
     assert all(decisions[n].alternative("int8").metrics["solo_cosine"] <= worst_kept for n in reverted)
     assert tight.report.passes[-1].error.min_cosine >= budget.min_cosine
     assert _ops(tight.model).count("DynamicQuantizeMatMul") == len(kept)
+
+
+def test_the_default_budget_holds_for_every_sample_not_only_the_batch():
+    from kiln.passes.infra.validation import sample_cosine
+
+    assert QuantConfig().budget == CosineBudget(min_cosine=0.99, per_sample=True)
+    assert str(QuantConfig().budget) == "cosine>=0.99 per sample"
+    reference = np.ones((4, 8), np.float32)
+    actual = reference.copy()
+    actual[2] = -1.0  # one sample flipped: the batch keeps cosine 0.5, that sample has -1
+    assert cosine_similarity(reference, actual) == pytest.approx(0.5)
+    assert sample_cosine(reference, actual) == pytest.approx(-1.0)
+    assert sample_cosine(reference[:1], actual[:1]) == pytest.approx(1.0)  # one sample: flattened
+    optimized = kiln.optimize(_mlp(), level=1, sample_inputs={"x": X}, quantize="int8")
+    decisions = _quant_pass(optimized).decisions
+    joint = next(d for d in decisions if d.chosen == "int8").alternative("int8").metrics["joint_cosine"]
+    expected, actual_outputs = _reference(_mlp()), optimized(x=X)
+    assert joint == pytest.approx(min(sample_cosine(e, a) for e, a in zip(expected, actual_outputs)), abs=1e-4)
 
 
 def test_an_unreachable_budget_leaves_the_model_fp32():
