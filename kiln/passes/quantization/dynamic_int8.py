@@ -12,7 +12,9 @@ the int32 product rescaled to float. Which linears are rewritten is decided twic
    is run on the calibration inputs; while its outputs' cosine with the fp32 model's is below the
    budget, the linear whose quantization alone moved the outputs most goes back to fp32, and the
    joint error is measured again. (Errors of separate layers do not simply add up, so every step
-   is measured, not predicted.)
+   is measured, not predicted.) Then the same on the sample inputs validation checks, when they
+   are not calibration inputs: a budget broken only there sends linears back one at a time, so
+   validation does not have to roll the whole pass back.
 
 Linears that read the same activation (a transformer layer's Q, K and V) may instead quantize it
 once: ``DynamicQuantizeLinear(A)`` feeding one ``com.microsoft.MatMulIntegerToFloat`` per linear,
@@ -99,9 +101,12 @@ class QuantizeLinearsDynamicInt8(Pass):
                               + (f"; {leftover}" if leftover else "") + ")")
         runner = self.runner or ctx.runner
         feeds = self.calibration or ctx.calibration_feeds()
+        # the inputs validation will check, unless the search already ran on them
+        held_out = ctx.sample_inputs if ctx.sample_inputs is not None and all(
+            f is not ctx.sample_inputs for f in feeds) else None
         if runner is not None and feeds:
             chosen = self._fit_budget(model, runner, feeds, [positions[linears[i].node] for i in chosen],
-                                      chosen, decisions, reduce_range)
+                                      chosen, decisions, reduce_range, held_out)
         for decision in decisions:
             ctx.record(decision)
         if not chosen:
@@ -170,42 +175,54 @@ class QuantizeLinearsDynamicInt8(Pass):
         return shared
 
     def _fit_budget(self, model: ir.Model, runner: ModelRunner, feeds: list[Feeds], positions: list[int],
-                    chosen: list[int], decisions: list[Decision], reduce_range: bool) -> list[int]:
+                    chosen: list[int], decisions: list[Decision], reduce_range: bool,
+                    held_out: Feeds | None = None) -> list[int]:
         """The chosen linears (indices into `decisions`) that keep the budget together: all of them
-        if they do, else drop the one with the largest solo error and measure again."""
+        if they do, else drop the one with the largest solo error and measure again, first on the
+        calibration feeds, then on the `held_out` feeds (the sample inputs validation checks, when
+        they are not among the calibration feeds): a linear that breaks the budget only on inputs
+        the search has not seen goes back to fp32 alone, not the whole pass."""
         names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
-        reference = [runner(model, f) for f in feeds]
+        sets = {"calibration": (feeds, [runner(model, f) for f in feeds])}
+        if held_out is not None:
+            sets["held-out"] = ([held_out], [runner(model, held_out)])
 
-        def measure(subset: list[int]) -> OutputScore:
+        def measure(subset: list[int], on: str) -> OutputScore:
             trial = model.clone()
             _quantize(trial, [positions[chosen.index(i)] for i in subset], self.config.per_channel, reduce_range)
-            return score_outputs(runner, trial, feeds, names, reference,
-                                 per_sample=self.config.budget.per_sample)
+            inputs, reference = sets[on]
+            return score_outputs(runner, trial, inputs, names, reference, per_sample=self.config.budget.per_sample)
 
         keep = list(chosen)
-        joint = measure(keep)
-        if self._within(joint):
-            for i in keep:
-                decisions[i].alternative("int8").metrics["joint_cosine"] = joint.cosine
-                decisions[i].reason += f"; joint cosine {joint.cosine:.6f} within {self.error_budget}"
-            return keep
-        solo = {i: measure([i]) for i in keep}
-        for i, score in solo.items():
-            decisions[i].alternative("int8").metrics["solo_cosine"] = score.cosine
-        for i in sorted(keep, key=lambda i: (-solo[i].error, i)):
-            keep.remove(i)
-            decisions[i].chosen = "fp32"
-            decisions[i].decided_by = "budget"
-            decisions[i].reason = (f"int8 alone moves the outputs to cosine {solo[i].cosine:.6f}; with it the joint "
-                                   f"cosine was {joint.cosine:.6f} (budget {self.error_budget})")
-            if not keep:
-                break
-            joint = measure(keep)
-            if self._within(joint):
-                break
+        solo: dict[int, OutputScore] = {}
+        scores: dict[str, OutputScore] = {}
+        for on in sets:
+            joint = measure(keep, on)
+            while keep and not self._within(joint):
+                if not solo:  # each chosen linear alone, on the calibration feeds, once
+                    solo = {i: measure([i], "calibration") for i in chosen}
+                    for i, score in solo.items():
+                        decisions[i].alternative("int8").metrics["solo_cosine"] = score.cosine
+                worst = max(keep, key=lambda i: (solo[i].error, -i))
+                keep.remove(worst)
+                decisions[worst].chosen = "fp32"
+                decisions[worst].decided_by = "budget"
+                decisions[worst].reason = (
+                    f"int8 alone moves the outputs to cosine {solo[worst].cosine:.6f}; with it the joint cosine on the "
+                    f"{on} inputs was {joint.cosine:.6f} (budget {self.error_budget})")
+                if keep:
+                    joint = measure(keep, on)
+            scores[on] = joint
+        if keep and "held-out" in sets and len(keep) < len(chosen):
+            scores["calibration"] = measure(keep, "calibration")  # of the linears kept, not those tried first
         for i in keep:
-            decisions[i].alternative("int8").metrics["joint_cosine"] = joint.cosine
-            decisions[i].reason += f"; joint cosine {joint.cosine:.6f} within {self.error_budget}"
+            metrics = decisions[i].alternative("int8").metrics
+            metrics["joint_cosine"] = scores["calibration"].cosine
+            if "held-out" in scores:
+                metrics["held_out_cosine"] = scores["held-out"].cosine
+            decisions[i].reason += "; joint cosine " + ", ".join(f"{score.cosine:.6f} ({on})"
+                                                               for on, score in scores.items())
+            decisions[i].reason += f" within {self.error_budget}"
         return keep
 
     def _within(self, score: OutputScore) -> bool:

@@ -167,6 +167,27 @@ def test_the_default_budget_holds_for_every_sample_not_only_the_batch():
     assert joint == pytest.approx(min(sample_cosine(e, a) for e, a in zip(expected, actual_outputs)), abs=1e-4)
 
 
+def test_a_budget_broken_only_on_the_validation_inputs_sends_linears_back_one_at_a_time():
+    outliers = X.copy()
+    outliers[:, 0] = 40.0  # validation inputs unlike the calibration ones: a coarser activation scale
+    loose = kiln.optimize(_mlp(), level=1, sample_inputs={"x": outliers}, calibration=[{"x": X}],
+                          quantize=QuantConfig(budget=CosineBudget(min_cosine=0.9, per_sample=True)))
+    metrics = _quant_pass(loose).decisions[0].alternative("int8").metrics
+    calibration, held_out = metrics["joint_cosine"], metrics["held_out_cosine"]
+    assert held_out < calibration
+    budget = CosineBudget(min_cosine=(calibration + held_out) / 2, per_sample=True)
+    optimized = kiln.optimize(_mlp(), level=1, sample_inputs={"x": outliers}, calibration=[{"x": X}],
+                              quantize=QuantConfig(budget=budget))
+    report = _quant_pass(optimized)
+    assert report.status == "applied", report.message  # not rolled back as a whole
+    reverted = [d for d in report.decisions if d.decided_by == "budget"]
+    kept = [d for d in report.decisions if d.chosen == "int8"]
+    assert reverted and kept and all("held-out inputs" in d.reason for d in reverted)
+    for d in kept:
+        assert d.alternative("int8").metrics["held_out_cosine"] >= budget.min_cosine
+    assert report.error.min_cosine >= budget.min_cosine
+
+
 def test_an_unreachable_budget_leaves_the_model_fp32():
     optimized = kiln.optimize(_mlp(), level=1, sample_inputs={"x": X},
                               quantize=QuantConfig(budget=CosineBudget(min_cosine=1.0)))
