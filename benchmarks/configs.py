@@ -324,18 +324,25 @@ def _quant_preprocess(source: Path, workdir: Path, stem: str) -> tuple[Path, str
         return source, f"pre-process failed ({type(exc).__name__}: {text}); quantized the export"
 
 
+def ort_quantize_dynamic(source: Path, workdir: Path, stem: str, *, per_channel: bool = False) -> tuple[Path, str]:
+    """ORT `quantize_dynamic` (QInt8 weights) of the pre-processed `source`, written to
+    ``workdir/<stem>.onnx``; the note says when pre-processing failed."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = workdir / f"{stem}.onnx"
+    prepared, note = _quant_preprocess(source, workdir, stem)
+    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
+    return out, note
+
+
 class OrtQuantDynamic(Config):
     name = "ort-quant-dynamic"
     precision = "int8"
     description = "ORT quantize_dynamic (QInt8 weights, pre-processed), then ORT ENABLE_ALL"
 
     def prepare(self, case: ModelCase, workdir: Path) -> Prepared:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        out = workdir / f"{self.name}.onnx"
         started = time.perf_counter()
-        source, note = _quant_preprocess(case.onnx_path, workdir, self.name)
-        quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8)
+        out, note = ort_quantize_dynamic(Path(case.onnx_path), workdir, self.name)
         seconds = time.perf_counter() - started
         return ort_prepared(case, out, optimize_seconds=seconds, note=note)
 

@@ -99,38 +99,22 @@ def _output_accuracy(references: list[np.ndarray], outputs: list[np.ndarray]) ->
     return Accuracy(min(values), float(np.mean(values)))
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    from benchmarks.base import THREADS
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _ort_dynamic(source: Path, workdir: Path, per_channel: bool) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from benchmarks.configs import _quant_preprocess
+    from benchmarks.configs import ort_quantize_dynamic
 
     name = "ort-dynamic-per-channel" if per_channel else "ort-dynamic"
-    prepared, note = _quant_preprocess(source, workdir, name)
+    out, note = ort_quantize_dynamic(source, workdir, name, per_channel=per_channel)
     if note:
         logging.getLogger(__name__).warning("%s: %s", name, note)
-    out = workdir / f"{name}.onnx"
-    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
     return out
 
 
 def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 5.0,
-              config: Any = "int8") -> ModelResult:
+              quantize: Any = "int8") -> ModelResult:
     import kiln
     from benchmarks import zoo
     from benchmarks.base import MAX_SECONDS, MIN_ROUNDS, SLOW_CALL_MS
+    from benchmarks.configs import ort_session
     from kiln.backends.timing import CpuTimes, round_robin
 
     case = zoo.load_case(name, batch, calibration_samples=CALIBRATION + HELD_OUT)
@@ -140,7 +124,7 @@ def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 
     with tempfile.TemporaryDirectory(prefix=f"kiln-quant-{name}-") as tmp:
         workdir = Path(tmp)
         started = time.perf_counter()
-        optimized = kiln.optimize(case.onnx_path, level=2, quantize=config, calibration=calibration,
+        optimized = kiln.optimize(case.onnx_path, level=2, quantize=quantize, calibration=calibration,
                                   sample_inputs=case.inputs)
         result.optimize_seconds = time.perf_counter() - started
         entry = next(p for p in optimized.report.passes if p.name == "quantize_dynamic_int8")
@@ -148,7 +132,7 @@ def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 
         paths = {"fp32": Path(case.onnx_path), "kiln-int8": optimized.save(workdir / "kiln-int8.onnx"),
                  "ort-dynamic": _ort_dynamic(Path(case.onnx_path), workdir, per_channel=False),
                  "ort-dynamic-per-channel": _ort_dynamic(Path(case.onnx_path), workdir, per_channel=True)}
-        sessions = {config: _session(path) for config, path in paths.items()}
+        sessions = {config: ort_session(path) for config, path in paths.items()}
         outputs = {config: [s.run(None, feeds)[0] for feeds in held_out] for config, s in sessions.items()}
         measure = _embedding_accuracy if case.kind == "sentence-embedding" else _output_accuracy
         result.accuracy = {config: measure(outputs["fp32"], outs) for config, outs in outputs.items() if config != "fp32"}
@@ -209,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.passes.quantization import QuantConfig
 
     settings: dict[str, Any] = {"repeats": 6, "min_seconds": 1.0} if args.quick else {}
-    settings["config"] = QuantConfig(budget=CosineBudget(min_cosine=args.min_cosine, per_sample=not args.whole_batch))
-    machine += f"; kiln's budget {settings['config'].budget}"
+    settings["quantize"] = QuantConfig(budget=CosineBudget(min_cosine=args.min_cosine, per_sample=not args.whole_batch))
+    machine += f"; kiln's budget {settings['quantize'].budget}"
     results = [run_model(name, args.batch, **settings) for name in args.models.split(",") if name]
     command = "python -m benchmarks quantization " + " ".join(argv if argv is not None else sys.argv[2:])
     table = render(results, command.strip(), machine)

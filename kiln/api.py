@@ -132,9 +132,11 @@ def optimize(
             may use them); by default they stay symbolic in the optimized model.
         quantize: approximate, off by default: "int8" (dynamic int8 linears on ONNX Runtime, no
             calibration data needed) or a ``kiln.QuantConfig`` (e.g.
-            ``QuantConfig(budget=kiln.CosineBudget(min_cosine=0.999))``). A linear is quantized when the cost model prices it faster in int8 and
-            the outputs keep the config's budget (cosine 0.99 by default) on the calibration inputs;
-            the report has a row per linear. Runs after the level's passes.
+            ``QuantConfig(budget=kiln.CosineBudget(min_cosine=0.999, per_sample=True))``). A linear
+            is quantized when the cost model prices it faster in int8 and the outputs keep the
+            config's budget (by default every sample keeps cosine 0.99) on the calibration inputs
+            and then the sample inputs; the report has a row per linear. Runs after the level's
+            passes.
         calibration: feeds (name -> array) quantization measures its accuracy on; by default the
             sample inputs. Validation then checks the budget on the sample inputs.
     """

@@ -1,9 +1,10 @@
-"""Small edits rewrites share: adding a constant initializer under a name not yet taken, and
+"""Small edits rewrites share: adding a constant initializer under a name not yet taken, removing
+the ones a rewrite left unread, and
 sketching the nodes an alternative would add, outside the graph, to price it before deciding."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -19,6 +20,16 @@ def new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     value = ir.Value(name=unique, type=ir.TensorType(tensor.dtype), shape=ir.Shape(array.shape), const_value=tensor)
     graph.register_initializer(value)
     return value
+
+
+def remove_unused_initializers(graph: ir.Graph, values: Iterable[ir.Value | None]) -> None:
+    """Remove the initializers of `graph` among `values` that nothing reads any more (a rewrite's
+    replaced weights); graph inputs and outputs stay."""
+    for value in values:
+        if value is None or value.uses() or value.is_graph_input() or value.is_graph_output():
+            continue
+        if value.name and graph.initializers.get(value.name) is value:
+            graph.initializers.pop(value.name)
 
 
 def detached_copy(value: ir.Value) -> ir.Value:

@@ -17,12 +17,13 @@ It is opt-in: ``kiln.optimize(model, example_inputs, drop_blocks=BlockBudget(min
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import onnx_ir as ir
 
 from kiln.errors import InputError, PassError
+from kiln.ir.edits import remove_unused_initializers
 from kiln.ir.inputs import Feeds
 from kiln.passes.approximate.residual_blocks import ResidualBlock, analyze_add, drop_block, find_residual_blocks
 from kiln.passes.infra.contract import CosineBudget, ModelRunner, Pass, PassContext, PassResult
@@ -140,9 +141,7 @@ class DropResidualBlocks(Pass):
         return PassResult(model, True, rewrites=rewrites, message=message)
 
     def _within(self, cosine: float, max_abs: float) -> bool:
-        if not cosine >= self.budget.min_cosine:
-            return False
-        return self.budget.max_abs is None or max_abs <= self.budget.max_abs
+        return self.error_budget.admits(cosine, max_abs)
 
     @staticmethod
     def _solo(block: ResidualBlock, score: OutputScore, ctx: PassContext) -> Decision:
@@ -177,7 +176,7 @@ class DropResidualBlocks(Pass):
             out = current.add.outputs[0].name
             weights = {id(v): v for n in current.removed_nodes for v in n.inputs if v is not None and v.is_initializer()}
             drop_block(model.graph, current)
-            _remove_unused_initializers(model.graph, weights.values())
+            remove_unused_initializers(model.graph, weights.values())
             drop.metrics["nodes"] = float(len(refs))
             rewrites.append(Rewrite(
                 rule=DropResidualBlocks.rule, nodes=refs,
@@ -187,13 +186,6 @@ class DropResidualBlocks(Pass):
                 result=f"consumers of {out!r} read {skip!r}",
             ))
         return rewrites
-
-
-def _remove_unused_initializers(graph: ir.Graph, values: Iterable[ir.Value]) -> None:
-    """Remove the initializers among `values` that nothing reads any more."""
-    for value in values:
-        if not value.uses() and not value.is_graph_input() and not value.is_graph_output() and value.name:
-            graph.initializers.pop(value.name, None)
 
 
 def _drop_by_position(model: ir.Model, positions: list[int]) -> None:

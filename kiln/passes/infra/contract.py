@@ -55,6 +55,10 @@ class CosineBudget:
         if self.max_abs is not None and self.max_abs < 0:
             raise PassError(f"max_abs={self.max_abs} is negative; give a bound >= 0 or None.")
 
+    def admits(self, cosine: float, max_abs: float) -> bool:
+        """A worst cosine and max abs diff measured the way this budget says are within it."""
+        return cosine >= self.min_cosine and (self.max_abs is None or max_abs <= self.max_abs)
+
     def __str__(self) -> str:
         text = f"cosine>={self.min_cosine:g}" + (" per sample" if self.per_sample else "")
         return text + (f" max_abs<={self.max_abs:g}" if self.max_abs is not None else "")

@@ -37,7 +37,7 @@ import onnx_ir as ir
 
 from kiln.cost_model.decisions import measured_decision
 from kiln.errors import PassError
-from kiln.ir.edits import new_initializer, placeholder_weight, sketch_node
+from kiln.ir.edits import new_initializer, placeholder_weight, remove_unused_initializers, sketch_node
 from kiln.ir.inputs import Feeds
 from kiln.ir.provenance import merge_provenance
 from kiln.passes.infra.contract import ModelRunner, Pass, PassContext, PassResult
@@ -127,15 +127,14 @@ class QuantizeLinearsDynamicInt8(Pass):
         subject = linear.name
         weight_bytes = {"fp32": float(linear.weight.nbytes), "int8": float(linear.weight.size)}
         metrics = {name: {"weight_bytes": value} for name, value in weight_bytes.items()}
+        unpriced = None
         if linear.node.name in self.config.exclude:
-            return Decision(subject, _QUESTION, [Alternative("fp32", metrics=metrics["fp32"]),
-                                                 Alternative("int8", metrics=metrics["int8"])],
-                            chosen="fp32", reason="excluded by QuantConfig.exclude", decided_by="precondition")
-        if ctx.cost is None:
-            return Decision(subject, _QUESTION, [Alternative("fp32", metrics=metrics["fp32"]),
-                                                 Alternative("int8", metrics=metrics["int8"])],
-                            chosen="fp32", reason="no cost model to price int8 against fp32; the linear stays fp32",
-                            decided_by="precondition")
+            unpriced = "excluded by QuantConfig.exclude"
+        elif ctx.cost is None:
+            unpriced = "no cost model to price int8 against fp32; the linear stays fp32"
+        if unpriced is not None:
+            return Decision(subject, _QUESTION, [Alternative(name, metrics=m) for name, m in metrics.items()],
+                            chosen="fp32", reason=unpriced, decided_by="precondition")
         return ctx.cost.choose(subject, _QUESTION, {"fp32": [linear.node], "int8": [_sketch(linear)]}, keep="fp32",
                                metrics=metrics, why={"int8": "int8 weights and an int8 GEMM, A quantized per call"
                                                      + (" (7-bit weights: no VNNI)" if reduce_range else "")})
@@ -226,10 +225,7 @@ class QuantizeLinearsDynamicInt8(Pass):
         return keep
 
     def _within(self, score: OutputScore) -> bool:
-        budget = self.config.budget
-        if score.problem or not score.cosine >= budget.min_cosine:
-            return False
-        return budget.max_abs is None or score.max_abs <= budget.max_abs
+        return score.problem is None and self.config.budget.admits(score.cosine, score.max_abs)
 
 
 def _sketch_dynamic_quantize(activation: ir.Value) -> ir.Node:
@@ -300,7 +296,7 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
             refs.append(node_ref(linear.transpose))
             old_weights.append(linear.transpose.inputs[0])
             graph.remove(linear.transpose, safe=True)
-        _drop_unused_initializers(graph, old_weights)
+        remove_unused_initializers(graph, old_weights)
         if decisions is not None:
             int8 = decisions[k].alternative("int8")
             saved = linear.weight.nbytes - q.values.nbytes
@@ -312,10 +308,3 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
                        f"int8 ({saved / 1e6:.2f} MB less if the fp32 weight had no other reader)"))
     return rewrites
 
-
-def _drop_unused_initializers(graph: ir.Graph, values: list[ir.Value | None]) -> None:
-    for value in values:
-        if value is None or value.uses() or value.is_graph_input() or value.is_graph_output():
-            continue
-        if value.name in graph.initializers and graph.initializers[value.name] is value:
-            graph.initializers.pop(value.name)
