@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import quantization
 
         return quantization.main(argv[1:])
+    if argv[:1] == ["residual-add-as-sum"]:  # its own parser
+        from benchmarks import residual_add_as_sum
+
+        return residual_add_as_sum.main(argv[1:])
     if argv[:1] == ["block-dropping"]:  # its own parser: python -m benchmarks block-dropping --help
         from benchmarks import block_dropping
 
@@ -180,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("real-files", help="kiln optimize on trained ONNX files from PyPI wheels (OCR, captcha, VAD)")
     sub.add_parser("block-dropping", help="approximate block dropping at several cosine budgets (MiniLM, BERT-base)")
     sub.add_parser("quantization", help="kiln int8 against ORT quantize_dynamic: latency and accuracy (MiniLM, ...)")
+    sub.add_parser("residual-add-as-sum", help="Add -> LayerNormalization as Sum: ORT's fused kernel vs unfused, "
+                                               "and kiln level 2 with and without the pass")
     cell = sub.add_parser("cell", help=argparse.SUPPRESS)
     cell.add_argument("--model", required=True)
     cell.add_argument("--batch", type=int, required=True)

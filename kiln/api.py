@@ -118,7 +118,7 @@ def optimize(
             ``BlockBudget(min_cosine=0.99)`` (``from kiln.passes.approximate.block_dropping import
             BlockBudget``). Runs before the level's passes (or the given `passes`); needs real
             inputs: `sample_inputs` or `example_inputs`. The report lists every block scored.
-        measured_choices: settles choices no model predicts (joining parallel MatMuls) by timing
+        measured_choices: settles choices no model predicts (joining parallel MatMuls, writing a residual Add as Sum) by timing
             both forms on this machine, once per shape (``PassContext.measured``).
             "default": for ONNX Runtime on the CPU, measured on the target and cached in
             ``~/.cache/kiln/measured_choices.json`` (``$KILN_MEASURED_CHOICES``); None: such

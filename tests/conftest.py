@@ -13,6 +13,27 @@ IR_VERSION = 10
 OPSET = 20
 
 
+class FakeTimer:
+    """A measured-choice timer that says the candidate took `ratio` of the baseline's
+    `baseline_ms`; counts its calls and keeps the (baseline, candidate) models it was given."""
+
+    def __init__(self, ratio: float, baseline_ms: float = 1.0):
+        self.ratio, self.baseline_ms, self.calls, self.models = ratio, baseline_ms, 0, []
+
+    def __call__(self, baseline, candidate, pairs):
+        self.calls += 1
+        self.models.append((baseline, candidate))
+        return [(self.baseline_ms, self.baseline_ms * self.ratio)] * pairs
+
+
+def fake_measured_choices(timer: FakeTimer):
+    """kiln's measured choices on one thread, uncached, timed by `timer`."""
+    import kiln
+    from kiln.cost_model.measure.choices import MeasuredChoices
+
+    return MeasuredChoices(kiln.Target(intra_op_threads=1), cache_path=None, timer=timer)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_measured_choices_cache(tmp_path_factory):
     """kiln.optimize remembers measured choices in ~/.cache/kiln; tests keep theirs in a temp file."""
@@ -104,7 +125,7 @@ def run_pass(pass_, model, *, feeds=None, strict: bool = True, **context):
     target = Target(intra_op_threads=2)
     context.setdefault("cost", CostOracle(CostModel.default(2, learned=False)))
     ctx = PassContext(target=target, sample_inputs=feeds, **context)
-    runner = lambda m, f: ort_backend.run_model(m, f, Target(graph_optimization_level="disable"))  # noqa: E731
+    runner = lambda m, f: ort_backend.run_model(m, f, Target(graph_optimization_level="disable"))
     manager = PassManager([pass_], [StructuralCheck(), NumericValidation(runner, feeds)], strict=strict)
     optimized, report = manager.run(captured, ctx)
     return optimized, report.passes[-1]

@@ -5,7 +5,8 @@ Level 0 runs nothing (capture and validation only). Level 1 runs the exact clean
 constant folding to their fixed point. Level 2 adds exact layer folding (BatchNorm / affine into
 Conv and Gemm, scales into weights), Reciprocal into Div, merging of linear chains, joining of
 parallel MatMuls, linears on rows as Gemm, layout-chain collapse, Reshape sinking and
-batch-transpose layouts, then the clean-ups again to their fixed point.
+batch-transpose layouts, then the clean-ups again to their fixed point, and last the residual
+Adds before a LayerNormalization written as Sum where the backend runs that form faster.
 
 Block dropping (`kiln.passes.approximate.block_dropping`) is approximate and opt-in: given a
 `BlockBudget`, it runs first, on the graph as captured (its names and module paths are intact),
@@ -26,6 +27,7 @@ from kiln.passes.folding.linear_chain_merging import MergeLinearChains
 from kiln.passes.folding.reciprocal_folding import FoldReciprocal
 from kiln.passes.folding.scale_folding import FoldScalesIntoWeights
 from kiln.passes.fusion.parallel_matmul_joining import JoinParallelMatMuls
+from kiln.passes.fusion.residual_add_as_sum import WriteResidualAddsAsSum
 from kiln.passes.infra.manager import FixedPointGroup, PipelineStep
 from kiln.passes.layout.batch_transpose import ExposeBatchTransposes
 from kiln.passes.layout.chain_collapse import CollapseLayoutChains
@@ -68,5 +70,6 @@ def _exact_steps(level: int) -> list[PipelineStep]:
             SinkReshapes(),
             ExposeBatchTransposes(),
             cleanup_group("level2_cleanup", deduplicate_initializers=True),
+            WriteResidualAddsAsSum(),
         ]
     raise PassError(f"Unknown optimization level {level}; kiln supports levels 0..{MAX_LEVEL}.")

@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, tensor_info
+from conftest import FakeTimer, fake_measured_choices, make_model, tensor_info
 from onnx import helper, numpy_helper
 
 import kiln
-from kiln.cost_model.measure.choices import MeasuredChoices
 from kiln.ir.analysis import op_histogram
 from kiln.passes.fusion.parallel_matmul_joining import JoinParallelMatMuls
 
@@ -19,17 +18,8 @@ RNG = np.random.default_rng(3)
 MEASURE_EVERYTHING = {"measured_choice_min_ms": 0}
 
 
-class FakeTimer:
-    def __init__(self, ratio: float):
-        self.ratio, self.calls = ratio, 0
-
-    def __call__(self, baseline, candidate, pairs):
-        self.calls += 1
-        return [(1.0, self.ratio)] * pairs
-
-
-def _choices(ratio: float) -> MeasuredChoices:
-    return MeasuredChoices(kiln.Target(intra_op_threads=1), cache_path=None, timer=FakeTimer(ratio))
+def _choices(ratio: float):
+    return fake_measured_choices(FakeTimer(ratio))
 
 
 def _attention_inputs(biased: tuple[bool, ...], layers: int = 1, share_weight: bool = False) -> onnx.ModelProto:

@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from conftest import make_model, optimize_with, tensor_info
+from conftest import FakeTimer, fake_measured_choices, make_model, optimize_with, tensor_info
 from onnx import helper, numpy_helper
 
 import kiln
@@ -25,20 +25,9 @@ RNG = np.random.default_rng(0)
 MEASURE_EVERYTHING = {"measured_choice_min_ms": 0}
 
 
-class FakeTimer:
-    """Says the candidate took `ratio` of the baseline's time; keeps the models it was given."""
-
-    def __init__(self, ratio: float):
-        self.ratio, self.models = ratio, []
-
-    def __call__(self, baseline, candidate, pairs):
-        self.models.append((baseline, candidate))
-        return [(1.0, self.ratio)] * pairs
-
-
 def _measured(ratio: float) -> tuple[MeasuredChoices, FakeTimer]:
     timer = FakeTimer(ratio)
-    return MeasuredChoices(kiln.Target(intra_op_threads=1), cache_path=None, timer=timer), timer
+    return fake_measured_choices(timer), timer
 
 
 def _optimize(model, ratio: float = 0.8):
