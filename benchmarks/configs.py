@@ -483,6 +483,38 @@ class TvmRelaxUntuned(Config):
 # OpenVINO
 
 
+def openvino_properties(precision: str | None, **extra: Any) -> dict[str, Any]:
+    """OpenVINO CPU compile properties of the protocol: `THREADS` inference threads, one stream,
+    the LATENCY hint; `precision` "f32", "bf16" or "f16" sets the inference precision (None: the
+    CPU's default); `extra` adds properties."""
+    properties: dict[str, Any] = {"INFERENCE_NUM_THREADS": THREADS, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    if precision is not None:
+        properties["INFERENCE_PRECISION_HINT"] = precision
+    return {**properties, **extra}
+
+
+def nncf_int8_model(case: ModelCase, calibration: list[dict[str, np.ndarray]] | None = None) -> Any:
+    """NNCF post-training int8 of the case's export as an OpenVINO model: `nncf.quantize` on
+    `calibration` (default: the case's calibration samples), model_type TRANSFORMER for
+    transformers."""
+    import nncf
+    import openvino as ov
+
+    samples = case.calibration if calibration is None else calibration
+    if not samples:
+        raise ValueError("nncf-int8+openvino needs calibration samples (case.calibration is empty)")
+    model = ov.Core().read_model(str(case.onnx_path))
+    names = {name for port in model.inputs for name in port.get_names()}
+    dataset = nncf.Dataset(samples, lambda sample: {k: v for k, v in sample.items() if k in names})
+    return nncf.quantize(model, dataset, subset_size=len(samples),
+                         model_type=nncf.ModelType.TRANSFORMER if is_transformer(case) else None)
+
+
+def is_transformer(case: ModelCase) -> bool:
+    """Whether NNCF should treat the case as a transformer (its sensitive ops kept in fp32)."""
+    return case.kind in _TRANSFORMER_KINDS or "vit" in case.name
+
+
 def openvino_prepared(case: ModelCase, model_path: str | os.PathLike, precision: str | None, *,
                       optimize_seconds: float = 0.0, note: str = "", nodes: int | None = None) -> Prepared:
     """A Prepared that runs `model_path` compiled by OpenVINO for the CPU, set up as the ORT
@@ -492,10 +524,7 @@ def openvino_prepared(case: ModelCase, model_path: str | os.PathLike, precision:
     import openvino as ov
 
     core = ov.Core()
-    properties: dict[str, Any] = {"INFERENCE_NUM_THREADS": THREADS, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-    if precision is not None:
-        properties["INFERENCE_PRECISION_HINT"] = precision
-    compiled = core.compile_model(core.read_model(str(model_path)), "CPU", properties)
+    compiled = core.compile_model(core.read_model(str(model_path)), "CPU", openvino_properties(precision))
     request = compiled.create_infer_request()
     names = {name for port in compiled.inputs for name in port.get_names()}
     feeds = {name: np.ascontiguousarray(value) for name, value in case.inputs.items() if name in names}
@@ -551,18 +580,11 @@ class NncfInt8OpenVINO(Config):
                    "samples; model_type TRANSFORMER for transformers), then OpenVINO CPU f32")
 
     def prepare(self, case: ModelCase, workdir: Path) -> Prepared:
-        import nncf
         import openvino as ov
 
-        if not case.calibration:
-            raise ValueError("nncf-int8+openvino needs calibration samples (case.calibration is empty)")
         started = time.perf_counter()
-        model = ov.Core().read_model(str(case.onnx_path))
-        names = {name for port in model.inputs for name in port.get_names()}
-        dataset = nncf.Dataset(case.calibration, lambda sample: {k: v for k, v in sample.items() if k in names})
-        transformer = case.kind in _TRANSFORMER_KINDS or "vit" in case.name
-        quantized = nncf.quantize(model, dataset, subset_size=len(case.calibration),
-                                  model_type=nncf.ModelType.TRANSFORMER if transformer else None)
+        quantized = nncf_int8_model(case)
+        transformer = is_transformer(case)
         path = workdir / f"{self.name}.xml"
         ov.save_model(quantized, str(path), compress_to_fp16=False)
         seconds = time.perf_counter() - started

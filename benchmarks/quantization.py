@@ -21,6 +21,14 @@ per-round ratios. One line per model:
 
 (the best peer is the faster ORT quantization, named in the parentheses with kiln's ratio to the
 per-channel one; cos is the accuracy figure above: MiniLM's smallest sentence cosine).
+
+`--backends` (default both): ``openvino`` times kiln's int8 lowered to OpenVINO (int8 weights
+behind DequantizeLinear; the CPU plugin quantizes the activations per group) against OpenVINO
+CPU f32 and the NNCF peers, NNCF int8 (`nncf.quantize`, calibration sets 1-4) and NNCF int8
+weight compression (`compress_weights` INT8_SYM, the plugin's default group size kept), in
+rotation with ORT per-channel as the anchor; one line per model:
+
+    MODEL backend=openvino kiln_vs_best_peer=<ratio> kiln_cos=<x> peer_cos=<y> (...)
 """
 
 from __future__ import annotations
@@ -150,6 +158,118 @@ def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 
     return result
 
 
+OPENVINO_PEERS = ("nncf-int8", "nncf-w8")
+OPENVINO_CONFIGS = ("ov-fp32", *OPENVINO_PEERS, "kiln-int8", "ort-dynamic-per-channel")
+
+
+@dataclass
+class OpenVINOResult:
+    """kiln int8 on OpenVINO and the NNCF peers of one model, timed in rotation with ORT
+    per-channel as the anchor between the two backends."""
+
+    model: str
+    batch: int
+    accuracy: dict[str, Accuracy] = field(default_factory=dict)
+    median_ms: dict[str, float] = field(default_factory=dict)
+    vs_ort_per_channel: dict[str, float] = field(default_factory=dict)
+    other_cpu_pct: float | None = None
+    group_size: int | None = None
+    kiln_vs_peer: dict[str, float] = field(default_factory=dict)
+    kiln_linears: str = ""
+    optimize_seconds: float = 0.0
+
+    def line(self) -> str:
+        best = min(OPENVINO_PEERS, key=lambda c: self.median_ms[c])
+        others = ", ".join(f"{c} {self.vs_ort_per_channel[c]:.3f}x ORT per-channel, cos {self.accuracy[c].min_cosine:.5f}"
+                           for c in OPENVINO_PEERS)
+        return (f"{self.model} backend=openvino kiln_vs_best_peer={self.kiln_vs_peer[best]:.3f} "
+                f"kiln_cos={self.accuracy['kiln-int8'].min_cosine:.5f} peer_cos={self.accuracy[best].min_cosine:.5f} "
+                f"(best peer {best}; kiln {self.vs_ort_per_channel['kiln-int8']:.3f}x ORT per-channel; {others})")
+
+
+def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 5.0,
+                 quantize: Any = "int8") -> OpenVINOResult:
+    """OpenVINO CPU f32 (protocol properties), NNCF int8 (`nncf.quantize` on the calibration sets),
+    NNCF int8 weight compression (`compress_weights` INT8_SYM: int8 weights, activations
+    quantized per group of `DYNAMIC_QUANTIZATION_GROUP_SIZE` by the CPU plugin, its default kept)
+    and kiln (`quantize` with backend openvino, the same calibration sets), with ORT per-channel
+    dynamic as the anchor; accuracy on the held-out sets as for ORT."""
+    import nncf
+    import openvino as ov
+
+    import kiln
+    from benchmarks import zoo
+    from benchmarks.base import MAX_SECONDS, MIN_ROUNDS, SLOW_CALL_MS, THREADS
+    from benchmarks.configs import nncf_int8_model, openvino_properties, ort_session
+    from kiln.backends.timing import CpuTimes, round_robin
+
+    case = zoo.load_case(name, batch, calibration_samples=CALIBRATION + HELD_OUT)
+    calibration, held_out = case.calibration[:CALIBRATION], case.calibration[CALIBRATION:]
+    core = ov.Core()
+    result = OpenVINOResult(name, batch)
+    models = {"ov-fp32": core.read_model(str(case.onnx_path)),
+              "nncf-int8": nncf_int8_model(case, calibration),
+              "nncf-w8": nncf.compress_weights(core.read_model(str(case.onnx_path)),
+                                               mode=nncf.CompressWeightsMode.INT8_SYM)}
+    with tempfile.TemporaryDirectory(prefix=f"kiln-quant-ov-{name}-") as tmp:
+        started = time.perf_counter()
+        optimized = kiln.optimize(case.onnx_path, level=2, quantize=quantize, calibration=calibration,
+                                  sample_inputs=case.inputs, target=kiln.Target(backend="openvino",
+                                                                               intra_op_threads=THREADS))
+        result.optimize_seconds = time.perf_counter() - started
+        entry = next(p for p in optimized.report.passes if p.name == "quantize_dynamic_int8")
+        result.kiln_linears = f"{entry.status}: {entry.message}"
+        models["kiln-int8"] = core.read_model(str(optimized.save(Path(tmp) / "kiln-int8.onnx")))
+        compiled = {c: core.compile_model(m, "CPU", openvino_properties("f32")) for c, m in models.items()}
+        result.group_size = int(compiled["nncf-w8"].get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+        session = ort_session(_ort_dynamic(Path(case.onnx_path), Path(tmp), per_channel=True))
+        requests = {c: m.create_infer_request() for c, m in compiled.items()}
+        names = {c: {n for port in m.inputs for n in port.get_names()} for c, m in compiled.items()}
+
+        def runner(config: str) -> Any:
+            if config == "ort-dynamic-per-channel":
+                return lambda feeds: session.run(None, feeds)[0]
+            request, wanted, first = requests[config], names[config], compiled[config].outputs[0]
+            return lambda feeds: np.asarray(request.infer({k: v for k, v in feeds.items() if k in wanted})[first])
+
+        runners = {c: runner(c) for c in OPENVINO_CONFIGS}
+        outputs = {c: [run(feeds) for feeds in held_out] for c, run in runners.items()}
+        references = outputs["ov-fp32"]
+        measure = _embedding_accuracy if case.kind == "sentence-embedding" else _output_accuracy
+        result.accuracy = {c: measure(references, outs) for c, outs in outputs.items() if c != "ov-fp32"}
+        before = CpuTimes.now()
+        samples = dict(zip(runners, round_robin([lambda run=run: run(case.inputs) for run in runners.values()],
+                                                repeats=repeats, min_seconds=min_seconds, max_seconds=MAX_SECONDS,
+                                                min_rounds=MIN_ROUNDS, slow_call_ms=SLOW_CALL_MS)))
+        after = CpuTimes.now()
+    result.other_cpu_pct = (after - before).other_pct if before and after else None
+    result.median_ms = {c: float(statistics.median(v)) for c, v in samples.items()}
+    anchor = samples["ort-dynamic-per-channel"]
+    result.vs_ort_per_channel = {c: statistics.median(a / b for a, b in zip(v, anchor)) for c, v in samples.items()}
+    result.kiln_vs_peer = {p: statistics.median(a / b for a, b in zip(samples["kiln-int8"], samples[p]))
+                           for p in OPENVINO_PEERS}
+    print(result.line(), flush=True)
+    return result
+
+
+def render_openvino(results: list[OpenVINOResult]) -> str:
+    group = results[0].group_size if results else "?"
+    lines = ["", ("OpenVINO CPU (f32 inference precision, the protocol's threads / stream / LATENCY hint), "
+                  "accuracy against OpenVINO fp32 on the same held-out sets; `nncf-w8` quantizes activations "
+                  f"per group of {group} (the CPU plugin's default DYNAMIC_QUANTIZATION_GROUP_SIZE)."), "",
+             "| model | batch | config | ms | / ORT per-channel | accuracy | others' CPU % |",
+             "|---|---:|---|---:|---:|---|---:|"]
+    for r in results:
+        other = f"{r.other_cpu_pct:.0f}" if r.other_cpu_pct is not None else "?"
+        for config in OPENVINO_CONFIGS:
+            accuracy = r.accuracy[config].text() if config in r.accuracy else "reference"
+            lines.append(f"| {r.model} | {r.batch} | {config} | {r.median_ms[config]:.2f} | "
+                         f"{r.vs_ort_per_channel[config]:.3f} | {accuracy} | {other} |")
+    lines += ["", *(f"- {r.model}: kiln's pass {r.kiln_linears} (optimize {r.optimize_seconds:.0f} s)" for r in results),
+              "", "```", *(r.line() for r in results), "```"]
+    return "\n".join(lines)
+
+
 def render(results: list[ModelResult], command: str, machine: str) -> str:
     lines = [
         "# Quantization (issue 14): kiln int8 against ORT's dynamic quantizer", "",
@@ -182,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="kiln's budget: the cosine every sample keeps (default 0.99, QuantConfig's)")
     parser.add_argument("--whole-batch", action="store_true",
                         help="kiln's budget on the flattened batch instead of every sample")
+    parser.add_argument("--backends", default="onnxruntime,openvino",
+                        help="onnxruntime (kiln against ORT's quantizer) and/or openvino (the NNCF peers)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from kiln.cost_model.machine import cpu_facts
@@ -195,9 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     settings: dict[str, Any] = {"repeats": 6, "min_seconds": 1.0} if args.quick else {}
     settings["quantize"] = QuantConfig(budget=CosineBudget(min_cosine=args.min_cosine, per_sample=not args.whole_batch))
     machine += f"; kiln's budget {settings['quantize'].budget}"
-    results = [run_model(name, args.batch, **settings) for name in args.models.split(",") if name]
+    names = [name for name in args.models.split(",") if name]
+    backends = {b for b in args.backends.split(",") if b}
+    if backends - {"onnxruntime", "openvino"}:
+        parser.error(f"unknown backend(s) {sorted(backends - {'onnxruntime', 'openvino'})}: onnxruntime, openvino")
+    results = [run_model(name, args.batch, **settings) for name in names] if "onnxruntime" in backends else []
+    openvino = [run_openvino(name, args.batch, **settings) for name in names] if "openvino" in backends else []
     command = "python -m benchmarks quantization " + " ".join(argv if argv is not None else sys.argv[2:])
-    table = render(results, command.strip(), machine)
+    table = render(results, command.strip(), machine) + (render_openvino(openvino) if openvino else "")
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")

@@ -130,10 +130,11 @@ def optimize(
         dim_values: sizes of symbolic dims by name, e.g. ``{"image_width": 160, "batch": 1}``.
         fix_shapes: write the bound shapes into the model (its inputs become static, and folding
             may use them); by default they stay symbolic in the optimized model.
-        quantize: approximate, off by default: "int8" (dynamic int8 linears on ONNX Runtime, no
-            calibration data needed) or a ``kiln.QuantConfig`` (e.g.
+        quantize: approximate, off by default: "int8" (dynamic int8 linears, no calibration data
+            needed; on ONNX Runtime its DynamicQuantizeMatMul, on OpenVINO int8 weights it compiles
+            with its own per-group activation quantization) or a ``kiln.QuantConfig`` (e.g.
             ``QuantConfig(budget=kiln.CosineBudget(min_cosine=0.999, per_sample=True))``). A linear
-            is quantized when the cost model prices it faster in int8 and the outputs keep the
+            is quantized when the cost model (on OpenVINO: a measurement) says it is faster in int8 and the outputs keep the
             config's budget (by default every sample keeps cosine 0.99) on the calibration inputs
             and then the sample inputs; the report has a row per linear. Runs after the level's
             passes.

@@ -379,9 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="approximate: drop residual blocks while the outputs on --sample-inputs keep this "
                           "cosine similarity with the original (e.g. 0.99); off by default")
     opt.add_argument("--quantize", choices=["int8"],
-                     help="approximate: dynamic int8 linears where the cost model prices them faster and every sample's "
-                          "output keeps cosine 0.99 with the original on the calibration and sample inputs; "
-                          "off by default")
+                     help="approximate: dynamic int8 linears (ONNX Runtime or OpenVINO, --backend) where they are "
+                          "priced or measured faster and every sample's output keeps cosine 0.99 with the original on "
+                          "the calibration and sample inputs; off by default")
     opt.add_argument("--calibration", action="append", metavar="NPZ",
                      help="inputs (.npz keyed by input name) --quantize measures its accuracy on; repeatable "
                           "(default: the sample inputs)")

@@ -38,11 +38,12 @@ from kiln.ir.queries import has_symbolic_inputs
 from kiln.ir.shapes import BoundShapes, ShapeBinding, bind_shapes, fix_input_shapes
 from kiln.passes.approximate.block_dropping import BlockBudget, DropResidualBlocks
 from kiln.passes.infra import IRDump, NumericValidation, PassContext, PassManager, StructuralCheck, Tolerance
+from kiln.passes.infra.contract import ErrorBudget, Pass
 from kiln.passes.infra.cost_prediction import CostPrediction
 from kiln.passes.infra.instruments import Instrument
 from kiln.passes.infra.manager import PipelineStep
 from kiln.passes.infra.options import PassOptions
-from kiln.passes.infra.validation import compare_outputs
+from kiln.passes.infra.validation import compare_outputs, compare_with_budget
 from kiln.passes.pipeline import passes_for_level
 from kiln.passes.quantization import QuantConfig, QuantizeLinearsDynamicInt8
 from kiln.report.model import Alternative, Decision, ErrorStats, OptimizationReport
@@ -122,11 +123,12 @@ class Optimizer:
         self.cost = cost or CostConfig()
         self.dump_ir = dump_ir
         self.pipeline.steps()  # an unknown level fails here, before any capture
-        if self.pipeline.quantize is not None and (self.target.backend != "onnxruntime" or choose_backend):
-            raise BackendError(f"quantize={self.pipeline.quantize.scheme!r} lowers to ONNX Runtime's "
-                               "com.microsoft.DynamicQuantizeMatMul, which only the 'onnxruntime' backend runs "
-                               f"(asked: {'auto' if choose_backend else self.target.backend!r}); int8 for OpenVINO "
-                               "is not built yet: use backend='onnxruntime'.")
+        if self.pipeline.quantize is not None and (self.target.backend not in ("onnxruntime", "openvino")
+                                                   or choose_backend):
+            raise BackendError(f"quantize={self.pipeline.quantize.scheme!r} lowers to ONNX Runtime (its "
+                               "com.microsoft.DynamicQuantizeMatMul) or to OpenVINO (int8 weights it compiles with its "
+                               f"own activation quantization), not to {'auto' if choose_backend else self.target.backend!r}"
+                               ": choose the backend, backend='onnxruntime' or backend='openvino'.")
 
     @property
     def threads(self) -> int:
@@ -161,6 +163,10 @@ class Optimizer:
         """Run `model` as validation does."""
         return ort_backend.run_model(model, feeds, self.validation_target())
 
+    def run_on_target(self, model: ir.Model, feeds: Feeds) -> list[Any]:
+        """Run `model` compiled for the target backend (a fresh compilation each call)."""
+        return compile_model(model, self.target).run(feeds)
+
     def optimize(self, model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None,
                  name: str | None = None) -> OptimizationRun:
         """Capture `model` (a copy: the caller's object is not modified), run the pipeline with
@@ -180,7 +186,9 @@ class Optimizer:
         ctx = PassContext(
             target=self.target, cost=CostOracle(cost_model, resolution=pipeline.options.cost_resolution)
             if cost_model is not None else None, measured=self.measured_choices(), sample_inputs=feeds,
-            calibration=list(self.validation.calibration), options=pipeline.options, runner=self.run_reference)
+            calibration=list(self.validation.calibration), options=pipeline.options, runner=self.run_reference,
+            target_runner=self.run_on_target if self.target.backend != "onnxruntime" and not self.choose_backend
+            else None)
         check_backend = (self.target.backend != "onnxruntime" or self.choose_backend) and self.validation.enabled \
             and feeds is not None
         # the clone shares weight tensors
@@ -289,7 +297,8 @@ class Optimizer:
             try:
                 executable = compile_model(optimized, target)
                 if original is not None and reference is not None:
-                    checks[name] = self._backend_error(original, reference, optimized, feeds, target, executable)
+                    checks[name] = self._backend_error(original, reference, optimized, feeds, target, executable,
+                                                       report=report)
                 executables[name] = executable
             except KilnError as exc:
                 excluded[name] = str(exc).split(". ")[0]
@@ -321,14 +330,26 @@ class Optimizer:
         started = time.perf_counter()
         reference = self.run_reference(original, feeds)
         report.backend_error, report.backend_check = self._backend_error(original, reference, optimized, feeds,
-                                                                         self.target)
+                                                                         self.target, report=report)
         report.validation_seconds += time.perf_counter() - started
 
+    def _applied_budget(self, report: OptimizationReport | None) -> ErrorBudget | None:
+        """The error budget of the last approximate pass the report says applied (the final model
+        is held to it against the original), or None when every applied pass was exact."""
+        if report is None:
+            return None
+        applied = {p.name for p in report.passes if p.status == "applied" and not p.exact}
+        budgets = [step.error_budget for step in self.pipeline.steps()
+                   if isinstance(step, Pass) and step.name in applied and step.error_budget is not None]
+        return budgets[-1] if budgets else None
+
     def _backend_error(self, original: ir.Model, reference: list[Any], optimized: ir.Model, feeds: Feeds,
-                       target: Target, executable: Any = None) -> tuple[ErrorStats, str]:
+                       target: Target, executable: Any = None, *,
+                       report: OptimizationReport | None = None) -> tuple[ErrorStats, str]:
         """Run the optimized model compiled for `target` (or `executable`) on the sample inputs
         and compare it with `reference` (the original's outputs on ONNX Runtime, optimizer off),
-        within the validation tolerance loosened to the backend's inference precision.
+        within the validation tolerance loosened to the backend's inference precision, or, when
+        an approximate pass applied (`report`), within its budget.
 
         Raises:
             BackendNumericsError: the backend computes the original outside that tolerance too.
@@ -340,7 +361,18 @@ class Optimizer:
         floor = BACKEND_PRECISION_FLOOR.get(precision, 0.0)
         tolerance = self.validation.tolerance
         allowed = Tolerance(atol=max(tolerance.atol, floor), rtol=max(tolerance.rtol, floor))
-        stats, violation = compare_outputs([v.name for v in optimized.graph.outputs], reference, outputs, allowed)
+        names = [v.name for v in optimized.graph.outputs]
+        budget = self._applied_budget(report)
+        if budget is not None:  # an approximate pass changed the outputs on purpose: its budget holds
+            stats, violation = compare_with_budget(names, reference, outputs, budget)
+            if violation:
+                raise ValidationError(
+                    f"The optimized model compiled for {target.backend} ({precision}) is outside the budget of the "
+                    f"approximate passes against the reference (the original on ONNX Runtime): {violation}. Loosen "
+                    "the budget, give calibration inputs like the ones you run, or use backend='onnxruntime'.")
+            return stats, (f"{target.backend} ({precision}) against the reference: min cosine "
+                           f"{stats.min_cosine:.6f} within {budget}")
+        stats, violation = compare_outputs(names, reference, outputs, allowed)
         if violation:
             self._raise_backend_mismatch(original, reference, optimized, feeds, target, precision, allowed, violation)
         return stats, (f"{target.backend} ({precision}) against the reference: max abs error {stats.max_abs:.2e} "

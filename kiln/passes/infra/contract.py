@@ -95,6 +95,9 @@ class PassContext:
     - `sample_inputs`: the feeds validation runs on; `calibration`: feeds for passes that look
       at activations (quantization, block dropping), by default the sample inputs.
     - `runner`: runs a model on feeds (the validation runner; passes never import a backend).
+    - `target_runner`: runs a model compiled for the target backend, for passes whose error
+      depends on the backend's kernels (OpenVINO's int8 GEMMs quantize activations themselves);
+      None when the target is ONNX Runtime, where `runner` is that.
     - `options`: typed options (`PassOptions`; unknown keys are an error).
 
     Every decision a pass takes is kept with `record`; `decisions` is the running pass's
@@ -108,6 +111,7 @@ class PassContext:
     calibration: list[Feeds] = field(default_factory=list)
     options: PassOptions = field(default_factory=PassOptions)
     runner: ModelRunner | None = None
+    target_runner: ModelRunner | None = None
     decisions: list[Decision] = field(default_factory=list)
 
     def __post_init__(self) -> None:

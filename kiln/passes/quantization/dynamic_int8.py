@@ -21,8 +21,13 @@ once: ``DynamicQuantizeLinear(A)`` feeding one ``com.microsoft.MatMulIntegerToFl
 which computes exactly what their DynamicQuantizeMatMuls would (the same uint8 A, scale and zero
 point); which form is faster is measured on the target once per shape (`shared_activation`).
 
-Every linear is a `Decision` row: both alternatives' predicted times, its solo and the joint
-cosine, and why; so is every shape of shared activation. The pass is approximate: the
+On OpenVINO the same linears become int8 weights behind a DequantizeLinear read by the MatMul
+(`compressed_weights`): OpenVINO's CPU plugin quantizes the activation itself, per group of a
+row, for its int8 GEMM. No kiln model prices those kernels, so speed is a measured choice per
+linear shape (fp32 against int8, on the target); the budget search is the same, run on OpenVINO.
+
+Every linear is a `Decision` row: both alternatives' predicted (or measured) times, its solo and
+the joint cosine, and why; so is every shape of shared activation. The pass is approximate: the
 PassManager checks its result against the original with the budget on the sample inputs, which
 need not be the calibration ones.
 """
@@ -43,11 +48,13 @@ from kiln.ir.provenance import merge_provenance
 from kiln.passes.infra.contract import ModelRunner, Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
 from kiln.passes.infra.validation import OutputScore, score_outputs
+from kiln.passes.quantization.compressed_weights import LinearShape, compressed_linear
+from kiln.passes.quantization.compressed_weights import alternatives as compressed_alternatives
 from kiln.passes.quantization.config import QuantConfig
 from kiln.passes.quantization.linears import Linear, find_linears, linear_of
 from kiln.passes.quantization.shared_activation import SharedShape
 from kiln.passes.quantization.shared_activation import alternatives as shared_alternatives
-from kiln.passes.quantization.weights import quantize_weight
+from kiln.passes.quantization.weights import QuantizedWeight, quantize_weight
 from kiln.report.model import Alternative, Decision, Rewrite
 
 logger = logging.getLogger(__name__)
@@ -56,6 +63,9 @@ __all__ = ["QuantizeLinearsDynamicInt8"]
 
 _DOMAIN = "com.microsoft"
 _OP = "DynamicQuantizeMatMul"
+#: The form each backend runs dynamic int8 linears in: ONNX Runtime's contrib kernels, or int8
+#: weights behind a DequantizeLinear that OpenVINO compiles into its compressed-weight GEMM.
+_FORMS = {"onnxruntime": "contrib", "openvino": "compressed"}
 _SHARED_OP = "MatMulIntegerToFloat"
 _QUESTION = "quantize linear to dynamic int8"
 _SHARED_QUESTION = "quantize an activation several int8 linears read once"
@@ -84,14 +94,18 @@ class QuantizeLinearsDynamicInt8(Pass):
         self.runner = runner
 
     def call(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        if ctx.target.backend != "onnxruntime":
-            raise PassError(f"dynamic int8 quantization lowers to ONNX Runtime's {_DOMAIN}.{_OP}, which the "
-                            f"{ctx.target.backend!r} backend does not run; use backend='onnxruntime' (int8 for "
-                            "OpenVINO is not built yet).")
-        reduce_range = self.config.reduce_range if self.config.reduce_range is not None else not _cpu_has_vnni()
+        form = _FORMS.get(ctx.target.backend)
+        if form is None:
+            raise PassError(f"dynamic int8 quantization lowers to ONNX Runtime or OpenVINO, not to the "
+                            f"{ctx.target.backend!r} backend; use backend='onnxruntime' or 'openvino'.")
+        # 7-bit weights keep ORT's u8s8 GEMM from saturating without VNNI; OpenVINO handles its own
+        reduce_range = (self.config.reduce_range if self.config.reduce_range is not None
+                        else form == "contrib" and not _cpu_has_vnni())
         linears, left = find_linears(model.graph)
         positions = {node: index for index, node in enumerate(model.graph)}
-        decisions = [self._priced(linear, ctx, reduce_range) for linear in linears]
+        decisions = (self._priced(linear, ctx, reduce_range) if form == "contrib" else self._measured(linear, ctx)
+                     for linear in linears)
+        decisions = list(decisions)
         chosen = [i for i, d in enumerate(decisions) if d.chosen == "int8"]
         leftover = "; ".join(f"{count} left: {why}" for why, count in sorted(left.items()))
         if not chosen:
@@ -99,23 +113,25 @@ class QuantizeLinearsDynamicInt8(Pass):
                 ctx.record(decision)
             return PassResult(model, False, message=f"no linear is predicted faster in int8 ({len(linears)} priced"
                               + (f"; {leftover}" if leftover else "") + ")")
-        runner = self.runner or ctx.runner
+        # OpenVINO quantizes the activations inside its kernels: the error is the backend's to measure
+        runner = self.runner or (ctx.target_runner if form == "compressed" else None) or ctx.runner
         feeds = self.calibration or ctx.calibration_feeds()
         # the inputs validation will check, unless the search already ran on them
         held_out = ctx.sample_inputs if ctx.sample_inputs is not None and all(
             f is not ctx.sample_inputs for f in feeds) else None
         if runner is not None and feeds:
             chosen = self._fit_budget(model, runner, feeds, [positions[linears[i].node] for i in chosen],
-                                      chosen, decisions, reduce_range, held_out)
+                                      chosen, decisions, reduce_range, held_out, form=form)
         for decision in decisions:
             ctx.record(decision)
         if not chosen:
             return PassResult(model, False, message=f"no linear fits the budget {self.error_budget} in int8")
-        shared = self._shared_activations([linears[i] for i in chosen], ctx)
+        shared = self._shared_activations([linears[i] for i in chosen], ctx) if form == "contrib" else set()
         rewrites = _quantize(model, [positions[linears[i].node] for i in chosen], self.config.per_channel,
-                             reduce_range, [decisions[i] for i in chosen], shared=shared)
+                             reduce_range, [decisions[i] for i in chosen], shared=shared, form=form)
         message = (f"{len(chosen)} of {len(linears)} linears in dynamic int8 "
                    f"({'per-channel' if self.config.per_channel else 'per-tensor'}"
+                   f"{', int8 weights OpenVINO compiles with its own activation quantization' if form == 'compressed' else ''}"
                    f"{', 7-bit weights' if reduce_range else ''}"
                    f"{f'; {len(shared)} activations quantized once for several linears' if shared else ''})"
                    + (f"; {leftover}" if leftover else ""))
@@ -138,6 +154,23 @@ class QuantizeLinearsDynamicInt8(Pass):
         return ctx.cost.choose(subject, _QUESTION, {"fp32": [linear.node], "int8": [_sketch(linear)]}, keep="fp32",
                                metrics=metrics, why={"int8": "int8 weights and an int8 GEMM, A quantized per call"
                                                      + (" (7-bit weights: no VNNI)" if reduce_range else "")})
+
+    def _measured(self, linear: Linear, ctx: PassContext) -> Decision:
+        """The linear's decision row on speed alone for OpenVINO: fp32 against int8 weights,
+        measured on the target once per shape (the budget may revise it)."""
+        weight_bytes = {"fp32": float(linear.weight.nbytes), "int8": float(linear.weight.size)}
+        if linear.node.name in self.config.exclude:
+            return Decision(linear.name, _QUESTION,
+                            [Alternative(name, metrics={"weight_bytes": v}) for name, v in weight_bytes.items()],
+                            chosen="fp32", reason="excluded by QuantConfig.exclude", decided_by="precondition")
+        shape = LinearShape.of(linear)
+        decision = measured_decision(ctx.measured, key=shape.key, subject=linear.name, question=_QUESTION,
+                                     names=("fp32", "int8"), build=lambda: compressed_alternatives(shape),
+                                     policy=ctx.measured_policy, static=shape.static)
+        for alternative in decision.alternatives:
+            alternative.metrics["weight_bytes"] = weight_bytes[alternative.name]
+        decision.reason = f"{shape}: {decision.reason}"
+        return decision
 
     @staticmethod
     def _shared_activations(linears: list[Linear], ctx: PassContext) -> set[str]:
@@ -175,7 +208,7 @@ class QuantizeLinearsDynamicInt8(Pass):
 
     def _fit_budget(self, model: ir.Model, runner: ModelRunner, feeds: list[Feeds], positions: list[int],
                     chosen: list[int], decisions: list[Decision], reduce_range: bool,
-                    held_out: Feeds | None = None) -> list[int]:
+                    held_out: Feeds | None = None, form: str = "contrib") -> list[int]:
         """The chosen linears (indices into `decisions`) that keep the budget together: all of them
         if they do, else drop the one with the largest solo error and measure again, first on the
         calibration feeds, then on the `held_out` feeds (the sample inputs validation checks, when
@@ -188,7 +221,8 @@ class QuantizeLinearsDynamicInt8(Pass):
 
         def measure(subset: list[int], on: str) -> OutputScore:
             trial = model.clone()
-            _quantize(trial, [positions[chosen.index(i)] for i in subset], self.config.per_channel, reduce_range)
+            _quantize(trial, [positions[chosen.index(i)] for i in subset], self.config.per_channel, reduce_range,
+                      form=form)
             inputs, reference = sets[on]
             return score_outputs(runner, trial, inputs, names, reference, per_sample=self.config.budget.per_sample)
 
@@ -253,14 +287,17 @@ def _sketch(linear: Linear, quantized: ir.Node | None = None) -> ir.Node:
 
 
 def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_range: bool,
-              decisions: Sequence[Decision] | None = None, shared: set[str] = frozenset()) -> list[Rewrite]:
+              decisions: Sequence[Decision] | None = None, shared: set[str] = frozenset(),
+              form: str = "contrib") -> list[Rewrite]:
     """Rewrite the linears at `positions` of the graph's node order (positions survive
     `Model.clone()`, node identity does not) into DynamicQuantizeMatMul, in place; those reading
-    an activation named in `shared` into MatMulIntegerToFloat of one DynamicQuantizeLinear of it."""
+    an activation named in `shared` into MatMulIntegerToFloat of one DynamicQuantizeLinear of it;
+    with ``form="compressed"`` into a MatMul of the int8 weight's DequantizeLinear (OpenVINO)."""
     graph = model.graph
     nodes = list(graph)
     rewrites: list[Rewrite] = []
-    graph.opset_imports.setdefault(_DOMAIN, 1)
+    if form == "contrib":
+        graph.opset_imports.setdefault(_DOMAIN, 1)
     quantized: dict[str, ir.Node] = {}  # shared activation -> its DynamicQuantizeLinear
     for k, position in enumerate(positions):
         linear = linear_of(nodes[position])
@@ -268,28 +305,15 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
             raise PassError(f"node {nodes[position].name!r} is no longer a quantizable linear: {linear}")
         refs = [node_ref(linear.node)]
         q = quantize_weight(linear.weight, per_channel=per_channel, reduce_range=reduce_range)
-        prefix = linear.name
-        weight = new_initializer(graph, f"{prefix}.weight_int8", q.values)
-        scale = new_initializer(graph, f"{prefix}.weight_scale", (q.scale * np.float32(linear.alpha)).astype(np.float32))
-        zero_point = new_initializer(graph, f"{prefix}.weight_zero_point", q.zero_point)
-        bias = [new_initializer(graph, f"{prefix}.bias", linear.bias)] if linear.bias is not None else []
         old_weights = [v for v in linear.node.inputs[1:] if v is not None]
-        name = linear.activation.name
-        if name in shared:
-            if name not in quantized:  # before the first reader: the activation exists there
-                quantized[name] = ir.Node("", "DynamicQuantizeLinear", [linear.activation], num_outputs=3,
-                                          name=f"{name}.dynamic_quantize")
-                for output, suffix in zip(quantized[name].outputs, ("quantized", "scale", "zero_point")):
-                    output.name = f"{name}.{suffix}"
-                graph.insert_before(linear.node, quantized[name])
-            a, a_scale, a_zero_point = quantized[name].outputs
-            node = ir.Node(_DOMAIN, _SHARED_OP, [a, weight, a_scale, scale, a_zero_point, zero_point, *bias],
-                           name=linear.node.name, num_outputs=1)
+        if form == "compressed":
+            new_nodes = compressed_linear(graph, linear, q)
         else:
-            node = ir.Node(_DOMAIN, _OP, [linear.activation, weight, scale, zero_point, *bias],
-                           name=linear.node.name, num_outputs=1)
-        merge_provenance(node, [linear.node])
-        ir.convenience.replace_nodes_and_values(graph, linear.node, [linear.node], [node],
+            new_nodes = _contrib_nodes(graph, linear, q, shared, quantized)
+        node = new_nodes[-1]
+        for new_node in new_nodes:
+            merge_provenance(new_node, [linear.node])
+        ir.convenience.replace_nodes_and_values(graph, linear.node, [linear.node], new_nodes,
                                                 [linear.node.outputs[0]], [node.outputs[0]])
         if linear.transpose is not None and not linear.transpose.outputs[0].uses() \
                 and not linear.transpose.outputs[0].is_graph_output():
@@ -304,7 +328,33 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
                 rule=QuantizeLinearsDynamicInt8.rule, nodes=refs,
                 reason=decisions[k].reason + (f" (int8 predicted {int8.predicted_ms:.4f} ms)"
                                               if int8 is not None and int8.predicted_ms is not None else ""),
-                result=f"{_DOMAIN}.{node.op_type} {node.name!r}, weight {linear.weight.shape[0]}x{linear.weight.shape[1]} "
-                       f"int8 ({saved / 1e6:.2f} MB less if the fp32 weight had no other reader)"))
+                result=f"{node.domain or 'ai.onnx'}.{node.op_type} {node.name!r}, weight "
+                       f"{linear.weight.shape[0]}x{linear.weight.shape[1]} int8 ({saved / 1e6:.2f} MB less if the fp32 "
+                       "weight had no other reader)"))
     return rewrites
+
+
+def _contrib_nodes(graph: ir.Graph, linear: Linear, q: QuantizedWeight, shared: set[str],
+                   quantized: dict[str, ir.Node]) -> list[ir.Node]:
+    """ONNX Runtime's form of `linear` (not yet inserted): a DynamicQuantizeMatMul, or, when its
+    activation is in `shared`, a MatMulIntegerToFloat of the activation's one DynamicQuantizeLinear
+    (made before its first reader and remembered in `quantized`)."""
+    prefix = linear.name
+    weight = new_initializer(graph, f"{prefix}.weight_int8", q.values)
+    scale = new_initializer(graph, f"{prefix}.weight_scale", (q.scale * np.float32(linear.alpha)).astype(np.float32))
+    zero_point = new_initializer(graph, f"{prefix}.weight_zero_point", q.zero_point)
+    bias = [new_initializer(graph, f"{prefix}.bias", linear.bias)] if linear.bias is not None else []
+    name = linear.activation.name
+    if name not in shared:
+        return [ir.Node(_DOMAIN, _OP, [linear.activation, weight, scale, zero_point, *bias], name=linear.node.name,
+                        num_outputs=1)]
+    if name not in quantized:  # before the first reader: the activation exists there
+        quantized[name] = ir.Node("", "DynamicQuantizeLinear", [linear.activation], num_outputs=3,
+                                  name=f"{name}.dynamic_quantize")
+        for output, suffix in zip(quantized[name].outputs, ("quantized", "scale", "zero_point")):
+            output.name = f"{name}.{suffix}"
+        graph.insert_before(linear.node, quantized[name])
+    a, a_scale, a_zero_point = quantized[name].outputs
+    return [ir.Node(_DOMAIN, _SHARED_OP, [a, weight, a_scale, scale, a_zero_point, zero_point, *bias],
+                    name=linear.node.name, num_outputs=1)]
 

@@ -213,8 +213,37 @@ def test_schemes_not_built_and_other_backends_are_refused_with_what_to_do():
         kiln.optimize(_mlp(), quantize="int4-weights")
     with pytest.raises(InputError, match="not a quantization scheme"):
         kiln.optimize(_mlp(), quantize="fp8")
-    with pytest.raises(BackendError, match="DynamicQuantizeMatMul.*onnxruntime"):
-        kiln.optimize(_mlp(), quantize="int8", backend="openvino")
+    with pytest.raises(BackendError, match="choose the backend"):
+        kiln.optimize(_mlp(), quantize="int8", backend="auto")
+
+
+def test_on_openvino_the_linears_keep_int8_weights_behind_a_dequantize_and_the_budget_is_openvinos():
+    """OpenVINO's form: int8 weights read through DequantizeLinear by the same MatMul (no
+    com.microsoft op); the speed choice is measured (a fake timer here) and the final check on
+    OpenVINO holds the cosine budget, not the exact tolerance."""
+    pytest.importorskip("openvino")
+    from conftest import FakeTimer, fake_measured_choices
+
+    timer = FakeTimer(0.5)
+    optimized = kiln.optimize(_mlp(), level=1, sample_inputs={"x": X}, quantize="int8", backend="openvino",
+                              measured_choices=fake_measured_choices(timer), options={"measured_choice_min_ms": 0})
+    report = _quant_pass(optimized)
+    assert report.status == "applied", report.message
+    ops = _ops(optimized.model)
+    assert ops.count("DequantizeLinear") == 3 and "DynamicQuantizeMatMul" not in ops
+    assert not any(n.domain == "com.microsoft" for n in optimized.model.graph)
+    assert "Transpose" in ops  # the attention-like product keeps its own; the LM head's went with its fp32 table
+    assert timer.calls == 3 * 3  # three linear shapes (fc2 adds its bias, fc1 does not), three trials each
+    decisions = {d.subject: d for d in report.decisions}
+    assert decisions["head"].decided_by == "measurement" and decisions["head"].chosen == "int8"
+    assert "joint cosine" in decisions["head"].reason
+    assert "min cosine" in optimized.report.backend_check
+    got = optimized(x=X)
+    for want, have in zip(_reference(_mlp()), got):
+        assert cosine_similarity(want, have) > 0.99
+    slower = kiln.optimize(_mlp(), level=1, sample_inputs={"x": X}, quantize="int8", backend="openvino",
+                           measured_choices=fake_measured_choices(FakeTimer(1.2)), options={"measured_choice_min_ms": 0})
+    assert _quant_pass(slower).status == "unchanged" and "DequantizeLinear" not in _ops(slower.model)
 
 
 def test_cli_quantizes_and_saves_a_model_ort_loads(tmp_path):
