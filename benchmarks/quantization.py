@@ -188,12 +188,13 @@ class OpenVINOResult:
 
 
 def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 5.0,
-                 quantize: Any = "int8") -> OpenVINOResult:
+                 quantize: Any = "int8", group_size: int | None = None) -> OpenVINOResult:
     """OpenVINO CPU f32 (protocol properties), NNCF int8 (`nncf.quantize` on the calibration sets),
     NNCF int8 weight compression (`compress_weights` INT8_SYM: int8 weights, activations
     quantized per group of `DYNAMIC_QUANTIZATION_GROUP_SIZE` by the CPU plugin, its default kept)
     and kiln (`quantize` with backend openvino, the same calibration sets), with ORT per-channel
-    dynamic as the anchor; accuracy on the held-out sets as for ORT."""
+    dynamic as the anchor; accuracy on the held-out sets as for ORT. `group_size` sets the
+    activation group of kiln and `nncf-w8` alike (None: OpenVINO's default)."""
     import nncf
     import openvino as ov
 
@@ -214,13 +215,17 @@ def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float
     with tempfile.TemporaryDirectory(prefix=f"kiln-quant-ov-{name}-") as tmp:
         started = time.perf_counter()
         optimized = kiln.optimize(case.onnx_path, level=2, quantize=quantize, calibration=calibration,
-                                  sample_inputs=case.inputs, target=kiln.Target(backend="openvino",
-                                                                               intra_op_threads=THREADS))
+                                  sample_inputs=case.inputs, target=kiln.Target(
+                                      backend="openvino", intra_op_threads=THREADS,
+                                      openvino=kiln.OpenVINOOptions(dynamic_quantization_group_size=group_size)))
         result.optimize_seconds = time.perf_counter() - started
         entry = next(p for p in optimized.report.passes if p.name == "quantize_dynamic_int8")
         result.kiln_linears = f"{entry.status}: {entry.message}"
         models["kiln-int8"] = core.read_model(str(optimized.save(Path(tmp) / "kiln-int8.onnx")))
-        compiled = {c: core.compile_model(m, "CPU", openvino_properties("f32")) for c, m in models.items()}
+        grouped = {} if group_size is None else {"DYNAMIC_QUANTIZATION_GROUP_SIZE": group_size}
+        compiled = {c: core.compile_model(m, "CPU", openvino_properties("f32", **(grouped if c in ("nncf-w8", "kiln-int8")
+                                                                                   else {})))
+                    for c, m in models.items()}
         result.group_size = int(compiled["nncf-w8"].get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
         session = ort_session(_ort_dynamic(Path(case.onnx_path), Path(tmp), per_channel=True))
         requests = {c: m.create_infer_request() for c, m in compiled.items()}
@@ -256,7 +261,7 @@ def render_openvino(results: list[OpenVINOResult]) -> str:
     group = results[0].group_size if results else "?"
     lines = ["", ("OpenVINO CPU (f32 inference precision, the protocol's threads / stream / LATENCY hint), "
                   "accuracy against OpenVINO fp32 on the same held-out sets; `nncf-w8` quantizes activations "
-                  f"per group of {group} (the CPU plugin's default DYNAMIC_QUANTIZATION_GROUP_SIZE)."), "",
+                  f"per group of {group} (DYNAMIC_QUANTIZATION_GROUP_SIZE), as does kiln-int8."), "",
              "| model | batch | config | ms | / ORT per-channel | accuracy | others' CPU % |",
              "|---|---:|---|---:|---:|---|---:|"]
     for r in results:
@@ -302,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="kiln's budget: the cosine every sample keeps (default 0.99, QuantConfig's)")
     parser.add_argument("--whole-batch", action="store_true",
                         help="kiln's budget on the flattened batch instead of every sample")
+    parser.add_argument("--openvino-group", type=int, default=None, metavar="N",
+                        help="OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE for kiln int8 and nncf-w8 (default: OpenVINO's)")
     parser.add_argument("--backends", default="onnxruntime,openvino",
                         help="onnxruntime (kiln against ORT's quantizer) and/or openvino (the NNCF peers)")
     args = parser.parse_args(argv)
@@ -322,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     if backends - {"onnxruntime", "openvino"}:
         parser.error(f"unknown backend(s) {sorted(backends - {'onnxruntime', 'openvino'})}: onnxruntime, openvino")
     results = [run_model(name, args.batch, **settings) for name in names] if "onnxruntime" in backends else []
-    openvino = [run_openvino(name, args.batch, **settings) for name in names] if "openvino" in backends else []
+    openvino = ([run_openvino(name, args.batch, group_size=args.openvino_group, **settings) for name in names]
+                if "openvino" in backends else [])
     command = "python -m benchmarks quantization " + " ".join(argv if argv is not None else sys.argv[2:])
     table = render(results, command.strip(), machine) + (render_openvino(openvino) if openvino else "")
     print(table)

@@ -25,12 +25,17 @@ class OpenVINOOptions:
             leave OpenVINO's own choice for the device, which is bf16 on CPUs with AMX or
             AVX-512 BF16.
         streams: parallel inference streams (1: all threads work on one request).
+        dynamic_quantization_group_size: how many values of a row share one scale when OpenVINO
+            quantizes the activation of a linear with int8 weights (kiln's ``quantize="int8"``):
+            None leaves OpenVINO's default for the device, 0 turns the quantization off (fp32
+            activations); larger groups run faster and round coarser.
     """
 
     device: str = "CPU"
     performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
     inference_precision: Literal["f32", "bf16", "f16", "default"] = "f32"
     streams: int = 1
+    dynamic_quantization_group_size: int | None = None
 
     def __post_init__(self) -> None:
         from kiln.errors import InputError
@@ -43,6 +48,10 @@ class OpenVINOOptions:
                              f"got {self.inference_precision!r}.")
         if self.streams < 1:
             raise InputError(f"OpenVINOOptions.streams must be at least 1, got {self.streams}.")
+        group = self.dynamic_quantization_group_size
+        if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 0):
+            raise InputError("OpenVINOOptions.dynamic_quantization_group_size must be None (OpenVINO's default), "
+                             f"0 (off) or a positive number of values per scale, got {group!r}.")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,10 @@ def test_threads_hint_precision_and_streams_are_set_explicitly(mlp_model):
     default = compile_model(ir.from_proto(mlp_model), Target(backend="openvino",
                                                             openvino=OpenVINOOptions(inference_precision="default")))
     assert "INFERENCE_PRECISION_HINT" not in default.properties and "INFERENCE_NUM_THREADS" not in default.properties
+    assert "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in default.properties  # OpenVINO's own default
+    grouped = compile_model(ir.from_proto(mlp_model), Target(
+        backend="openvino", openvino=OpenVINOOptions(dynamic_quantization_group_size=128)))
+    assert int(grouped.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == 128
 
 
 def test_bad_options_are_refused():
@@ -54,6 +58,8 @@ def test_bad_options_are_refused():
         OpenVINOOptions(inference_precision="fp8")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="streams"):
         OpenVINOOptions(streams=0)
+    with pytest.raises(InputError, match="dynamic_quantization_group_size"):
+        OpenVINOOptions(dynamic_quantization_group_size=-1)
 
 
 def test_an_operator_openvino_cannot_convert_is_named():

@@ -37,6 +37,8 @@ def compile_properties(target: Target) -> dict[str, Any]:
         properties["INFERENCE_NUM_THREADS"] = target.intra_op_threads
     if options.inference_precision != "default":
         properties["INFERENCE_PRECISION_HINT"] = options.inference_precision
+    if options.dynamic_quantization_group_size is not None:
+        properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = options.dynamic_quantization_group_size
     return properties
 
 

@@ -208,7 +208,9 @@ class MeasuredChoices:
 
         options = self.target.openvino if self.target.backend == "openvino" else None
         settings = (f" | {options.device} {options.inference_precision} {options.performance_hint} "
-                    f"streams={options.streams}") if options is not None else ""
+                    f"streams={options.streams}"
+                    + (f" dq_group={options.dynamic_quantization_group_size}"
+                       if options.dynamic_quantization_group_size is not None else "")) if options is not None else ""
         return (f"{cpu} | threads={self.target.intra_op_threads} | {self.target.backend} "
                 f"{version(self.target.backend)}{settings}")
 
