@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="kiln's budget: the cosine every sample keeps (default 0.99, QuantConfig's)")
     parser.add_argument("--whole-batch", action="store_true",
                         help="kiln's budget on the flattened batch instead of every sample")
+    parser.add_argument("--scheme", default="dynamic-int8", choices=["dynamic-int8", "static-int8"],
+                        help="kiln's QuantConfig scheme (static-int8 lowers to OpenVINO only: use --backends openvino)")
     parser.add_argument("--openvino-group", type=int, default=None, metavar="N",
                         help="OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE for kiln int8 and nncf-w8 (default: OpenVINO's)")
     parser.add_argument("--backends", default="onnxruntime,openvino",
@@ -322,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.passes.quantization import QuantConfig
 
     settings: dict[str, Any] = {"repeats": 6, "min_seconds": 1.0} if args.quick else {}
-    settings["quantize"] = QuantConfig(budget=CosineBudget(min_cosine=args.min_cosine, per_sample=not args.whole_batch))
+    settings["quantize"] = QuantConfig(scheme=args.scheme,
+                                       budget=CosineBudget(min_cosine=args.min_cosine, per_sample=not args.whole_batch))
     machine += f"; kiln's budget {settings['quantize'].budget}"
     names = [name for name in args.models.split(",") if name]
     backends = {b for b in args.backends.split(",") if b}

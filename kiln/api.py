@@ -132,7 +132,9 @@ def optimize(
             may use them); by default they stay symbolic in the optimized model.
         quantize: approximate, off by default: "int8" (dynamic int8 linears, no calibration data
             needed; on ONNX Runtime its DynamicQuantizeMatMul, on OpenVINO int8 weights it compiles
-            with its own per-group activation quantization) or a ``kiln.QuantConfig`` (e.g.
+            with its own per-group activation quantization), "static-int8" (OpenVINO, needs
+            `calibration`: activation scales fixed from their calibration range where the budget
+            still holds) or a ``kiln.QuantConfig`` (e.g.
             ``QuantConfig(budget=kiln.CosineBudget(min_cosine=0.999, per_sample=True))``). A linear
             is quantized when the cost model (on OpenVINO: a measurement) says it is faster in int8 and the outputs keep the
             config's budget (by default every sample keeps cosine 0.99) on the calibration inputs

@@ -378,10 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--drop-blocks-min-cosine", type=float, metavar="COSINE",
                      help="approximate: drop residual blocks while the outputs on --sample-inputs keep this "
                           "cosine similarity with the original (e.g. 0.99); off by default")
-    opt.add_argument("--quantize", choices=["int8"],
+    opt.add_argument("--quantize", choices=["int8", "static-int8"],
                      help="approximate: dynamic int8 linears (ONNX Runtime or OpenVINO, --backend) where they are "
                           "priced or measured faster and every sample's output keeps cosine 0.99 with the original on "
-                          "the calibration and sample inputs; off by default")
+                          "the calibration and sample inputs; static-int8 (OpenVINO, needs --calibration) also fixes "
+                          "activation scales where the budget still holds; off by default")
     opt.add_argument("--calibration", action="append", metavar="NPZ",
                      help="inputs (.npz keyed by input name) --quantize measures its accuracy on; repeatable "
                           "(default: the sample inputs)")

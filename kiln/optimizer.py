@@ -122,6 +122,7 @@ class Optimizer:
         self.validation = validation or ValidationConfig()
         self.cost = cost or CostConfig()
         self.dump_ir = dump_ir
+        self._compiled: tuple[Any, Any] | None = None  # run_on_target's last compilation
         self.pipeline.steps()  # an unknown level fails here, before any capture
         if self.pipeline.quantize is not None and (self.target.backend not in ("onnxruntime", "openvino")
                                                    or choose_backend):
@@ -129,6 +130,16 @@ class Optimizer:
                                "com.microsoft.DynamicQuantizeMatMul) or to OpenVINO (int8 weights it compiles with its "
                                f"own activation quantization), not to {'auto' if choose_backend else self.target.backend!r}"
                                ": choose the backend, backend='onnxruntime' or backend='openvino'.")
+        if self.pipeline.quantize is not None and self.pipeline.quantize.scheme == "static-int8":
+            if self.target.backend != "openvino":
+                raise BackendError("quantize='static-int8' lowers to OpenVINO only so far (its QuantizeLinear / "
+                                   "DequantizeLinear int8 GEMMs); use backend='openvino', or quantize='int8' on "
+                                   f"{self.target.backend!r}.")
+            if not self.validation.calibration:
+                raise InputError("quantize='static-int8' fixes activation scales from calibration inputs, and none "
+                                 "were given: pass calibration=[feeds, ...] (name -> array, like the inputs you "
+                                 "run; CLI --calibration data.npz, repeatable), or use quantize='int8', which "
+                                 "needs none.")
 
     @property
     def threads(self) -> int:
@@ -164,8 +175,13 @@ class Optimizer:
         return ort_backend.run_model(model, feeds, self.validation_target())
 
     def run_on_target(self, model: ir.Model, feeds: Feeds) -> list[Any]:
-        """Run `model` compiled for the target backend (a fresh compilation each call)."""
-        return compile_model(model, self.target).run(feeds)
+        """Run `model` compiled for the target backend. The last compilation is reused while the
+        same model object, with the same nodes, is run again (a search runs each trial on
+        several feeds; compiling is the slow part on OpenVINO)."""
+        key = (id(model), tuple(id(node) for node in model.graph))
+        if self._compiled is None or self._compiled[0] != key:
+            self._compiled = (key, compile_model(model, self.target))
+        return self._compiled[1].run(feeds)
 
     def optimize(self, model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None,
                  name: str | None = None) -> OptimizationRun:

@@ -23,7 +23,26 @@ from kiln.ir.edits import new_initializer, standalone_model, tensor_input
 from kiln.passes.quantization.linears import Linear
 from kiln.passes.quantization.weights import QuantizedWeight
 
-__all__ = ["LinearShape", "alternatives", "compressed_linear"]
+__all__ = ["ActivationRange", "LinearShape", "alternatives", "compressed_linear", "static_alternatives",
+           "static_linear"]
+
+
+@dataclass(frozen=True)
+class ActivationRange:
+    """The range an activation took on the calibration inputs, as an asymmetric uint8 scale and
+    zero point: the range widened to hold 0, ``x ~ scale * (q - zero_point)`` with q in [0, 255]."""
+
+    low: float
+    high: float
+
+    @property
+    def scale(self) -> np.float32:
+        low, high = min(self.low, 0.0), max(self.high, 0.0)
+        return np.float32((high - low) / 255.0 if high > low else 1.0)
+
+    @property
+    def zero_point(self) -> np.uint8:
+        return np.uint8(np.clip(np.rint(-min(self.low, 0.0) / float(self.scale)), 0, 255))
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,45 @@ def compressed_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight) -> li
     return [dequantize, *_linear_nodes(linear.activation, dequantize.outputs[0], bias, linear.node.name or prefix)]
 
 
+def static_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight, activation: ActivationRange) -> list[ir.Node]:
+    """`compressed_linear` reading its activation through QuantizeLinear / DequantizeLinear with
+    the calibrated scale: OpenVINO runs the pair and the int8 weight as one int8 GEMM whose
+    activation scale is fixed, not computed per call."""
+    prefix = linear.name
+    scale = new_initializer(graph, f"{prefix}.activation_scale", np.asarray(activation.scale, np.float32))
+    zero_point = new_initializer(graph, f"{prefix}.activation_zero_point", np.asarray(activation.zero_point, np.uint8))
+    quantize = ir.Node("", "QuantizeLinear", [linear.activation, scale, zero_point], name=f"{prefix}.quantize_activation")
+    dequantize = ir.Node("", "DequantizeLinear", [quantize.outputs[0], scale, zero_point],
+                         name=f"{prefix}.dequantize_activation")
+    quantize.outputs[0].name, dequantize.outputs[0].name = f"{prefix}.activation_uint8", f"{prefix}.activation_int8"
+    quantize.outputs[0].dtype, dequantize.outputs[0].dtype = ir.DataType.UINT8, ir.DataType.FLOAT
+    quantize.outputs[0].shape = dequantize.outputs[0].shape = linear.activation.shape
+    nodes = compressed_linear(graph, linear, q)
+    matmul = next(n for n in nodes if n.op_type == "MatMul")
+    matmul.replace_input_with(0, dequantize.outputs[0])
+    return [quantize, dequantize, *nodes]
+
+
+def static_alternatives(shape: LinearShape, seed: int = 0) -> tuple[ir.Model, ir.Model]:
+    """(dynamic, static): `alternatives`' int8 form, against the same with the activation through
+    QuantizeLinear / DequantizeLinear at a fixed scale."""
+    _, dynamic = alternatives(shape, seed)
+    _, static = alternatives(shape, seed)
+    matmul = next(n for n in static.graph if n.op_type == "MatMul")
+    x = matmul.inputs[0]
+    scale = ir.Value(name="x_scale", const_value=ir.tensor(np.asarray(0.02, np.float32), name="x_scale"))
+    zero_point = ir.Value(name="x_zero_point", const_value=ir.tensor(np.asarray(128, np.uint8), name="x_zero_point"))
+    static.graph.register_initializer(scale)
+    static.graph.register_initializer(zero_point)
+    quantize = ir.Node("", "QuantizeLinear", [x, scale, zero_point])
+    dequantize = ir.Node("", "DequantizeLinear", [quantize.outputs[0], scale, zero_point])
+    quantize.outputs[0].dtype, dequantize.outputs[0].dtype = ir.DataType.UINT8, ir.DataType.FLOAT
+    quantize.outputs[0].shape = dequantize.outputs[0].shape = x.shape
+    static.graph.insert_before(next(iter(static.graph)), [quantize, dequantize])
+    matmul.replace_input_with(0, dequantize.outputs[0])
+    return dynamic, static
+
+
 def alternatives(shape: LinearShape, seed: int = 0) -> tuple[ir.Model, ir.Model]:
     """(fp32, int8): the linear with a float weight, against the same with an int8 weight behind
     a DequantizeLinear; random weights (a GEMM's time does not depend on the values)."""
@@ -103,7 +161,8 @@ def alternatives(shape: LinearShape, seed: int = 0) -> tuple[ir.Model, ir.Model]
             weight = constant("w", (rng.standard_normal((shape.k, shape.n)) * 0.05).astype(np.float32))
             inits.append(weight)
         nodes += _linear_nodes(x, weight, bias, "linear")
-        nodes[-1].outputs[0].name = "y"
+        y = nodes[-1].outputs[0]
+        y.name, y.dtype, y.shape = "y", ir.DataType.FLOAT, ir.Shape([*dims[:-1], shape.n])
         return standalone_model([x], [nodes[-1].outputs[0]], nodes, initializers=inits,
                                 name="int8" if int8 else "fp32")
 

@@ -14,18 +14,19 @@ from kiln.passes.infra.contract import CosineBudget
 
 __all__ = ["SCHEMES", "QuantConfig", "resolve_quantize"]
 
-Scheme = Literal["dynamic-int8"]
+Scheme = Literal["dynamic-int8", "static-int8"]
 #: scheme -> what it is, for messages and the CLI's help
 SCHEMES: dict[str, str] = {
     "dynamic-int8": ("int8 weights (symmetric, per output channel by default) and activations quantized on the fly "
                      "to uint8 at every linear; no calibration data needed"),
+    "static-int8": ("dynamic-int8, then, where the budget still holds, activation scales fixed from their range on "
+                    "the calibration inputs (OpenVINO only so far; needs calibration data)"),
 }
 #: shorthand -> scheme
-SHORTHANDS = {"int8": "dynamic-int8", "dynamic-int8": "dynamic-int8"}
+SHORTHANDS = {"int8": "dynamic-int8", "dynamic-int8": "dynamic-int8", "static-int8": "static-int8"}
 #: schemes the issue plans that kiln does not lower yet, and what to use meanwhile
 _NOT_YET = {
     "int4-weights": "4-bit weight-only (MatMulNBits) is not built yet",
-    "static-int8": "static int8 with calibrated activation scales (QDQ) is not built yet",
 }
 
 
@@ -33,7 +34,9 @@ _NOT_YET = {
 class QuantConfig:
     """How to quantize.
 
-    - `scheme`: "dynamic-int8" (the only one kiln lowers so far; see `SCHEMES`).
+    - `scheme`: "dynamic-int8", or "static-int8" (OpenVINO): each linear the dynamic search kept
+      is tried with static activation scales, and keeps them where the budget still holds and
+      they measured faster (see `SCHEMES`).
     - `per_channel`: one weight scale per output channel (else one per tensor).
     - `reduce_range`: 7-bit weights, for CPUs without VNNI whose u8 x s8 products saturate in 16
       bits; None decides from this CPU's flags.

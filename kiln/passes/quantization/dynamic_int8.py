@@ -48,7 +48,13 @@ from kiln.ir.provenance import merge_provenance
 from kiln.passes.infra.contract import ModelRunner, Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
 from kiln.passes.infra.validation import OutputScore, score_outputs
-from kiln.passes.quantization.compressed_weights import LinearShape, compressed_linear
+from kiln.passes.quantization.compressed_weights import (
+    ActivationRange,
+    LinearShape,
+    compressed_linear,
+    static_alternatives,
+    static_linear,
+)
 from kiln.passes.quantization.compressed_weights import alternatives as compressed_alternatives
 from kiln.passes.quantization.config import QuantConfig
 from kiln.passes.quantization.linears import Linear, find_linears, linear_of
@@ -68,6 +74,7 @@ _OP = "DynamicQuantizeMatMul"
 _FORMS = {"onnxruntime": "contrib", "openvino": "compressed"}
 _SHARED_OP = "MatMulIntegerToFloat"
 _QUESTION = "quantize linear to dynamic int8"
+_STATIC_QUESTION = "static activation scales against quantizing the activation per call"
 _SHARED_QUESTION = "quantize an activation several int8 linears read once"
 
 
@@ -122,16 +129,23 @@ class QuantizeLinearsDynamicInt8(Pass):
         if runner is not None and feeds:
             chosen = self._fit_budget(model, runner, feeds, [positions[linears[i].node] for i in chosen],
                                       chosen, decisions, reduce_range, held_out, form=form)
+        static: list[int] = []
+        ranges: dict[str, ActivationRange] | None = None
+        if self.config.scheme == "static-int8" and chosen and runner is not None and feeds:
+            static, ranges = self._fit_static(model, ctx, runner, feeds, linears, positions, chosen, decisions,
+                                              reduce_range, held_out)
         for decision in decisions:
             ctx.record(decision)
         if not chosen:
             return PassResult(model, False, message=f"no linear fits the budget {self.error_budget} in int8")
         shared = self._shared_activations([linears[i] for i in chosen], ctx) if form == "contrib" else set()
         rewrites = _quantize(model, [positions[linears[i].node] for i in chosen], self.config.per_channel,
-                             reduce_range, [decisions[i] for i in chosen], shared=shared, form=form)
+                             reduce_range, [decisions[i] for i in chosen], shared=shared, form=form,
+                             static={positions[linears[i].node] for i in static}, ranges=ranges)
         message = (f"{len(chosen)} of {len(linears)} linears in dynamic int8 "
                    f"({'per-channel' if self.config.per_channel else 'per-tensor'}"
                    f"{', int8 weights OpenVINO compiles with its own activation quantization' if form == 'compressed' else ''}"
+                   f"{f'; {len(static)} with static activation scales' if static else ''}"
                    f"{', 7-bit weights' if reduce_range else ''}"
                    f"{f'; {len(shared)} activations quantized once for several linears' if shared else ''})"
                    + (f"; {leftover}" if leftover else ""))
@@ -206,14 +220,54 @@ class QuantizeLinearsDynamicInt8(Pass):
                 shared.add(name)
         return shared
 
+    def _fit_static(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, feeds: list[Feeds],
+                    linears: list[Linear], positions: dict[ir.Node, int], chosen: list[int],
+                    decisions: list[Decision], reduce_range: bool, held_out: Feeds | None,
+                    ) -> tuple[list[int], dict[str, ActivationRange]]:
+        """Among the dynamic int8 linears `chosen`, those that also keep the budget with static
+        activation scales (the range each activation took on the calibration feeds), where static
+        measured clearly faster on the target, once per shape; the others stay dynamic."""
+        ranges = activation_ranges(model, ctx.runner or runner, feeds, [linears[i].activation for i in chosen])
+        faster: dict[str, Decision] = {}
+        candidates = []
+        for i in chosen:
+            linear = linears[i]
+            if linear.activation.name not in ranges:
+                continue
+            shape = LinearShape.of(linear)
+            decision = faster.get(shape.key)
+            if decision is None:
+                decision = faster[shape.key] = ctx.record(measured_decision(
+                    ctx.measured, key=f"static {shape.key}", subject=f"{shape} static", question=_STATIC_QUESTION,
+                    names=("int8", "int8 static"), build=lambda shape=shape: static_alternatives(shape),
+                    policy=ctx.measured_policy, static=shape.static))
+            else:
+                decision.count += 1
+            if decision.chosen == "int8 static":
+                decisions[i].alternatives.append(Alternative("int8 static", metrics={}))
+                candidates.append(i)
+        if not candidates:
+            return [], ranges
+        kept = self._fit_budget(model, runner, feeds, [positions[linears[i].node] for i in candidates], candidates,
+                                decisions, reduce_range, held_out, form="compressed", static_ranges=ranges,
+                                base_positions=[positions[linears[i].node] for i in chosen])
+        return kept, ranges
+
     def _fit_budget(self, model: ir.Model, runner: ModelRunner, feeds: list[Feeds], positions: list[int],
                     chosen: list[int], decisions: list[Decision], reduce_range: bool,
-                    held_out: Feeds | None = None, form: str = "contrib") -> list[int]:
+                    held_out: Feeds | None = None, form: str = "contrib", *,
+                    static_ranges: dict[str, ActivationRange] | None = None,
+                    base_positions: Sequence[int] = ()) -> list[int]:
         """The chosen linears (indices into `decisions`) that keep the budget together: all of them
         if they do, else drop the one with the largest solo error and measure again, first on the
         calibration feeds, then on the `held_out` feeds (the sample inputs validation checks, when
         they are not among the calibration feeds): a linear that breaks the budget only on inputs
-        the search has not seen goes back to fp32 alone, not the whole pass."""
+        the search has not seen goes back to fp32 alone, not the whole pass.
+
+        With `static_ranges`, the same search one step up: every linear at `base_positions` is
+        int8 in every trial, the chosen ones with static activation scales, and a dropped one
+        keeps its dynamic int8."""
+        candidate, fallback = ("int8 static", "int8") if static_ranges is not None else ("int8", "fp32")
         names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
         sets = {"calibration": (feeds, [runner(model, f) for f in feeds])}
         if held_out is not None:
@@ -221,8 +275,12 @@ class QuantizeLinearsDynamicInt8(Pass):
 
         def measure(subset: list[int], on: str) -> OutputScore:
             trial = model.clone()
-            _quantize(trial, [positions[chosen.index(i)] for i in subset], self.config.per_channel, reduce_range,
-                      form=form)
+            picked = [positions[chosen.index(i)] for i in subset]
+            if static_ranges is None:
+                _quantize(trial, picked, self.config.per_channel, reduce_range, form=form)
+            else:
+                _quantize(trial, list(base_positions), self.config.per_channel, reduce_range, form=form,
+                          static=set(picked), ranges=static_ranges)
             inputs, reference = sets[on]
             return score_outputs(runner, trial, inputs, names, reference, per_sample=self.config.budget.per_sample)
 
@@ -235,31 +293,57 @@ class QuantizeLinearsDynamicInt8(Pass):
                 if not solo:  # each chosen linear alone, on the calibration feeds, once
                     solo = {i: measure([i], "calibration") for i in chosen}
                     for i, score in solo.items():
-                        decisions[i].alternative("int8").metrics["solo_cosine"] = score.cosine
+                        decisions[i].alternative(candidate).metrics["solo_cosine"] = score.cosine
                 worst = max(keep, key=lambda i: (solo[i].error, -i))
                 keep.remove(worst)
-                decisions[worst].chosen = "fp32"
+                why = (f"{candidate} alone moves the outputs to cosine {solo[worst].cosine:.6f}; with it the joint "
+                       f"cosine on the {on} inputs was {joint.cosine:.6f} (budget {self.error_budget})")
+                decisions[worst].chosen = fallback
                 decisions[worst].decided_by = "budget"
-                decisions[worst].reason = (
-                    f"int8 alone moves the outputs to cosine {solo[worst].cosine:.6f}; with it the joint cosine on the "
-                    f"{on} inputs was {joint.cosine:.6f} (budget {self.error_budget})")
+                decisions[worst].reason = why if static_ranges is None else f"{decisions[worst].reason}; {why}"
                 if keep:
                     joint = measure(keep, on)
             scores[on] = joint
         if keep and "held-out" in sets and len(keep) < len(chosen):
             scores["calibration"] = measure(keep, "calibration")  # of the linears kept, not those tried first
         for i in keep:
-            metrics = decisions[i].alternative("int8").metrics
+            metrics = decisions[i].alternative(candidate).metrics
             metrics["joint_cosine"] = scores["calibration"].cosine
             if "held-out" in scores:
                 metrics["held_out_cosine"] = scores["held-out"].cosine
-            decisions[i].reason += "; joint cosine " + ", ".join(f"{score.cosine:.6f} ({on})"
-                                                               for on, score in scores.items())
+            if static_ranges is not None:
+                decisions[i].chosen = candidate
+            decisions[i].reason += (f"; {candidate}" if static_ranges is not None else "") + "; joint cosine " + \
+                ", ".join(f"{score.cosine:.6f} ({on})" for on, score in scores.items())
             decisions[i].reason += f" within {self.error_budget}"
         return keep
 
     def _within(self, score: OutputScore) -> bool:
         return score.problem is None and self.config.budget.admits(score.cosine, score.max_abs)
+
+
+def activation_ranges(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds],
+                      activations: Sequence[ir.Value]) -> dict[str, ActivationRange]:
+    """The range of each named activation over `feeds` (the fp32 model run with them exposed as
+    outputs, one feed at a time: only a running min and max is kept, never the tensors)."""
+    wanted = list(dict.fromkeys(v.name for v in activations if v.name))
+    probe = model.clone()
+    by_name = {v.name: v for v in probe.graph.inputs}
+    by_name.update({out.name: out for node in probe.graph for out in node.outputs})
+    known = [name for name in wanted if name in by_name]
+    probe.graph.outputs.extend(by_name[name] for name in known if by_name[name] not in probe.graph.outputs)
+    position = {id(v): k for k, v in enumerate(probe.graph.outputs)}
+    index = {name: position[id(by_name[name])] for name in known}
+    low = dict.fromkeys(known, np.inf)
+    high = dict.fromkeys(known, -np.inf)
+    for feed in feeds:
+        outputs = runner(probe, feed)
+        for name in known:
+            value = np.asarray(outputs[index[name]], np.float32)
+            finite = value[np.isfinite(value)]
+            if finite.size:
+                low[name], high[name] = min(low[name], float(finite.min())), max(high[name], float(finite.max()))
+    return {name: ActivationRange(low[name], high[name]) for name in known if np.isfinite(low[name])}
 
 
 def _sketch_dynamic_quantize(activation: ir.Value) -> ir.Node:
@@ -288,11 +372,14 @@ def _sketch(linear: Linear, quantized: ir.Node | None = None) -> ir.Node:
 
 def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_range: bool,
               decisions: Sequence[Decision] | None = None, shared: set[str] = frozenset(),
-              form: str = "contrib") -> list[Rewrite]:
+              form: str = "contrib", static: set[int] = frozenset(),
+              ranges: dict[str, ActivationRange] | None = None) -> list[Rewrite]:
     """Rewrite the linears at `positions` of the graph's node order (positions survive
     `Model.clone()`, node identity does not) into DynamicQuantizeMatMul, in place; those reading
     an activation named in `shared` into MatMulIntegerToFloat of one DynamicQuantizeLinear of it;
-    with ``form="compressed"`` into a MatMul of the int8 weight's DequantizeLinear (OpenVINO)."""
+    with ``form="compressed"`` into a MatMul of the int8 weight's DequantizeLinear (OpenVINO), and
+    those at positions in `static` read their activation through QuantizeLinear / DequantizeLinear
+    at the calibrated range `ranges` holds for it."""
     graph = model.graph
     nodes = list(graph)
     rewrites: list[Rewrite] = []
@@ -306,7 +393,10 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
         refs = [node_ref(linear.node)]
         q = quantize_weight(linear.weight, per_channel=per_channel, reduce_range=reduce_range)
         old_weights = [v for v in linear.node.inputs[1:] if v is not None]
-        if form == "compressed":
+        if form == "compressed" and position in static:
+            assert ranges is not None and linear.activation.name in ranges
+            new_nodes = static_linear(graph, linear, q, ranges[linear.activation.name])
+        elif form == "compressed":
             new_nodes = compressed_linear(graph, linear, q)
         else:
             new_nodes = _contrib_nodes(graph, linear, q, shared, quantized)

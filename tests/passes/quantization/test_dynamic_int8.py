@@ -246,6 +246,38 @@ def test_on_openvino_the_linears_keep_int8_weights_behind_a_dequantize_and_the_b
     assert _quant_pass(slower).status == "unchanged" and "DequantizeLinear" not in _ops(slower.model)
 
 
+def test_static_int8_on_openvino_fixes_activation_scales_where_the_budget_holds_and_says_what_it_needs():
+    """static-int8: the dynamic search first, then static activation scales (the calibration
+    range) for the linears where they measured faster and the budget still holds; on ONNX
+    Runtime, or without calibration inputs, a clear error says what to do."""
+    pytest.importorskip("openvino")
+    from conftest import FakeTimer, fake_measured_choices
+
+    from kiln.passes.quantization.compressed_weights import ActivationRange
+
+    calibration = [{"x": RNG.standard_normal((ROWS, WIDTH)).astype(np.float32)} for _ in range(2)]
+    optimized = kiln.optimize(_mlp(), level=1, sample_inputs={"x": X}, quantize="static-int8", backend="openvino",
+                              calibration=calibration, measured_choices=fake_measured_choices(FakeTimer(0.5)),
+                              options={"measured_choice_min_ms": 0})
+    report = _quant_pass(optimized)
+    assert report.status == "applied" and "with static activation scales" in report.message, report.message
+    ops = _ops(optimized.model)
+    statics = [d for d in report.decisions if d.chosen == "int8 static" and d.question.startswith("quantize linear")]
+    assert statics and ops.count("QuantizeLinear") == len(statics)
+    assert all("joint cosine" in d.reason for d in statics)
+    # the scale of fc1's activation is the calibration inputs' range of x, widened to hold 0
+    low = min(float(f["x"].min()) for f in calibration)
+    high = max(float(f["x"].max()) for f in calibration)
+    scale = next(t.const_value.numpy() for t in optimized.model.graph.initializers.values()
+                 if t.name == "fc1.activation_scale")
+    assert scale == pytest.approx(ActivationRange(low, high).scale)
+    assert "min cosine" in optimized.report.backend_check
+    with pytest.raises(InputError, match="calibration=.*quantize='int8'"):
+        kiln.optimize(_mlp(), sample_inputs={"x": X}, quantize="static-int8", backend="openvino")
+    with pytest.raises(BackendError, match="OpenVINO only"):
+        kiln.optimize(_mlp(), sample_inputs={"x": X}, quantize="static-int8", calibration=calibration)
+
+
 def test_cli_quantizes_and_saves_a_model_ort_loads(tmp_path):
     src, out, npz = tmp_path / "mlp.onnx", tmp_path / "mlp.int8.onnx", tmp_path / "calib.npz"
     onnx.save(_mlp(), src)
