@@ -122,7 +122,7 @@ class Optimizer:
         self.validation = validation or ValidationConfig()
         self.cost = cost or CostConfig()
         self.dump_ir = dump_ir
-        self._compiled: tuple[Any, Any] | None = None  # run_on_target's last compilation
+        self._compiled: tuple[ir.Model, tuple[ir.Node, ...], Any] | None = None  # run_on_target's last
         self.pipeline.steps()  # an unknown level fails here, before any capture
         if self.pipeline.quantize is not None and (self.target.backend not in ("onnxruntime", "openvino")
                                                    or choose_backend):
@@ -177,11 +177,12 @@ class Optimizer:
     def run_on_target(self, model: ir.Model, feeds: Feeds) -> list[Any]:
         """Run `model` compiled for the target backend. The last compilation is reused while the
         same model object, with the same nodes, is run again (a search runs each trial on
-        several feeds; compiling is the slow part on OpenVINO)."""
-        key = (id(model), tuple(id(node) for node in model.graph))
-        if self._compiled is None or self._compiled[0] != key:
-            self._compiled = (key, compile_model(model, self.target))
-        return self._compiled[1].run(feeds)
+        several feeds; compiling is the slow part on OpenVINO). The cache holds the model itself:
+        ids alone could be reused by the next trial once the last one is freed."""
+        nodes = tuple(model.graph)
+        if self._compiled is None or self._compiled[0] is not model or self._compiled[1] != nodes:
+            self._compiled = (model, nodes, compile_model(model, self.target))
+        return self._compiled[2].run(feeds)
 
     def optimize(self, model: Any, example_inputs: Any = None, *, dynamic_shapes: Any = None,
                  name: str | None = None) -> OptimizationRun:
