@@ -54,6 +54,11 @@ class _Candidate:
         return all(v is not None and v.shape is not None and v.shape.is_static() for v in self.add.inputs)
 
     @property
+    def other_readers(self) -> int:
+        """Readers of the sum besides the LayerNormalization."""
+        return sum(1 for user, _ in self.add.outputs[0].uses() if user is not self.layer_norm)
+
+    @property
     def key(self) -> str:
         """What the measured time depends on: operand shapes and whether each is a constant,
         the normalization's axis, precision and weights, and who else reads the sum."""
@@ -63,18 +68,17 @@ class _Candidate:
             return dims + ("c" if value.const_value is not None else "")
 
         total = self.add.outputs[0]
-        others = sum(1 for user, _ in total.uses() if user is not self.layer_norm)
         attributes = ",".join(f"{k}={a.value}" for k, a in sorted(self.layer_norm.attributes.items())
                               if k != "epsilon")  # epsilon does not change the time
         weights = "+".join("-" if v is None else operand(v) for v in self.layer_norm.inputs[1:])
         return (f"residual_add_as_sum a={operand(self.add.inputs[0])} b={operand(self.add.inputs[1])} "
-                f"ln=({attributes}) w={weights} other_readers={others}{'+out' if total.is_graph_output() else ''} "
+                f"ln=({attributes}) w={weights} other_readers={self.other_readers}{'+out' if total.is_graph_output() else ''} "
                 f"{total.dtype.name if total.dtype is not None else '?'}")
 
     def __str__(self) -> str:
         total = self.add.outputs[0]
         dims = "x".join(str(d) for d in total.shape) if total.shape is not None else "?"
-        shared = total.is_graph_output() or any(user is not self.layer_norm for user, _ in total.uses())
+        shared = total.is_graph_output() or self.other_readers > 0
         return f"Add -> LayerNormalization {dims}" + (" (the sum read elsewhere too)" if shared else "")
 
 

@@ -81,10 +81,10 @@ def _linear_nodes(x: ir.Value, weight: ir.Value, bias: ir.Value | None, name: st
     return nodes
 
 
-def compressed_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight) -> list[ir.Node]:
+def compressed_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight, x: ir.Value | None = None) -> list[ir.Node]:
     """The nodes `linear` becomes (not yet inserted): DequantizeLinear of its int8 weight (alpha
-    folded into the per-channel scale), MatMul, and the bias Add when it has a bias; the last
-    node's output replaces the linear's."""
+    folded into the per-channel scale), MatMul of `x` (default: the linear's activation), and
+    the bias Add when it has a bias; the last node's output replaces the linear's."""
     prefix = linear.name
     values = new_initializer(graph, f"{prefix}.weight_int8", q.values)
     scale = new_initializer(graph, f"{prefix}.weight_scale",
@@ -95,7 +95,20 @@ def compressed_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight) -> li
     dequantize.outputs[0].dtype = ir.DataType.FLOAT
     dequantize.outputs[0].shape = ir.Shape(list(q.values.shape))
     bias = new_initializer(graph, f"{prefix}.bias", linear.bias) if linear.bias is not None else None
-    return [dequantize, *_linear_nodes(linear.activation, dequantize.outputs[0], bias, linear.node.name or prefix)]
+    activation = x if x is not None else linear.activation
+    return [dequantize, *_linear_nodes(activation, dequantize.outputs[0], bias, linear.node.name or prefix)]
+
+
+def _fixed_scale_pair(x: ir.Value, scale: ir.Value, zero_point: ir.Value, prefix: str = "") -> list[ir.Node]:
+    """QuantizeLinear / DequantizeLinear of `x` at a fixed uint8 scale and zero point."""
+    quantize = ir.Node("", "QuantizeLinear", [x, scale, zero_point], name=f"{prefix}.quantize_activation" if prefix else None)
+    dequantize = ir.Node("", "DequantizeLinear", [quantize.outputs[0], scale, zero_point],
+                         name=f"{prefix}.dequantize_activation" if prefix else None)
+    if prefix:
+        quantize.outputs[0].name, dequantize.outputs[0].name = f"{prefix}.activation_uint8", f"{prefix}.activation_int8"
+    quantize.outputs[0].dtype, dequantize.outputs[0].dtype = ir.DataType.UINT8, ir.DataType.FLOAT
+    quantize.outputs[0].shape = dequantize.outputs[0].shape = x.shape
+    return [quantize, dequantize]
 
 
 def static_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight, activation: ActivationRange) -> list[ir.Node]:
@@ -105,65 +118,53 @@ def static_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight, activatio
     prefix = linear.name
     scale = new_initializer(graph, f"{prefix}.activation_scale", np.asarray(activation.scale, np.float32))
     zero_point = new_initializer(graph, f"{prefix}.activation_zero_point", np.asarray(activation.zero_point, np.uint8))
-    quantize = ir.Node("", "QuantizeLinear", [linear.activation, scale, zero_point], name=f"{prefix}.quantize_activation")
-    dequantize = ir.Node("", "DequantizeLinear", [quantize.outputs[0], scale, zero_point],
-                         name=f"{prefix}.dequantize_activation")
-    quantize.outputs[0].name, dequantize.outputs[0].name = f"{prefix}.activation_uint8", f"{prefix}.activation_int8"
-    quantize.outputs[0].dtype, dequantize.outputs[0].dtype = ir.DataType.UINT8, ir.DataType.FLOAT
-    quantize.outputs[0].shape = dequantize.outputs[0].shape = linear.activation.shape
-    nodes = compressed_linear(graph, linear, q)
-    matmul = next(n for n in nodes if n.op_type == "MatMul")
-    matmul.replace_input_with(0, dequantize.outputs[0])
-    return [quantize, dequantize, *nodes]
+    pair = _fixed_scale_pair(linear.activation, scale, zero_point, prefix)
+    return [*pair, *compressed_linear(graph, linear, q, x=pair[-1].outputs[0])]
 
 
-def static_alternatives(shape: LinearShape, seed: int = 0) -> tuple[ir.Model, ir.Model]:
-    """(dynamic, static): `alternatives`' int8 form, against the same with the activation through
-    QuantizeLinear / DequantizeLinear at a fixed scale."""
-    _, dynamic = alternatives(shape, seed)
-    _, static = alternatives(shape, seed)
-    matmul = next(n for n in static.graph if n.op_type == "MatMul")
-    x = matmul.inputs[0]
-    scale = ir.Value(name="x_scale", const_value=ir.tensor(np.asarray(0.02, np.float32), name="x_scale"))
-    zero_point = ir.Value(name="x_zero_point", const_value=ir.tensor(np.asarray(128, np.uint8), name="x_zero_point"))
-    static.graph.register_initializer(scale)
-    static.graph.register_initializer(zero_point)
-    quantize = ir.Node("", "QuantizeLinear", [x, scale, zero_point])
-    dequantize = ir.Node("", "DequantizeLinear", [quantize.outputs[0], scale, zero_point])
-    quantize.outputs[0].dtype, dequantize.outputs[0].dtype = ir.DataType.UINT8, ir.DataType.FLOAT
-    quantize.outputs[0].shape = dequantize.outputs[0].shape = x.shape
-    static.graph.insert_before(next(iter(static.graph)), [quantize, dequantize])
-    matmul.replace_input_with(0, dequantize.outputs[0])
-    return dynamic, static
-
-
-def alternatives(shape: LinearShape, seed: int = 0) -> tuple[ir.Model, ir.Model]:
-    """(fp32, int8): the linear with a float weight, against the same with an int8 weight behind
-    a DequantizeLinear; random weights (a GEMM's time does not depend on the values)."""
+def _timed_form(shape: LinearShape, form: str, seed: int) -> ir.Model:
+    """The linear at `shape` as a model of its own: "fp32" (a float weight), "int8" (an int8
+    weight behind a DequantizeLinear) or "int8 static" (that, reading its activation through a
+    fixed-scale QuantizeLinear / DequantizeLinear); random weights (a GEMM's time does not
+    depend on the values)."""
     rng = np.random.default_rng(seed)
     dims = [int(d) for d in shape.x_shape]
 
     def constant(name: str, array: np.ndarray) -> ir.Value:
         return ir.Value(name=name, const_value=ir.tensor(array, name=name))
 
-    def build(int8: bool) -> ir.Model:
-        x = tensor_input("x", dims, ir.DataType.FLOAT)
-        bias = constant("b", rng.standard_normal(shape.n).astype(np.float32)) if shape.biased else None
-        inits = [bias] if bias is not None else []
-        nodes: list[ir.Node] = []
-        if int8:
-            values = constant("w_int8", rng.integers(-127, 128, (shape.k, shape.n), dtype=np.int8))
-            scale = constant("w_scale", np.full((shape.n,), 0.01, np.float32))
-            inits += [values, scale]
-            nodes.append(ir.Node("", "DequantizeLinear", [values, scale], attributes=[ir.AttrInt64("axis", 1)]))
-            weight = nodes[0].outputs[0]
-        else:
-            weight = constant("w", (rng.standard_normal((shape.k, shape.n)) * 0.05).astype(np.float32))
-            inits.append(weight)
-        nodes += _linear_nodes(x, weight, bias, "linear")
-        y = nodes[-1].outputs[0]
-        y.name, y.dtype, y.shape = "y", ir.DataType.FLOAT, ir.Shape([*dims[:-1], shape.n])
-        return standalone_model([x], [nodes[-1].outputs[0]], nodes, initializers=inits,
-                                name="int8" if int8 else "fp32")
+    x = tensor_input("x", dims, ir.DataType.FLOAT)
+    bias = constant("b", rng.standard_normal(shape.n).astype(np.float32)) if shape.biased else None
+    inits = [bias] if bias is not None else []
+    nodes: list[ir.Node] = []
+    activation = x
+    if form == "int8 static":
+        scale, zero_point = constant("x_scale", np.asarray(0.02, np.float32)), constant("x_zero_point", np.asarray(128, np.uint8))
+        inits += [scale, zero_point]
+        nodes += _fixed_scale_pair(x, scale, zero_point)
+        activation = nodes[-1].outputs[0]
+    if form == "fp32":
+        weight = constant("w", (rng.standard_normal((shape.k, shape.n)) * 0.05).astype(np.float32))
+        inits.append(weight)
+    else:
+        values = constant("w_int8", rng.integers(-127, 128, (shape.k, shape.n), dtype=np.int8))
+        w_scale = constant("w_scale", np.full((shape.n,), 0.01, np.float32))
+        inits += [values, w_scale]
+        nodes.append(ir.Node("", "DequantizeLinear", [values, w_scale], attributes=[ir.AttrInt64("axis", 1)]))
+        weight = nodes[-1].outputs[0]
+    nodes += _linear_nodes(activation, weight, bias, "linear")
+    y = nodes[-1].outputs[0]
+    y.name, y.dtype, y.shape = "y", ir.DataType.FLOAT, ir.Shape([*dims[:-1], shape.n])
+    return standalone_model([x], [y], nodes, initializers=inits, name=form.replace(" ", "_"))
 
-    return build(False), build(True)
+
+def alternatives(shape: LinearShape, seed: int = 0) -> tuple[ir.Model, ir.Model]:
+    """(fp32, int8): the linear with a float weight, against the same with an int8 weight behind
+    a DequantizeLinear."""
+    return _timed_form(shape, "fp32", seed), _timed_form(shape, "int8", seed)
+
+
+def static_alternatives(shape: LinearShape, seed: int = 0) -> tuple[ir.Model, ir.Model]:
+    """(dynamic, static): the int8 form, against the same with the activation through
+    QuantizeLinear / DequantizeLinear at a fixed scale."""
+    return _timed_form(shape, "int8", seed), _timed_form(shape, "int8 static", seed)

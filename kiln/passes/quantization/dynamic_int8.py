@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -77,6 +78,9 @@ _QUESTION = "quantize linear to dynamic int8"
 _STATIC_QUESTION = "static activation scales against quantizing the activation per call"
 _SHARED_QUESTION = "quantize an activation several int8 linears read once"
 
+#: "calibration" (and "held-out" when there are such inputs) -> the feeds and the fp32 model's outputs on them
+_ReferenceSets = dict[str, tuple[list[Feeds], list[list[Any]]]]
+
 
 def _cpu_has_vnni() -> bool:
     from kiln.cost_model.machine import cpu_flags
@@ -110,9 +114,8 @@ class QuantizeLinearsDynamicInt8(Pass):
                         else form == "contrib" and not _cpu_has_vnni())
         linears, left = find_linears(model.graph)
         positions = {node: index for index, node in enumerate(model.graph)}
-        decisions = (self._priced(linear, ctx, reduce_range) if form == "contrib" else self._measured(linear, ctx)
-                     for linear in linears)
-        decisions = list(decisions)
+        decisions = [self._excluded(linear) or (self._priced(linear, ctx, reduce_range) if form == "contrib"
+                                                else self._measured(linear, ctx)) for linear in linears]
         chosen = [i for i, d in enumerate(decisions) if d.chosen == "int8"]
         leftover = "; ".join(f"{count} left: {why}" for why, count in sorted(left.items()))
         if not chosen:
@@ -126,14 +129,15 @@ class QuantizeLinearsDynamicInt8(Pass):
         # the inputs validation will check, unless the search already ran on them
         held_out = ctx.sample_inputs if ctx.sample_inputs is not None and all(
             f is not ctx.sample_inputs for f in feeds) else None
-        if runner is not None and feeds:
-            chosen = self._fit_budget(model, runner, feeds, [positions[linears[i].node] for i in chosen],
-                                      chosen, decisions, reduce_range, held_out, form=form)
         static: list[int] = []
         ranges: dict[str, ActivationRange] | None = None
-        if self.config.scheme == "static-int8" and chosen and runner is not None and feeds:
-            static, ranges = self._fit_static(model, ctx, runner, feeds, linears, positions, chosen, decisions,
-                                              reduce_range, held_out)
+        if runner is not None and feeds:
+            sets = _reference_sets(model, runner, feeds, held_out)
+            chosen = self._fit_budget(model, runner, sets, [positions[linears[i].node] for i in chosen],
+                                      chosen, decisions, reduce_range, form=form)
+            if self.config.scheme == "static-int8" and chosen:
+                static, ranges = self._fit_static(model, ctx, runner, sets, linears, positions, chosen, decisions,
+                                                  reduce_range)
         for decision in decisions:
             ctx.record(decision)
         if not chosen:
@@ -154,29 +158,21 @@ class QuantizeLinearsDynamicInt8(Pass):
 
     def _priced(self, linear: Linear, ctx: PassContext, reduce_range: bool) -> Decision:
         """The linear's decision row on speed alone (the budget may revise it)."""
-        subject = linear.name
-        weight_bytes = {"fp32": float(linear.weight.nbytes), "int8": float(linear.weight.size)}
-        metrics = {name: {"weight_bytes": value} for name, value in weight_bytes.items()}
-        unpriced = None
-        if linear.node.name in self.config.exclude:
-            unpriced = "excluded by QuantConfig.exclude"
-        elif ctx.cost is None:
-            unpriced = "no cost model to price int8 against fp32; the linear stays fp32"
-        if unpriced is not None:
-            return Decision(subject, _QUESTION, [Alternative(name, metrics=m) for name, m in metrics.items()],
-                            chosen="fp32", reason=unpriced, decided_by="precondition")
-        return ctx.cost.choose(subject, _QUESTION, {"fp32": [linear.node], "int8": [_sketch(linear)]}, keep="fp32",
+        metrics = {name: {"weight_bytes": value} for name, value in _weight_bytes(linear).items()}
+        if ctx.cost is None:
+            return _kept_fp32(linear, "no cost model to price int8 against fp32; the linear stays fp32")
+        return ctx.cost.choose(linear.name, _QUESTION, {"fp32": [linear.node], "int8": [_sketch(linear)]}, keep="fp32",
                                metrics=metrics, why={"int8": "int8 weights and an int8 GEMM, A quantized per call"
                                                      + (" (7-bit weights: no VNNI)" if reduce_range else "")})
+
+    def _excluded(self, linear: Linear) -> Decision | None:
+        """The fp32 row of a linear `QuantConfig.exclude` names, else None."""
+        return _kept_fp32(linear, "excluded by QuantConfig.exclude") if linear.node.name in self.config.exclude else None
 
     def _measured(self, linear: Linear, ctx: PassContext) -> Decision:
         """The linear's decision row on speed alone for OpenVINO: fp32 against int8 weights,
         measured on the target once per shape (the budget may revise it)."""
-        weight_bytes = {"fp32": float(linear.weight.nbytes), "int8": float(linear.weight.size)}
-        if linear.node.name in self.config.exclude:
-            return Decision(linear.name, _QUESTION,
-                            [Alternative(name, metrics={"weight_bytes": v}) for name, v in weight_bytes.items()],
-                            chosen="fp32", reason="excluded by QuantConfig.exclude", decided_by="precondition")
+        weight_bytes = _weight_bytes(linear)
         shape = LinearShape.of(linear)
         decision = measured_decision(ctx.measured, key=shape.key, subject=linear.name, question=_QUESTION,
                                      names=("fp32", "int8"), build=lambda: compressed_alternatives(shape),
@@ -220,14 +216,14 @@ class QuantizeLinearsDynamicInt8(Pass):
                 shared.add(name)
         return shared
 
-    def _fit_static(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, feeds: list[Feeds],
+    def _fit_static(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: _ReferenceSets,
                     linears: list[Linear], positions: dict[ir.Node, int], chosen: list[int],
-                    decisions: list[Decision], reduce_range: bool, held_out: Feeds | None,
-                    ) -> tuple[list[int], dict[str, ActivationRange]]:
+                    decisions: list[Decision], reduce_range: bool) -> tuple[list[int], dict[str, ActivationRange]]:
         """Among the dynamic int8 linears `chosen`, those that also keep the budget with static
         activation scales (the range each activation took on the calibration feeds), where static
         measured clearly faster on the target, once per shape; the others stay dynamic."""
-        ranges = activation_ranges(model, ctx.runner or runner, feeds, [linears[i].activation for i in chosen])
+        ranges = activation_ranges(model, ctx.runner or runner, sets["calibration"][0],
+                                   [linears[i].activation for i in chosen])
         faster: dict[str, Decision] = {}
         candidates = []
         for i in chosen:
@@ -248,30 +244,27 @@ class QuantizeLinearsDynamicInt8(Pass):
                 candidates.append(i)
         if not candidates:
             return [], ranges
-        kept = self._fit_budget(model, runner, feeds, [positions[linears[i].node] for i in candidates], candidates,
-                                decisions, reduce_range, held_out, form="compressed", static_ranges=ranges,
+        kept = self._fit_budget(model, runner, sets, [positions[linears[i].node] for i in candidates], candidates,
+                                decisions, reduce_range, form="compressed", static_ranges=ranges,
                                 base_positions=[positions[linears[i].node] for i in chosen])
         return kept, ranges
 
-    def _fit_budget(self, model: ir.Model, runner: ModelRunner, feeds: list[Feeds], positions: list[int],
-                    chosen: list[int], decisions: list[Decision], reduce_range: bool,
-                    held_out: Feeds | None = None, form: str = "contrib", *,
+    def _fit_budget(self, model: ir.Model, runner: ModelRunner, sets: _ReferenceSets, positions: list[int],
+                    chosen: list[int], decisions: list[Decision], reduce_range: bool, form: str = "contrib", *,
                     static_ranges: dict[str, ActivationRange] | None = None,
                     base_positions: Sequence[int] = ()) -> list[int]:
         """The chosen linears (indices into `decisions`) that keep the budget together: all of them
         if they do, else drop the one with the largest solo error and measure again, first on the
-        calibration feeds, then on the `held_out` feeds (the sample inputs validation checks, when
-        they are not among the calibration feeds): a linear that breaks the budget only on inputs
-        the search has not seen goes back to fp32 alone, not the whole pass.
+        calibration feeds, then on the held-out feeds (`_reference_sets`: the sample inputs
+        validation checks, when they are not among the calibration feeds): a linear that breaks
+        the budget only on inputs the search has not seen goes back to fp32 alone, not the whole
+        pass.
 
         With `static_ranges`, the same search one step up: every linear at `base_positions` is
         int8 in every trial, the chosen ones with static activation scales, and a dropped one
         keeps its dynamic int8."""
         candidate, fallback = ("int8 static", "int8") if static_ranges is not None else ("int8", "fp32")
         names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
-        sets = {"calibration": (feeds, [runner(model, f) for f in feeds])}
-        if held_out is not None:
-            sets["held-out"] = ([held_out], [runner(model, held_out)])
 
         def measure(subset: list[int], on: str) -> OutputScore:
             trial = model.clone()
@@ -320,6 +313,26 @@ class QuantizeLinearsDynamicInt8(Pass):
 
     def _within(self, score: OutputScore) -> bool:
         return score.problem is None and self.config.budget.admits(score.cosine, score.max_abs)
+
+
+def _reference_sets(model: ir.Model, runner: ModelRunner, feeds: list[Feeds], held_out: Feeds | None) -> _ReferenceSets:
+    """The feeds the budget search scores trials on, with the unquantized model's outputs on
+    each (run once, shared by every step of the search)."""
+    sets = {"calibration": (feeds, [runner(model, f) for f in feeds])}
+    if held_out is not None:
+        sets["held-out"] = ([held_out], [runner(model, held_out)])
+    return sets
+
+
+def _weight_bytes(linear: Linear) -> dict[str, float]:
+    return {"fp32": float(linear.weight.nbytes), "int8": float(linear.weight.size)}
+
+
+def _kept_fp32(linear: Linear, reason: str) -> Decision:
+    """A linear's row when a precondition keeps it fp32 before any price or measurement."""
+    return Decision(linear.name, _QUESTION,
+                    [Alternative(name, metrics={"weight_bytes": v}) for name, v in _weight_bytes(linear).items()],
+                    chosen="fp32", reason=reason, decided_by="precondition")
 
 
 def activation_ranges(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds],
