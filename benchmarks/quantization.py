@@ -135,7 +135,7 @@ def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 
         optimized = kiln.optimize(case.onnx_path, level=2, quantize=quantize, calibration=calibration,
                                   sample_inputs=case.inputs)
         result.optimize_seconds = time.perf_counter() - started
-        entry = next(p for p in optimized.report.passes if p.name == "quantize_dynamic_int8")
+        entry = next(p for p in optimized.report.passes if p.name == "quantize_int8")
         result.kiln_linears = f"{entry.status}: {entry.message}"
         paths = {"fp32": Path(case.onnx_path), "kiln-int8": optimized.save(workdir / "kiln-int8.onnx"),
                  "ort-dynamic": _ort_dynamic(Path(case.onnx_path), workdir, per_channel=False),
@@ -159,7 +159,7 @@ def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 
 
 
 OPENVINO_PEERS = ("nncf-int8", "nncf-w8")
-OPENVINO_CONFIGS = ("ov-fp32", *OPENVINO_PEERS, "kiln-int8", "ort-dynamic-per-channel")
+OPENVINO_CONFIGS = ("ov-fp32", *OPENVINO_PEERS, "kiln-int8", "ort-dynamic-per-channel", "ort-fp32")
 
 
 @dataclass
@@ -172,6 +172,7 @@ class OpenVINOResult:
     accuracy: dict[str, Accuracy] = field(default_factory=dict)
     median_ms: dict[str, float] = field(default_factory=dict)
     vs_ort_per_channel: dict[str, float] = field(default_factory=dict)
+    vs_ort_fp32: dict[str, float] = field(default_factory=dict)
     other_cpu_pct: float | None = None
     group_size: int | None = None
     kiln_vs_peer: dict[str, float] = field(default_factory=dict)
@@ -184,7 +185,8 @@ class OpenVINOResult:
                            for c in OPENVINO_PEERS)
         return (f"{self.model} backend=openvino kiln_vs_best_peer={self.kiln_vs_peer[best]:.3f} "
                 f"kiln_cos={self.accuracy['kiln-int8'].min_cosine:.5f} peer_cos={self.accuracy[best].min_cosine:.5f} "
-                f"(best peer {best}; kiln {self.vs_ort_per_channel['kiln-int8']:.3f}x ORT per-channel; {others})")
+                f"(best peer {best}; kiln {self.vs_ort_per_channel['kiln-int8']:.3f}x ORT per-channel, "
+                f"{self.vs_ort_fp32['kiln-int8']:.3f}x ORT fp32; {others})")
 
 
 def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 5.0,
@@ -219,7 +221,7 @@ def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float
                                       backend="openvino", intra_op_threads=THREADS,
                                       openvino=kiln.OpenVINOOptions(dynamic_quantization_group_size=group_size)))
         result.optimize_seconds = time.perf_counter() - started
-        entry = next(p for p in optimized.report.passes if p.name == "quantize_dynamic_int8")
+        entry = next(p for p in optimized.report.passes if p.name == "quantize_int8")
         result.kiln_linears = f"{entry.status}: {entry.message}"
         models["kiln-int8"] = core.read_model(str(optimized.save(Path(tmp) / "kiln-int8.onnx")))
         grouped = {} if group_size is None else {"DYNAMIC_QUANTIZATION_GROUP_SIZE": group_size}
@@ -228,12 +230,15 @@ def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float
                     for c, m in models.items()}
         result.group_size = int(compiled["nncf-w8"].get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
         session = ort_session(_ort_dynamic(Path(case.onnx_path), Path(tmp), per_channel=True))
+        fp32_session = ort_session(case.onnx_path)
         requests = {c: m.create_infer_request() for c, m in compiled.items()}
         names = {c: {n for port in m.inputs for n in port.get_names()} for c, m in compiled.items()}
 
         def runner(config: str) -> Any:
             if config == "ort-dynamic-per-channel":
                 return lambda feeds: session.run(None, feeds)[0]
+            if config == "ort-fp32":
+                return lambda feeds: fp32_session.run(None, feeds)[0]
             request, wanted, first = requests[config], names[config], compiled[config].outputs[0]
             return lambda feeds: np.asarray(request.infer({k: v for k, v in feeds.items() if k in wanted})[first])
 
@@ -251,6 +256,7 @@ def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float
     result.median_ms = {c: float(statistics.median(v)) for c, v in samples.items()}
     anchor = samples["ort-dynamic-per-channel"]
     result.vs_ort_per_channel = {c: statistics.median(a / b for a, b in zip(v, anchor)) for c, v in samples.items()}
+    result.vs_ort_fp32 = {c: statistics.median(a / b for a, b in zip(v, samples["ort-fp32"])) for c, v in samples.items()}
     result.kiln_vs_peer = {p: statistics.median(a / b for a, b in zip(samples["kiln-int8"], samples[p]))
                            for p in OPENVINO_PEERS}
     print(result.line(), flush=True)
@@ -262,14 +268,14 @@ def render_openvino(results: list[OpenVINOResult]) -> str:
     lines = ["", ("OpenVINO CPU (f32 inference precision, the protocol's threads / stream / LATENCY hint), "
                   "accuracy against OpenVINO fp32 on the same held-out sets; `nncf-w8` quantizes activations "
                   f"per group of {group} (DYNAMIC_QUANTIZATION_GROUP_SIZE), as does kiln-int8."), "",
-             "| model | batch | config | ms | / ORT per-channel | accuracy | others' CPU % |",
-             "|---|---:|---|---:|---:|---|---:|"]
+             "| model | batch | config | ms | / ORT per-channel | / ORT fp32 | accuracy | others' CPU % |",
+             "|---|---:|---|---:|---:|---:|---|---:|"]
     for r in results:
         other = f"{r.other_cpu_pct:.0f}" if r.other_cpu_pct is not None else "?"
         for config in OPENVINO_CONFIGS:
             accuracy = r.accuracy[config].text() if config in r.accuracy else "reference"
             lines.append(f"| {r.model} | {r.batch} | {config} | {r.median_ms[config]:.2f} | "
-                         f"{r.vs_ort_per_channel[config]:.3f} | {accuracy} | {other} |")
+                         f"{r.vs_ort_per_channel[config]:.3f} | {r.vs_ort_fp32[config]:.3f} | {accuracy} | {other} |")
     lines += ["", *(f"- {r.model}: kiln's pass {r.kiln_linears} (optimize {r.optimize_seconds:.0f} s)" for r in results),
               "", "```", *(r.line() for r in results), "```"]
     return "\n".join(lines)

@@ -45,7 +45,7 @@ from kiln.passes.infra.manager import PipelineStep
 from kiln.passes.infra.options import PassOptions
 from kiln.passes.infra.validation import compare_outputs, compare_with_budget
 from kiln.passes.pipeline import passes_for_level
-from kiln.passes.quantization import QuantConfig, QuantizeLinearsDynamicInt8
+from kiln.passes.quantization import QuantConfig, QuantizeInt8
 from kiln.report.model import Alternative, Decision, ErrorStats, OptimizationReport
 from kiln.target import Target
 
@@ -72,7 +72,7 @@ class PipelineConfig:
             steps = passes_for_level(self.level, drop_blocks=self.drop_blocks)
         else:
             steps = ([DropResidualBlocks(self.drop_blocks)] if self.drop_blocks is not None else []) + list(self.passes)
-        return steps + ([QuantizeLinearsDynamicInt8(self.quantize)] if self.quantize is not None else [])
+        return steps + ([QuantizeInt8(self.quantize)] if self.quantize is not None else [])
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,15 @@ def in_memory(model: ir.Model) -> ir.Model:
     """`model`, or a clone whose external tensors are read into memory (the input is untouched)."""
     if not has_external_tensors(model):
         return model
-    return ir.external_data.load_to_model(model.clone())
+    # Not ir.external_data.load_to_model: the clone shares its ExternalTensors with `model`, and
+    # load_to_model releases each one's memory map, which fails with BufferError while any numpy
+    # view of it is alive (a pass holding a weight it read) and would unmap the input's data.
+    clone = model.clone()
+    for value in clone.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            value.const_value = ir.Tensor(tensor.numpy().copy(), name=tensor.name, dtype=tensor.dtype)
+    return clone
 
 
 def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:

@@ -36,3 +36,23 @@ def test_forced_external_data_round_trip_matches(tmp_path):
     x = np.random.default_rng(0).standard_normal((1, 1024)).astype(np.float32)
     np.testing.assert_allclose(kiln.optimize(saved, level=0)(x), optimized(x), rtol=1e-6)
     assert np.isfinite(optimized(x)).all()
+
+
+def test_serializing_an_external_data_model_keeps_its_weights_readable(tmp_path):
+    """A pass may hold a numpy view of an external weight while the model is serialized for a
+    runner: that must neither fail (onnx-ir's load_to_model releases the shared memory map) nor
+    change the model it was given."""
+    import onnx_ir as ir
+
+    from kiln.ir.serialization import has_external_tensors, to_proto
+
+    path, _ = build(tmp_path, gib=0.0625, width=1024)
+    model = ir.load(path)
+    value = next(v for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor))
+    view = value.const_value.numpy()
+    expected = view.copy()
+    proto = to_proto(model)
+    assert any(t.name == value.name and not t.external_data for t in proto.graph.initializer)
+    np.testing.assert_array_equal(view, expected)
+    assert has_external_tensors(model)
+    np.testing.assert_array_equal(value.const_value.numpy(), expected)

@@ -2,6 +2,6 @@
 outputs keep the user's accuracy budget (`QuantConfig`; ``kiln.optimize(..., quantize="int8")``)."""
 
 from kiln.passes.quantization.config import QuantConfig, resolve_quantize
-from kiln.passes.quantization.dynamic_int8 import QuantizeLinearsDynamicInt8
+from kiln.passes.quantization.quantize_int8 import QuantizeInt8
 
-__all__ = ["QuantConfig", "QuantizeLinearsDynamicInt8", "resolve_quantize"]
+__all__ = ["QuantConfig", "QuantizeInt8", "resolve_quantize"]

@@ -21,28 +21,11 @@ import onnx_ir as ir
 
 from kiln.ir.edits import new_initializer, standalone_model, tensor_input
 from kiln.passes.quantization.linears import Linear
+from kiln.passes.quantization.static_activations import ActivationRange, fixed_scale_pair
 from kiln.passes.quantization.weights import QuantizedWeight
 
-__all__ = ["ActivationRange", "LinearShape", "alternatives", "compressed_linear", "static_alternatives",
+__all__ = ["LinearShape", "alternatives", "compressed_linear", "static_alternatives",
            "static_linear"]
-
-
-@dataclass(frozen=True)
-class ActivationRange:
-    """The range an activation took on the calibration inputs, as an asymmetric uint8 scale and
-    zero point: the range widened to hold 0, ``x ~ scale * (q - zero_point)`` with q in [0, 255]."""
-
-    low: float
-    high: float
-
-    @property
-    def scale(self) -> np.float32:
-        low, high = min(self.low, 0.0), max(self.high, 0.0)
-        return np.float32((high - low) / 255.0 if high > low else 1.0)
-
-    @property
-    def zero_point(self) -> np.uint8:
-        return np.uint8(np.clip(np.rint(-min(self.low, 0.0) / float(self.scale)), 0, 255))
 
 
 @dataclass(frozen=True)
@@ -99,18 +82,6 @@ def compressed_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight, x: ir
     return [dequantize, *_linear_nodes(activation, dequantize.outputs[0], bias, linear.node.name or prefix)]
 
 
-def _fixed_scale_pair(x: ir.Value, scale: ir.Value, zero_point: ir.Value, prefix: str = "") -> list[ir.Node]:
-    """QuantizeLinear / DequantizeLinear of `x` at a fixed uint8 scale and zero point."""
-    quantize = ir.Node("", "QuantizeLinear", [x, scale, zero_point], name=f"{prefix}.quantize_activation" if prefix else None)
-    dequantize = ir.Node("", "DequantizeLinear", [quantize.outputs[0], scale, zero_point],
-                         name=f"{prefix}.dequantize_activation" if prefix else None)
-    if prefix:
-        quantize.outputs[0].name, dequantize.outputs[0].name = f"{prefix}.activation_uint8", f"{prefix}.activation_int8"
-    quantize.outputs[0].dtype, dequantize.outputs[0].dtype = ir.DataType.UINT8, ir.DataType.FLOAT
-    quantize.outputs[0].shape = dequantize.outputs[0].shape = x.shape
-    return [quantize, dequantize]
-
-
 def static_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight, activation: ActivationRange) -> list[ir.Node]:
     """`compressed_linear` reading its activation through QuantizeLinear / DequantizeLinear with
     the calibrated scale: OpenVINO runs the pair and the int8 weight as one int8 GEMM whose
@@ -118,7 +89,7 @@ def static_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight, activatio
     prefix = linear.name
     scale = new_initializer(graph, f"{prefix}.activation_scale", np.asarray(activation.scale, np.float32))
     zero_point = new_initializer(graph, f"{prefix}.activation_zero_point", np.asarray(activation.zero_point, np.uint8))
-    pair = _fixed_scale_pair(linear.activation, scale, zero_point, prefix)
+    pair = fixed_scale_pair(linear.activation, scale, zero_point, prefix)
     return [*pair, *compressed_linear(graph, linear, q, x=pair[-1].outputs[0])]
 
 
@@ -141,7 +112,7 @@ def _timed_form(shape: LinearShape, form: str, seed: int) -> ir.Model:
     if form == "int8 static":
         scale, zero_point = constant("x_scale", np.asarray(0.02, np.float32)), constant("x_zero_point", np.asarray(128, np.uint8))
         inits += [scale, zero_point]
-        nodes += _fixed_scale_pair(x, scale, zero_point)
+        nodes += fixed_scale_pair(x, scale, zero_point)
         activation = nodes[-1].outputs[0]
     if form == "fp32":
         weight = constant("w", (rng.standard_normal((shape.k, shape.n)) * 0.05).astype(np.float32))

@@ -1,5 +1,5 @@
 """The two int8 forms of linears that read one activation, as small ONNX models, for measuring
-which one the target runs faster (`dynamic_int8`): a DynamicQuantizeMatMul per linear (each
+which one the target runs faster (`quantize_int8`): a DynamicQuantizeMatMul per linear (each
 quantizes the activation itself, inside the kernel), against one DynamicQuantizeLinear feeding a
 MatMulIntegerToFloat per linear. The products are the same; the time is not predicted, because
 the cost model prices the quantization inside a DynamicQuantizeMatMul as part of its GEMM and a

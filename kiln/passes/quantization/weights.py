@@ -1,5 +1,6 @@
-"""Symmetric int8 quantization of a weight matrix: ``w ~ scale * q`` with q in [-127, 127] (or
-[-63, 63] with `reduce_range`), one scale per output column or one for the whole matrix.
+"""Symmetric int8 quantization of a weight: ``w ~ scale * q`` with q in [-127, 127] (or [-63, 63]
+with `reduce_range`), one scale per output channel (a linear's column, a convolution's filter) or
+one for the whole tensor.
 
 Symmetric, because ONNX Runtime's integer GEMMs take a zero weight zero-point fastest and the
 activations' own zero point already absorbs asymmetry; -128 is left unused so that q and -q are
@@ -17,13 +18,18 @@ __all__ = ["QuantizedWeight", "quantize_weight"]
 
 @dataclass(frozen=True)
 class QuantizedWeight:
-    """A K x N weight as int8 `values` and float32 `scale` ([N] per channel, else a scalar)."""
+    """A weight as int8 `values` and float32 `scale` (one per output channel, else a scalar), the
+    channels on `axis` of `values`."""
 
     values: np.ndarray
     scale: np.ndarray
+    axis: int = 1
 
     def dequantized(self) -> np.ndarray:
-        return self.values.astype(np.float32) * self.scale
+        shape = [1] * self.values.ndim
+        if self.scale.ndim:
+            shape[self.axis] = self.scale.size
+        return self.values.astype(np.float32) * self.scale.reshape(shape)
 
     @property
     def zero_point(self) -> np.ndarray:
@@ -31,14 +37,21 @@ class QuantizedWeight:
         return np.zeros(self.scale.shape, np.int8)
 
 
-def quantize_weight(weight: np.ndarray, *, per_channel: bool, reduce_range: bool = False) -> QuantizedWeight:
-    """Quantize a K x N float weight (columns are output channels): scale = max |w| / qmax per
-    column (or overall), q = round(w / scale). An all-zero column gets scale 1 (its q are 0)."""
-    if weight.ndim != 2:
-        raise ValueError(f"expected a K x N weight, got shape {weight.shape}")
+def quantize_weight(weight: np.ndarray, *, per_channel: bool, reduce_range: bool = False,
+                    axis: int = 1) -> QuantizedWeight:
+    """Quantize a float weight whose output channels lie on `axis` (1: the columns of a K x N
+    linear weight; 0: the filters of a convolution's O x I x kH x kW): scale = max |w| / qmax per
+    channel (or overall), q = round(w / scale). An all-zero channel gets scale 1 (its q are 0)."""
+    if weight.ndim < 2 or not -weight.ndim <= axis < weight.ndim:
+        raise ValueError(f"expected a weight of rank >= 2 with channels on axis {axis}, got shape {weight.shape}")
+    axis %= weight.ndim
     qmax = 63.0 if reduce_range else 127.0
     w = weight.astype(np.float32)
-    peak = np.abs(w).max(axis=0) if per_channel else np.abs(w).max(keepdims=False)
+    others = tuple(d for d in range(w.ndim) if d != axis)
+    peak = np.abs(w).max(axis=others) if per_channel else np.abs(w).max(keepdims=False)
     scale = np.where(peak > 0, peak / qmax, 1.0).astype(np.float32)
-    values = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
-    return QuantizedWeight(values, np.asarray(scale, np.float32))
+    shape = [1] * w.ndim
+    if per_channel:
+        shape[axis] = scale.size
+    values = np.clip(np.rint(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+    return QuantizedWeight(values, np.asarray(scale, np.float32), axis)

@@ -1,4 +1,5 @@
-"""Dynamic int8 quantization of linears, layer by layer, under an accuracy budget.
+"""int8 quantization of linears (dynamic, or static on OpenVINO) and convolutions (static, on
+OpenVINO), layer by layer, under an accuracy budget.
 
 Each linear ``y = alpha * (A @ W) + bias`` (`kiln.passes.quantization.linears`) becomes ONNX
 Runtime's ``com.microsoft.DynamicQuantizeMatMul(A, Wq, scale, 0, bias)``: W stored as symmetric
@@ -26,7 +27,14 @@ On OpenVINO the same linears become int8 weights behind a DequantizeLinear read 
 row, for its int8 GEMM. No kiln model prices those kernels, so speed is a measured choice per
 linear shape (fp32 against int8, on the target); the budget search is the same, run on OpenVINO.
 
-Every linear is a `Decision` row: both alternatives' predicted (or measured) times, its solo and
+The static scheme (OpenVINO) goes one step further, with the ranges activations take on the
+calibration inputs (`static_activations`): a dynamic int8 linear whose static form measured
+faster reads its activation through a fixed-scale QuantizeLinear / DequantizeLinear, and a
+convolution measured faster in static int8 than in fp32 reads its input that way and int8
+filters (`static_convs`). The budget search runs once more over these, on top of the dynamic
+linears; a linear it drops stays dynamic, a convolution goes back to fp32.
+
+Every linear and convolution is a `Decision` row: both alternatives' predicted (or measured) times, its solo and
 the joint cosine, and why; so is every shape of shared activation. The pass is approximate: the
 PassManager checks its result against the original with the budget on the sample inputs, which
 need not be the calibration ones.
@@ -46,11 +54,11 @@ from kiln.errors import PassError
 from kiln.ir.edits import new_initializer, placeholder_weight, remove_unused_initializers, sketch_node
 from kiln.ir.inputs import Feeds
 from kiln.ir.provenance import merge_provenance
+from kiln.ir.queries import is_onnx
 from kiln.passes.infra.contract import ModelRunner, Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
 from kiln.passes.infra.validation import OutputScore, score_outputs
 from kiln.passes.quantization.compressed_weights import (
-    ActivationRange,
     LinearShape,
     compressed_linear,
     static_alternatives,
@@ -58,15 +66,19 @@ from kiln.passes.quantization.compressed_weights import (
 )
 from kiln.passes.quantization.compressed_weights import alternatives as compressed_alternatives
 from kiln.passes.quantization.config import QuantConfig
+from kiln.passes.quantization.convs import Convolution, conv_of, find_convs
 from kiln.passes.quantization.linears import Linear, find_linears, linear_of
 from kiln.passes.quantization.shared_activation import SharedShape
 from kiln.passes.quantization.shared_activation import alternatives as shared_alternatives
+from kiln.passes.quantization.static_activations import ActivationRange, activation_ranges
+from kiln.passes.quantization.static_convs import ConvShape, static_conv
+from kiln.passes.quantization.static_convs import alternatives as conv_alternatives
 from kiln.passes.quantization.weights import QuantizedWeight, quantize_weight
 from kiln.report.model import Alternative, Decision, Rewrite
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QuantizeLinearsDynamicInt8"]
+__all__ = ["QuantizeInt8"]
 
 _DOMAIN = "com.microsoft"
 _OP = "DynamicQuantizeMatMul"
@@ -76,8 +88,12 @@ _FORMS = {"onnxruntime": "contrib", "openvino": "compressed"}
 _SHARED_OP = "MatMulIntegerToFloat"
 _QUESTION = "quantize linear to dynamic int8"
 _STATIC_QUESTION = "static activation scales against quantizing the activation per call"
+_CONV_QUESTION = "quantize convolution to static int8"
+_STATIC = "int8 static"
 _SHARED_QUESTION = "quantize an activation several int8 linears read once"
 
+#: what the pass quantizes: linears (dynamic or static int8) and convolutions (static int8)
+_Unit = Linear | Convolution
 #: "calibration" (and "held-out" when there are such inputs) -> the feeds and the fp32 model's outputs on them
 _ReferenceSets = dict[str, tuple[list[Feeds], list[list[Any]]]]
 
@@ -89,13 +105,13 @@ def _cpu_has_vnni() -> bool:
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags) or not flags  # unknown CPU: assume modern
 
 
-class QuantizeLinearsDynamicInt8(Pass):
+class QuantizeInt8(Pass):
     """Rewrites the linears the cost model prices faster in int8 into DynamicQuantizeMatMul,
     keeping in fp32 those whose error would break the budget (see the module doc)."""
 
-    name = "quantize_dynamic_int8"
+    name = "quantize_int8"
     exact = False
-    rule = "quantize_dynamic_int8"
+    rule = "quantize_int8"
 
     def __init__(self, config: QuantConfig | None = None, *, calibration: Sequence[Feeds] | None = None,
                  runner: ModelRunner | None = None) -> None:
@@ -113,16 +129,23 @@ class QuantizeLinearsDynamicInt8(Pass):
         reduce_range = (self.config.reduce_range if self.config.reduce_range is not None
                         else form == "contrib" and not _cpu_has_vnni())
         linears, left = find_linears(model.graph)
+        static_scheme = self.config.scheme == "static-int8"
+        # convolutions have no dynamic int8 form: only the static scheme on OpenVINO takes them
+        convs, conv_left = find_convs(model.graph) if static_scheme and form == "compressed" else ([], {})
         positions = {node: index for index, node in enumerate(model.graph)}
         decisions = [self._excluded(linear) or (self._priced(linear, ctx, reduce_range) if form == "contrib"
                                                 else self._measured(linear, ctx)) for linear in linears]
-        chosen = [i for i, d in enumerate(decisions) if d.chosen == "int8"]
-        leftover = "; ".join(f"{count} left: {why}" for why, count in sorted(left.items()))
-        if not chosen:
+        decisions += [self._excluded(conv) or self._measured_conv(conv, ctx) for conv in convs]
+        units: list[_Unit] = [*linears, *convs]
+        chosen = [i for i, d in enumerate(decisions[:len(linears)]) if d.chosen == "int8"]
+        conv_chosen = [i for i in range(len(linears), len(units)) if decisions[i].chosen == _STATIC]
+        leftover = "; ".join(f"{count} left: {why}" for why, count in sorted({**left, **conv_left}.items()))
+        if not chosen and not conv_chosen:
             for decision in decisions:
                 ctx.record(decision)
-            return PassResult(model, False, message=f"no linear is predicted faster in int8 ({len(linears)} priced"
-                              + (f"; {leftover}" if leftover else "") + ")")
+            priced = f"{len(linears)} linears" + (f" and {len(convs)} convolutions" if convs else "")
+            return PassResult(model, False, message=f"no linear or convolution is predicted or measured faster in int8 "
+                              f"({priced} priced" + (f"; {leftover}" if leftover else "") + ")")
         # OpenVINO quantizes the activations inside its kernels: the error is the backend's to measure
         runner = self.runner or (ctx.target_runner if form == "compressed" else None) or ctx.runner
         feeds = self.calibration or ctx.calibration_feeds()
@@ -133,26 +156,38 @@ class QuantizeLinearsDynamicInt8(Pass):
         ranges: dict[str, ActivationRange] | None = None
         if runner is not None and feeds:
             sets = _reference_sets(model, runner, feeds, held_out)
-            chosen = self._fit_budget(model, runner, sets, [positions[linears[i].node] for i in chosen],
-                                      chosen, decisions, reduce_range, form=form)
-            if self.config.scheme == "static-int8" and chosen:
-                static, ranges = self._fit_static(model, ctx, runner, sets, linears, positions, chosen, decisions,
-                                                  reduce_range)
+            if chosen:
+                chosen = self._fit_budget(model, runner, sets, [positions[linears[i].node] for i in chosen],
+                                          chosen, decisions, reduce_range, form=form)
+            if static_scheme and (chosen or conv_chosen):
+                static, ranges = self._fit_static(model, ctx, runner, sets, units, positions, chosen, conv_chosen,
+                                                  decisions, reduce_range)
+        else:
+            for i in conv_chosen:
+                decisions[i].chosen, decisions[i].decided_by = "fp32", "precondition"
+                decisions[i].reason += "; no calibration inputs to fix its input's scale from, so it stays fp32"
         for decision in decisions:
             ctx.record(decision)
-        if not chosen:
-            return PassResult(model, False, message=f"no linear fits the budget {self.error_budget} in int8")
+        static_convs = [i for i in static if i >= len(linears)]
+        if not chosen and not static_convs:
+            return PassResult(model, False, message=f"no linear or convolution fits the budget {self.error_budget} in int8")
         shared = self._shared_activations([linears[i] for i in chosen], ctx) if form == "contrib" else set()
-        rewrites = _quantize(model, [positions[linears[i].node] for i in chosen], self.config.per_channel,
-                             reduce_range, [decisions[i] for i in chosen], shared=shared, form=form,
-                             static={positions[linears[i].node] for i in static}, ranges=ranges)
-        message = (f"{len(chosen)} of {len(linears)} linears in dynamic int8 "
-                   f"({'per-channel' if self.config.per_channel else 'per-tensor'}"
-                   f"{', int8 weights OpenVINO compiles with its own activation quantization' if form == 'compressed' else ''}"
-                   f"{f'; {len(static)} with static activation scales' if static else ''}"
-                   f"{', 7-bit weights' if reduce_range else ''}"
-                   f"{f'; {len(shared)} activations quantized once for several linears' if shared else ''})"
-                   + (f"; {leftover}" if leftover else ""))
+        rewritten = chosen + static_convs
+        rewrites = _quantize(model, [positions[units[i].node] for i in rewritten], self.config.per_channel,
+                             reduce_range, [decisions[i] for i in rewritten], shared=shared, form=form,
+                             static={positions[units[i].node] for i in static}, ranges=ranges)
+        static_linears = len(static) - len(static_convs)
+        granularity = "per-channel" if self.config.per_channel else "per-tensor"
+        parts = []
+        if linears or not convs:
+            parts.append(f"{len(chosen)} of {len(linears)} linears in dynamic int8 ({granularity}"
+                         f"{', int8 weights OpenVINO compiles with its own activation quantization' if form == 'compressed' else ''}"
+                         f"{f'; {static_linears} with static activation scales' if static_linears else ''}"
+                         f"{', 7-bit weights' if reduce_range else ''}"
+                         f"{f'; {len(shared)} activations quantized once for several linears' if shared else ''})")
+        if convs:
+            parts.append(f"{len(static_convs)} of {len(convs)} convolutions in static int8 ({granularity} filters)")
+        message = "; ".join(parts) + (f"; {leftover}" if leftover else "")
         logger.info("%s: %s", self.name, message)
         return PassResult(model, True, rewrites=rewrites, message=message)
 
@@ -165,9 +200,9 @@ class QuantizeLinearsDynamicInt8(Pass):
                                metrics=metrics, why={"int8": "int8 weights and an int8 GEMM, A quantized per call"
                                                      + (" (7-bit weights: no VNNI)" if reduce_range else "")})
 
-    def _excluded(self, linear: Linear) -> Decision | None:
-        """The fp32 row of a linear `QuantConfig.exclude` names, else None."""
-        return _kept_fp32(linear, "excluded by QuantConfig.exclude") if linear.node.name in self.config.exclude else None
+    def _excluded(self, unit: _Unit) -> Decision | None:
+        """The fp32 row of a linear or convolution `QuantConfig.exclude` names, else None."""
+        return _kept_fp32(unit, "excluded by QuantConfig.exclude") if unit.node.name in self.config.exclude else None
 
     def _measured(self, linear: Linear, ctx: PassContext) -> Decision:
         """The linear's decision row on speed alone for OpenVINO: fp32 against int8 weights,
@@ -179,6 +214,20 @@ class QuantizeLinearsDynamicInt8(Pass):
                                      policy=ctx.measured_policy, static=shape.static)
         for alternative in decision.alternatives:
             alternative.metrics["weight_bytes"] = weight_bytes[alternative.name]
+        decision.reason = f"{shape}: {decision.reason}"
+        return decision
+
+    def _measured_conv(self, conv: Convolution, ctx: PassContext) -> Decision:
+        """The convolution's decision row on speed alone: fp32 against static int8 (input at a
+        fixed scale, int8 filters), measured on the target once per shape (the budget may revise
+        it)."""
+        weight_bytes = _weight_bytes(conv)
+        shape = ConvShape.of(conv)
+        decision = measured_decision(ctx.measured, key=shape.key, subject=conv.name, question=_CONV_QUESTION,
+                                     names=("fp32", _STATIC), build=lambda: conv_alternatives(shape),
+                                     policy=ctx.measured_policy, static=shape.static)
+        for alternative in decision.alternatives:
+            alternative.metrics["weight_bytes"] = weight_bytes["int8" if alternative.name == _STATIC else "fp32"]
         decision.reason = f"{shape}: {decision.reason}"
         return decision
 
@@ -217,17 +266,20 @@ class QuantizeLinearsDynamicInt8(Pass):
         return shared
 
     def _fit_static(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: _ReferenceSets,
-                    linears: list[Linear], positions: dict[ir.Node, int], chosen: list[int],
+                    units: list[_Unit], positions: dict[ir.Node, int], chosen: list[int], conv_chosen: list[int],
                     decisions: list[Decision], reduce_range: bool) -> tuple[list[int], dict[str, ActivationRange]]:
-        """Among the dynamic int8 linears `chosen`, those that also keep the budget with static
-        activation scales (the range each activation took on the calibration feeds), where static
-        measured clearly faster on the target, once per shape; the others stay dynamic."""
+        """The linears and convolutions (indices into `units`) that keep the budget with static
+        activation scales (the range each input took on the calibration feeds): among the dynamic
+        int8 linears `chosen`, those where static measured clearly faster on the target, once per
+        shape (the others stay dynamic), and the convolutions `conv_chosen` measured faster in
+        static int8 than in fp32 (those dropped stay fp32)."""
         ranges = activation_ranges(model, ctx.runner or runner, sets["calibration"][0],
-                                   [linears[i].activation for i in chosen])
+                                   [units[i].activation for i in chosen + conv_chosen])
         faster: dict[str, Decision] = {}
         candidates = []
         for i in chosen:
-            linear = linears[i]
+            linear = units[i]
+            assert isinstance(linear, Linear)
             if linear.activation.name not in ranges:
                 continue
             shape = LinearShape.of(linear)
@@ -235,18 +287,25 @@ class QuantizeLinearsDynamicInt8(Pass):
             if decision is None:
                 decision = faster[shape.key] = ctx.record(measured_decision(
                     ctx.measured, key=f"static {shape.key}", subject=f"{shape} static", question=_STATIC_QUESTION,
-                    names=("int8", "int8 static"), build=lambda shape=shape: static_alternatives(shape),
+                    names=("int8", _STATIC), build=lambda shape=shape: static_alternatives(shape),
                     policy=ctx.measured_policy, static=shape.static))
             else:
                 decision.count += 1
-            if decision.chosen == "int8 static":
-                decisions[i].alternatives.append(Alternative("int8 static", metrics={}))
+            if decision.chosen == _STATIC:
+                decisions[i].alternatives.append(Alternative(_STATIC, metrics={}))
                 candidates.append(i)
+        for i in conv_chosen:
+            if units[i].activation.name in ranges:
+                candidates.append(i)
+            else:
+                decisions[i].chosen, decisions[i].decided_by = "fp32", "precondition"
+                decisions[i].reason += ("; its input has no range on the calibration inputs (not a tensor the "
+                                        "calibration run could read), so it stays fp32")
         if not candidates:
             return [], ranges
-        kept = self._fit_budget(model, runner, sets, [positions[linears[i].node] for i in candidates], candidates,
+        kept = self._fit_budget(model, runner, sets, [positions[units[i].node] for i in candidates], candidates,
                                 decisions, reduce_range, form="compressed", static_ranges=ranges,
-                                base_positions=[positions[linears[i].node] for i in chosen])
+                                base_positions=[positions[units[i].node] for i in chosen])
         return kept, ranges
 
     def _fit_budget(self, model: ir.Model, runner: ModelRunner, sets: _ReferenceSets, positions: list[int],
@@ -261,9 +320,14 @@ class QuantizeLinearsDynamicInt8(Pass):
         pass.
 
         With `static_ranges`, the same search one step up: every linear at `base_positions` is
-        int8 in every trial, the chosen ones with static activation scales, and a dropped one
-        keeps its dynamic int8."""
-        candidate, fallback = ("int8 static", "int8") if static_ranges is not None else ("int8", "fp32")
+        int8 in every trial, the chosen ones (linears and convolutions) with static activation
+        scales; a dropped linear keeps its dynamic int8, a dropped convolution (it has no dynamic
+        form) goes back to fp32."""
+        candidate = _STATIC if static_ranges is not None else "int8"
+
+        def fallback(i: int) -> str:
+            dynamic = static_ranges is not None and decisions[i].alternative("int8") is not None
+            return "int8" if dynamic else "fp32"
         names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
 
         def measure(subset: list[int], on: str) -> OutputScore:
@@ -272,8 +336,8 @@ class QuantizeLinearsDynamicInt8(Pass):
             if static_ranges is None:
                 _quantize(trial, picked, self.config.per_channel, reduce_range, form=form)
             else:
-                _quantize(trial, list(base_positions), self.config.per_channel, reduce_range, form=form,
-                          static=set(picked), ranges=static_ranges)
+                _quantize(trial, list(dict.fromkeys([*base_positions, *picked])), self.config.per_channel,
+                          reduce_range, form=form, static=set(picked), ranges=static_ranges)
             inputs, reference = sets[on]
             return score_outputs(runner, trial, inputs, names, reference, per_sample=self.config.budget.per_sample)
 
@@ -283,7 +347,7 @@ class QuantizeLinearsDynamicInt8(Pass):
         for on in sets:
             joint = measure(keep, on)
             while keep and not self._within(joint):
-                if not solo:  # each chosen linear alone, on the calibration feeds, once
+                if not solo:  # each chosen linear or convolution alone, on the calibration feeds, once
                     solo = {i: measure([i], "calibration") for i in chosen}
                     for i, score in solo.items():
                         decisions[i].alternative(candidate).metrics["solo_cosine"] = score.cosine
@@ -291,7 +355,7 @@ class QuantizeLinearsDynamicInt8(Pass):
                 keep.remove(worst)
                 why = (f"{candidate} alone moves the outputs to cosine {solo[worst].cosine:.6f}; with it the joint "
                        f"cosine on the {on} inputs was {joint.cosine:.6f} (budget {self.error_budget})")
-                decisions[worst].chosen = fallback
+                decisions[worst].chosen = fallback(worst)
                 decisions[worst].decided_by = "budget"
                 decisions[worst].reason = why if static_ranges is None else f"{decisions[worst].reason}; {why}"
                 if keep:
@@ -324,39 +388,18 @@ def _reference_sets(model: ir.Model, runner: ModelRunner, feeds: list[Feeds], he
     return sets
 
 
-def _weight_bytes(linear: Linear) -> dict[str, float]:
-    return {"fp32": float(linear.weight.nbytes), "int8": float(linear.weight.size)}
+def _weight_bytes(unit: _Unit) -> dict[str, float]:
+    return {"fp32": float(unit.weight.nbytes), "int8": float(unit.weight.size)}
 
 
-def _kept_fp32(linear: Linear, reason: str) -> Decision:
-    """A linear's row when a precondition keeps it fp32 before any price or measurement."""
-    return Decision(linear.name, _QUESTION,
-                    [Alternative(name, metrics={"weight_bytes": v}) for name, v in _weight_bytes(linear).items()],
-                    chosen="fp32", reason=reason, decided_by="precondition")
-
-
-def activation_ranges(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds],
-                      activations: Sequence[ir.Value]) -> dict[str, ActivationRange]:
-    """The range of each named activation over `feeds` (the fp32 model run with them exposed as
-    outputs, one feed at a time: only a running min and max is kept, never the tensors)."""
-    wanted = list(dict.fromkeys(v.name for v in activations if v.name))
-    probe = model.clone()
-    by_name = {v.name: v for v in probe.graph.inputs}
-    by_name.update({out.name: out for node in probe.graph for out in node.outputs})
-    known = [name for name in wanted if name in by_name]
-    probe.graph.outputs.extend(by_name[name] for name in known if by_name[name] not in probe.graph.outputs)
-    position = {id(v): k for k, v in enumerate(probe.graph.outputs)}
-    index = {name: position[id(by_name[name])] for name in known}
-    low = dict.fromkeys(known, np.inf)
-    high = dict.fromkeys(known, -np.inf)
-    for feed in feeds:
-        outputs = runner(probe, feed)
-        for name in known:
-            value = np.asarray(outputs[index[name]], np.float32)
-            finite = value[np.isfinite(value)]
-            if finite.size:
-                low[name], high[name] = min(low[name], float(finite.min())), max(high[name], float(finite.max()))
-    return {name: ActivationRange(low[name], high[name]) for name in known if np.isfinite(low[name])}
+def _kept_fp32(unit: _Unit, reason: str) -> Decision:
+    """A linear's or convolution's row when a precondition keeps it fp32 before any price or
+    measurement."""
+    conv = isinstance(unit, Convolution)
+    rows = [Alternative(_STATIC if conv and name == "int8" else name, metrics={"weight_bytes": v})
+            for name, v in _weight_bytes(unit).items()]
+    return Decision(unit.name, _CONV_QUESTION if conv else _QUESTION, rows, chosen="fp32", reason=reason,
+                    decided_by="precondition")
 
 
 def _sketch_dynamic_quantize(activation: ir.Value) -> ir.Node:
@@ -392,7 +435,8 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
     an activation named in `shared` into MatMulIntegerToFloat of one DynamicQuantizeLinear of it;
     with ``form="compressed"`` into a MatMul of the int8 weight's DequantizeLinear (OpenVINO), and
     those at positions in `static` read their activation through QuantizeLinear / DequantizeLinear
-    at the calibrated range `ranges` holds for it."""
+    at the calibrated range `ranges` holds for it. A Conv at a position (in `static`: it has no
+    dynamic form) reads its input at that range and int8 filters (`static_convs`)."""
     graph = model.graph
     nodes = list(graph)
     rewrites: list[Rewrite] = []
@@ -400,6 +444,12 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
         graph.opset_imports.setdefault(_DOMAIN, 1)
     quantized: dict[str, ir.Node] = {}  # shared activation -> its DynamicQuantizeLinear
     for k, position in enumerate(positions):
+        if is_onnx(nodes[position], "Conv"):
+            rewrite = _quantize_conv(graph, nodes[position], per_channel, reduce_range, ranges, static, position)
+            if decisions is not None:
+                rewrites.append(Rewrite(rule=QuantizeInt8.rule, nodes=[node_ref(nodes[position])],
+                                        reason=decisions[k].reason, result=rewrite))
+            continue
         linear = linear_of(nodes[position])
         if isinstance(linear, str):  # cannot happen: positions come from find_linears on this graph
             raise PassError(f"node {nodes[position].name!r} is no longer a quantizable linear: {linear}")
@@ -428,13 +478,34 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
             int8 = decisions[k].alternative("int8")
             saved = linear.weight.nbytes - q.values.nbytes
             rewrites.append(Rewrite(
-                rule=QuantizeLinearsDynamicInt8.rule, nodes=refs,
+                rule=QuantizeInt8.rule, nodes=refs,
                 reason=decisions[k].reason + (f" (int8 predicted {int8.predicted_ms:.4f} ms)"
                                               if int8 is not None and int8.predicted_ms is not None else ""),
                 result=f"{node.domain or 'ai.onnx'}.{node.op_type} {node.name!r}, weight "
                        f"{linear.weight.shape[0]}x{linear.weight.shape[1]} int8 ({saved / 1e6:.2f} MB less if the fp32 "
                        "weight had no other reader)"))
     return rewrites
+
+
+def _quantize_conv(graph: ir.Graph, node: ir.Node, per_channel: bool, reduce_range: bool,
+                   ranges: dict[str, ActivationRange] | None, static: set[int], position: int) -> str:
+    """Quantize the Conv `node` to static int8 in place (`static_convs.static_conv`); what it
+    became, for the rewrite row."""
+    conv = conv_of(node)
+    if isinstance(conv, str):  # cannot happen: positions come from find_convs on this graph
+        raise PassError(f"node {node.name!r} is no longer a quantizable convolution: {conv}")
+    if position not in static or ranges is None or conv.activation.name not in ranges:
+        raise PassError(f"convolution {conv.name!r} has no dynamic int8 form: it needs its input's calibrated range")
+    q = quantize_weight(conv.weight, per_channel=per_channel, reduce_range=reduce_range, axis=0)
+    old_weight = node.inputs[1]
+    new_nodes = static_conv(graph, conv, q, ranges[conv.activation.name])
+    for new_node in new_nodes:
+        merge_provenance(new_node, [node])
+    graph.insert_before(node, new_nodes)
+    remove_unused_initializers(graph, [old_weight])
+    return (f"ai.onnx.Conv {node.name!r} reading its input at a fixed uint8 scale and "
+            f"{'x'.join(str(d) for d in conv.weight.shape)} int8 filters "
+            f"({(conv.weight.nbytes - q.values.nbytes) / 1e6:.2f} MB less if the fp32 filters had no other reader)")
 
 
 def _contrib_nodes(graph: ir.Graph, linear: Linear, q: QuantizedWeight, shared: set[str],

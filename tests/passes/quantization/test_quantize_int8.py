@@ -58,7 +58,7 @@ def _reference(proto: onnx.ModelProto) -> list[np.ndarray]:
 
 
 def _quant_pass(optimized):
-    return next(p for p in optimized.report.passes if p.name == "quantize_dynamic_int8")
+    return next(p for p in optimized.report.passes if p.name == "quantize_int8")
 
 
 def _ops(model: ir.Model) -> list[str]:
@@ -128,7 +128,7 @@ def test_int8_rewrites_the_linears_the_cost_model_prices_faster_within_the_budge
     expected, actual = _reference(proto), optimized(x=X)
     for e, a in zip(expected, actual):
         assert cosine_similarity(e, a) > 0.999
-    assert report.rewrites and all(r.rule == "quantize_dynamic_int8" for r in report.rewrites)
+    assert report.rewrites and all(r.rule == "quantize_int8" for r in report.rewrites)
 
 
 def test_a_tight_budget_keeps_the_most_sensitive_linears_in_fp32():
@@ -253,7 +253,7 @@ def test_static_int8_on_openvino_fixes_activation_scales_where_the_budget_holds_
     pytest.importorskip("openvino")
     from conftest import FakeTimer, fake_measured_choices
 
-    from kiln.passes.quantization.compressed_weights import ActivationRange
+    from kiln.passes.quantization.static_activations import ActivationRange
 
     calibration = [{"x": RNG.standard_normal((ROWS, WIDTH)).astype(np.float32)} for _ in range(2)]
     optimized = kiln.optimize(_mlp(), level=1, sample_inputs={"x": X}, quantize="static-int8", backend="openvino",
@@ -362,7 +362,7 @@ def test_when_measured_slower_each_linear_quantizes_its_activation_itself():
 def test_an_activation_several_linears_read_is_quantized_once_with_the_same_products():
     import onnxruntime as ort
 
-    from kiln.passes.quantization.dynamic_int8 import _quantize
+    from kiln.passes.quantization.quantize_int8 import _quantize
 
     optimized = kiln.optimize(_three_heads(), level=1, sample_inputs={"x": X}, quantize="int8",
                               measured_choices=_Always("shared"), options=MEASURE_ANY)

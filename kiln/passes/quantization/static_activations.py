@@ -1,0 +1,78 @@
+"""Static activation scales: the range an activation takes on calibration inputs, as the uint8
+scale and zero point of a fixed QuantizeLinear / DequantizeLinear pair in front of its int8 readers.
+
+    x -> QuantizeLinear(x, scale, zero_point) -> DequantizeLinear(., scale, zero_point)
+
+A backend that runs QDQ graphs in int8 (OpenVINO's low-precision transformations) takes the pair
+and the int8 weight behind it as one int8 kernel whose activation scale is fixed, instead of
+computing it per call. The range is MinMax over the calibration inputs, kept as a running min and
+max (never the tensors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from kiln.ir.inputs import Feeds
+from kiln.passes.infra.contract import ModelRunner
+
+__all__ = ["ActivationRange", "activation_ranges", "fixed_scale_pair"]
+
+
+@dataclass(frozen=True)
+class ActivationRange:
+    """The range an activation took on the calibration inputs, as an asymmetric uint8 scale and
+    zero point: the range widened to hold 0, ``x ~ scale * (q - zero_point)`` with q in [0, 255]."""
+
+    low: float
+    high: float
+
+    @property
+    def scale(self) -> np.float32:
+        low, high = min(self.low, 0.0), max(self.high, 0.0)
+        return np.float32((high - low) / 255.0 if high > low else 1.0)
+
+    @property
+    def zero_point(self) -> np.uint8:
+        return np.uint8(np.clip(np.rint(-min(self.low, 0.0) / float(self.scale)), 0, 255))
+
+
+def fixed_scale_pair(x: ir.Value, scale: ir.Value, zero_point: ir.Value, prefix: str = "") -> list[ir.Node]:
+    """QuantizeLinear / DequantizeLinear of `x` at a fixed uint8 scale and zero point (not yet
+    inserted); the second node's output is `x` as the int8 reader sees it."""
+    quantize = ir.Node("", "QuantizeLinear", [x, scale, zero_point], name=f"{prefix}.quantize_activation" if prefix else None)
+    dequantize = ir.Node("", "DequantizeLinear", [quantize.outputs[0], scale, zero_point],
+                         name=f"{prefix}.dequantize_activation" if prefix else None)
+    if prefix:
+        quantize.outputs[0].name, dequantize.outputs[0].name = f"{prefix}.activation_uint8", f"{prefix}.activation_int8"
+    quantize.outputs[0].dtype, dequantize.outputs[0].dtype = ir.DataType.UINT8, ir.DataType.FLOAT
+    quantize.outputs[0].shape = dequantize.outputs[0].shape = x.shape
+    return [quantize, dequantize]
+
+
+def activation_ranges(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds],
+                      activations: Sequence[ir.Value]) -> dict[str, ActivationRange]:
+    """The range of each named activation over `feeds` (the fp32 model run with them exposed as
+    outputs, one feed at a time: only a running min and max is kept, never the tensors)."""
+    wanted = list(dict.fromkeys(v.name for v in activations if v.name))
+    probe = model.clone()
+    by_name = {v.name: v for v in probe.graph.inputs}
+    by_name.update({out.name: out for node in probe.graph for out in node.outputs})
+    known = [name for name in wanted if name in by_name]
+    probe.graph.outputs.extend(by_name[name] for name in known if by_name[name] not in probe.graph.outputs)
+    position = {id(v): k for k, v in enumerate(probe.graph.outputs)}
+    index = {name: position[id(by_name[name])] for name in known}
+    low = dict.fromkeys(known, np.inf)
+    high = dict.fromkeys(known, -np.inf)
+    for feed in feeds:
+        outputs = runner(probe, feed)
+        for name in known:
+            value = np.asarray(outputs[index[name]], np.float32)
+            finite = value[np.isfinite(value)]
+            if finite.size:
+                low[name], high[name] = min(low[name], float(finite.min())), max(high[name], float(finite.max()))
+    return {name: ActivationRange(low[name], high[name]) for name in known if np.isfinite(low[name])}
