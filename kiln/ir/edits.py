@@ -74,6 +74,11 @@ def tensor_input(name: str, shape: Sequence[int], dtype: ir.DataType) -> ir.Valu
     return ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(list(shape)))
 
 
+def constant_value(name: str, array: np.ndarray) -> ir.Value:
+    """A constant named `name` holding `array`, in no graph: an initializer of a standalone model."""
+    return ir.Value(name=name, const_value=ir.tensor(array, name=name))
+
+
 def standalone_model(inputs: Sequence[ir.Value], outputs: Sequence[ir.Value], nodes: Sequence[ir.Node], *,
                      initializers: Sequence[ir.Value] = (), name: str = "alternative",
                      opset_imports: dict[str, int] | None = None) -> ir.Model:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from kiln.ir.edits import new_initializer, standalone_model, tensor_input
+from kiln.ir.edits import constant_value, new_initializer, standalone_model, tensor_input
 from kiln.passes.quantization.linears import Linear
 from kiln.passes.quantization.static_activations import ActivationRange, fixed_scale_pair
 from kiln.passes.quantization.weights import QuantizedWeight
@@ -101,25 +101,22 @@ def _timed_form(shape: LinearShape, form: str, seed: int) -> ir.Model:
     rng = np.random.default_rng(seed)
     dims = [int(d) for d in shape.x_shape]
 
-    def constant(name: str, array: np.ndarray) -> ir.Value:
-        return ir.Value(name=name, const_value=ir.tensor(array, name=name))
-
     x = tensor_input("x", dims, ir.DataType.FLOAT)
-    bias = constant("b", rng.standard_normal(shape.n).astype(np.float32)) if shape.biased else None
+    bias = constant_value("b", rng.standard_normal(shape.n).astype(np.float32)) if shape.biased else None
     inits = [bias] if bias is not None else []
     nodes: list[ir.Node] = []
     activation = x
     if form == "int8 static":
-        scale, zero_point = constant("x_scale", np.asarray(0.02, np.float32)), constant("x_zero_point", np.asarray(128, np.uint8))
+        scale, zero_point = constant_value("x_scale", np.asarray(0.02, np.float32)), constant_value("x_zero_point", np.asarray(128, np.uint8))
         inits += [scale, zero_point]
         nodes += fixed_scale_pair(x, scale, zero_point)
         activation = nodes[-1].outputs[0]
     if form == "fp32":
-        weight = constant("w", (rng.standard_normal((shape.k, shape.n)) * 0.05).astype(np.float32))
+        weight = constant_value("w", (rng.standard_normal((shape.k, shape.n)) * 0.05).astype(np.float32))
         inits.append(weight)
     else:
-        values = constant("w_int8", rng.integers(-127, 128, (shape.k, shape.n), dtype=np.int8))
-        w_scale = constant("w_scale", np.full((shape.n,), 0.01, np.float32))
+        values = constant_value("w_int8", rng.integers(-127, 128, (shape.k, shape.n), dtype=np.int8))
+        w_scale = constant_value("w_scale", np.full((shape.n,), 0.01, np.float32))
         inits += [values, w_scale]
         nodes.append(ir.Node("", "DequantizeLinear", [values, w_scale], attributes=[ir.AttrInt64("axis", 1)]))
         weight = nodes[-1].outputs[0]

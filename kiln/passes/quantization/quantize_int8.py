@@ -135,7 +135,7 @@ class QuantizeInt8(Pass):
         positions = {node: index for index, node in enumerate(model.graph)}
         decisions = [self._excluded(linear) or (self._priced(linear, ctx, reduce_range) if form == "contrib"
                                                 else self._measured(linear, ctx)) for linear in linears]
-        decisions += [self._excluded(conv) or self._measured_conv(conv, ctx) for conv in convs]
+        decisions += [self._excluded(conv) or self._measured(conv, ctx) for conv in convs]
         units: list[_Unit] = [*linears, *convs]
         chosen = [i for i, d in enumerate(decisions[:len(linears)]) if d.chosen == "int8"]
         conv_chosen = [i for i in range(len(linears), len(units)) if decisions[i].chosen == _STATIC]
@@ -204,30 +204,23 @@ class QuantizeInt8(Pass):
         """The fp32 row of a linear or convolution `QuantConfig.exclude` names, else None."""
         return _kept_fp32(unit, "excluded by QuantConfig.exclude") if unit.node.name in self.config.exclude else None
 
-    def _measured(self, linear: Linear, ctx: PassContext) -> Decision:
-        """The linear's decision row on speed alone for OpenVINO: fp32 against int8 weights,
-        measured on the target once per shape (the budget may revise it)."""
-        weight_bytes = _weight_bytes(linear)
-        shape = LinearShape.of(linear)
-        decision = measured_decision(ctx.measured, key=shape.key, subject=linear.name, question=_QUESTION,
-                                     names=("fp32", "int8"), build=lambda: compressed_alternatives(shape),
-                                     policy=ctx.measured_policy, static=shape.static)
+    @staticmethod
+    def _measured(unit: _Unit, ctx: PassContext) -> Decision:
+        """The unit's decision row on speed alone for OpenVINO, measured on the target once per
+        shape (the budget may revise it): a linear's fp32 against int8 weights, a convolution's
+        fp32 against static int8 (input at a fixed scale, int8 filters)."""
+        weight_bytes = _weight_bytes(unit)
+        if isinstance(unit, Convolution):
+            shape: LinearShape | ConvShape = ConvShape.of(unit)
+            question, build = _CONV_QUESTION, lambda: conv_alternatives(shape)
+        else:
+            shape = LinearShape.of(unit)
+            question, build = _QUESTION, lambda: compressed_alternatives(shape)
+        decision = measured_decision(ctx.measured, key=shape.key, subject=unit.name, question=question,
+                                     names=tuple(weight_bytes), build=build, policy=ctx.measured_policy,
+                                     static=shape.static)
         for alternative in decision.alternatives:
             alternative.metrics["weight_bytes"] = weight_bytes[alternative.name]
-        decision.reason = f"{shape}: {decision.reason}"
-        return decision
-
-    def _measured_conv(self, conv: Convolution, ctx: PassContext) -> Decision:
-        """The convolution's decision row on speed alone: fp32 against static int8 (input at a
-        fixed scale, int8 filters), measured on the target once per shape (the budget may revise
-        it)."""
-        weight_bytes = _weight_bytes(conv)
-        shape = ConvShape.of(conv)
-        decision = measured_decision(ctx.measured, key=shape.key, subject=conv.name, question=_CONV_QUESTION,
-                                     names=("fp32", _STATIC), build=lambda: conv_alternatives(shape),
-                                     policy=ctx.measured_policy, static=shape.static)
-        for alternative in decision.alternatives:
-            alternative.metrics["weight_bytes"] = weight_bytes["int8" if alternative.name == _STATIC else "fp32"]
         decision.reason = f"{shape}: {decision.reason}"
         return decision
 
@@ -389,17 +382,18 @@ def _reference_sets(model: ir.Model, runner: ModelRunner, feeds: list[Feeds], he
 
 
 def _weight_bytes(unit: _Unit) -> dict[str, float]:
-    return {"fp32": float(unit.weight.nbytes), "int8": float(unit.weight.size)}
+    """The weight's bytes in each of the unit's forms: fp32, and its int8 form ("int8" for a
+    linear, "int8 static" for a convolution, which has no dynamic form)."""
+    return {"fp32": float(unit.weight.nbytes),
+            _STATIC if isinstance(unit, Convolution) else "int8": float(unit.weight.size)}
 
 
 def _kept_fp32(unit: _Unit, reason: str) -> Decision:
     """A linear's or convolution's row when a precondition keeps it fp32 before any price or
     measurement."""
-    conv = isinstance(unit, Convolution)
-    rows = [Alternative(_STATIC if conv and name == "int8" else name, metrics={"weight_bytes": v})
-            for name, v in _weight_bytes(unit).items()]
-    return Decision(unit.name, _CONV_QUESTION if conv else _QUESTION, rows, chosen="fp32", reason=reason,
-                    decided_by="precondition")
+    rows = [Alternative(name, metrics={"weight_bytes": v}) for name, v in _weight_bytes(unit).items()]
+    return Decision(unit.name, _CONV_QUESTION if isinstance(unit, Convolution) else _QUESTION, rows, chosen="fp32",
+                    reason=reason, decided_by="precondition")
 
 
 def _sketch_dynamic_quantize(activation: ir.Value) -> ir.Node:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from kiln.ir.edits import standalone_model, tensor_input
+from kiln.ir.edits import constant_value, standalone_model, tensor_input
 
 __all__ = ["SharedShape", "alternatives"]
 
@@ -51,9 +51,6 @@ def alternatives(shape: SharedShape, seed: int = 0) -> tuple[ir.Model, ir.Model]
     dims = [int(d) for d in shape.x_shape]
     inner = dims[-1]
 
-    def constant(name: str, array: np.ndarray) -> ir.Value:
-        return ir.Value(name=name, const_value=ir.tensor(array, name=name))
-
     def build(shared: bool) -> ir.Model:
         x = tensor_input("x", dims, ir.DataType.FLOAT)
         nodes: list[ir.Node] = []
@@ -63,10 +60,10 @@ def alternatives(shape: SharedShape, seed: int = 0) -> tuple[ir.Model, ir.Model]
             a, a_scale, a_zero_point = nodes[0].outputs
         outputs = []
         for i, (width, biased) in enumerate(zip(shape.widths, shape.biased)):
-            weight = constant(f"w{i}", rng.integers(-127, 128, (inner, width), dtype=np.int8))
-            scale = constant(f"s{i}", np.full((width,), 0.01, np.float32))
-            zero_point = constant(f"z{i}", np.zeros((width,), np.int8))
-            bias = [constant(f"b{i}", rng.standard_normal(width).astype(np.float32))] if biased else []
+            weight = constant_value(f"w{i}", rng.integers(-127, 128, (inner, width), dtype=np.int8))
+            scale = constant_value(f"s{i}", np.full((width,), 0.01, np.float32))
+            zero_point = constant_value(f"z{i}", np.zeros((width,), np.int8))
+            bias = [constant_value(f"b{i}", rng.standard_normal(width).astype(np.float32))] if biased else []
             inits += [weight, scale, zero_point, *bias]
             if shared:
                 node = ir.Node(_DOMAIN, "MatMulIntegerToFloat", [a, weight, a_scale, scale, a_zero_point, zero_point,

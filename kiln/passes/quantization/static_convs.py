@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from kiln.ir.edits import new_initializer, standalone_model, tensor_input
+from kiln.ir.edits import constant_value, new_initializer, standalone_model, tensor_input
 from kiln.passes.quantization.convs import Convolution
 from kiln.passes.quantization.static_activations import ActivationRange, fixed_scale_pair
 from kiln.passes.quantization.weights import QuantizedWeight
@@ -95,26 +95,23 @@ def _timed_form(shape: ConvShape, int8: bool, seed: int) -> ir.Model:
     rng = np.random.default_rng(seed)
     dims = [int(d) for d in shape.x_shape]
 
-    def constant(name: str, array: np.ndarray) -> ir.Value:
-        return ir.Value(name=name, const_value=ir.tensor(array, name=name))
-
     x = tensor_input("x", dims, ir.DataType.FLOAT)
     inits: list[ir.Value] = []
     nodes: list[ir.Node] = []
     activation = x
     if int8:
-        scale, zero_point = constant("x_scale", np.asarray(0.02, np.float32)), constant("x_zero_point", np.asarray(128, np.uint8))
-        values = constant("w_int8", rng.integers(-127, 128, shape.w_shape, dtype=np.int8))
-        w_scale = constant("w_scale", np.full((shape.w_shape[0],), 0.01, np.float32))
+        scale, zero_point = constant_value("x_scale", np.asarray(0.02, np.float32)), constant_value("x_zero_point", np.asarray(128, np.uint8))
+        values = constant_value("w_int8", rng.integers(-127, 128, shape.w_shape, dtype=np.int8))
+        w_scale = constant_value("w_scale", np.full((shape.w_shape[0],), 0.01, np.float32))
         inits += [scale, zero_point, values, w_scale]
         nodes += fixed_scale_pair(x, scale, zero_point)
         activation = nodes[-1].outputs[0]
         nodes.append(ir.Node("", "DequantizeLinear", [values, w_scale], attributes=[ir.AttrInt64("axis", 0)]))
         weight = nodes[-1].outputs[0]
     else:
-        weight = constant("w", (rng.standard_normal(shape.w_shape) * 0.05).astype(np.float32))
+        weight = constant_value("w", (rng.standard_normal(shape.w_shape) * 0.05).astype(np.float32))
         inits.append(weight)
-    bias = [constant("b", rng.standard_normal(shape.w_shape[0]).astype(np.float32))] if shape.biased else []
+    bias = [constant_value("b", rng.standard_normal(shape.w_shape[0]).astype(np.float32))] if shape.biased else []
     inits += bias
     nodes.append(ir.Node("", "Conv", [activation, weight, *bias], attributes=_copied(shape.attributes), name="conv"))
     y = nodes[-1].outputs[0]
