@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kiln.backends.registry import known_backends
-from kiln.errors import KilnError
+from kiln.errors import InputError, KilnError
 from kiln.report.model import OptimizationReport
 from kiln.report.render import format_bytes, report_renderables
 from kiln.report.summary import pass_label
@@ -90,6 +90,14 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["drop_blocks"] = BlockBudget(min_cosine=args.drop_blocks_min_cosine)
     if args.quantize is not None:
         kwargs["quantize"] = args.quantize
+        if args.activation_range is not None:
+            from kiln.passes.quantization.config import SHORTHANDS, QuantConfig
+
+            kwargs["quantize"] = QuantConfig(scheme=SHORTHANDS[args.quantize],  # type: ignore[arg-type]
+                                             activation_range=args.activation_range)
+    elif args.activation_range is not None:
+        raise InputError("--activation-range sets how --quantize static-int8 fixes activation ranges; add "
+                         "--quantize static-int8 (and --calibration) or drop it.")
     if args.calibration:
         kwargs["calibration"] = [load_npz(path) for path in args.calibration]
     if args.backend is not None:
@@ -383,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "priced or measured faster and every sample's output keeps cosine 0.99 with the original on "
                           "the calibration and sample inputs; static-int8 (OpenVINO, needs --calibration) also fixes "
                           "activation scales where the budget still holds; off by default")
+    opt.add_argument("--activation-range", choices=["minmax", "percentile", "mse", "entropy"],
+                     help="how static-int8 fixes each activation's range from the calibration inputs: the whole "
+                          "range (minmax, default), the central 99.99%% (percentile), the clip with the least "
+                          "quantization error (mse) or TensorRT's KL rule (entropy)")
     opt.add_argument("--calibration", action="append", metavar="NPZ",
                      help="inputs (.npz keyed by input name) --quantize measures its accuracy on; repeatable "
                           "(default: the sample inputs)")

@@ -11,6 +11,7 @@ from typing import Literal
 
 from kiln.errors import InputError
 from kiln.passes.infra.contract import CosineBudget
+from kiln.passes.quantization.observers import RANGE_METHODS, RangeMethod
 
 __all__ = ["SCHEMES", "QuantConfig", "resolve_quantize"]
 
@@ -45,6 +46,10 @@ class QuantConfig:
       layers whose quantization costs the most accuracy stay fp32 until the joint error fits. By
       default every sample of a batch keeps cosine 0.99 (its worst sentence, not its average).
     - `exclude`: names of nodes to keep in fp32 whatever they would gain.
+    - `activation_range`: how static-int8 sets each activation's fixed range from the
+      calibration inputs: "minmax", "percentile" (the central `percentile` % of the values),
+      "mse" (the clip with the least expected quantization error) or "entropy" (TensorRT's KL
+      rule); see `observers.RANGE_METHODS`.
     """
 
     scheme: Scheme = "dynamic-int8"
@@ -52,10 +57,18 @@ class QuantConfig:
     reduce_range: bool | None = None
     budget: CosineBudget = field(default_factory=lambda: CosineBudget(min_cosine=0.99, per_sample=True))
     exclude: tuple[str, ...] = ()
+    activation_range: RangeMethod = "minmax"
+    percentile: float = 99.99
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise InputError(_unknown(self.scheme))
+        if self.activation_range not in RANGE_METHODS:
+            raise InputError(f"activation_range={self.activation_range!r} is not a range method kiln knows; use one of "
+                             + ", ".join(repr(name) for name in RANGE_METHODS) + ".")
+        if not 50.0 < self.percentile <= 100.0:
+            raise InputError(f"percentile={self.percentile!r} must be in (50, 100]: the share of an activation's "
+                             "values its static range keeps.")
         if not isinstance(self.budget, CosineBudget):
             raise InputError(f"budget={self.budget!r} is not a CosineBudget; give e.g. CosineBudget(min_cosine=0.99) "
                              "(from kiln.passes.infra import CosineBudget).")

@@ -182,14 +182,20 @@ class QuantizeInt8(Pass):
         if linears or not convs:
             parts.append(f"{len(chosen)} of {len(linears)} linears in dynamic int8 ({granularity}"
                          f"{', int8 weights OpenVINO compiles with its own activation quantization' if form == 'compressed' else ''}"
-                         f"{f'; {static_linears} with static activation scales' if static_linears else ''}"
+                         f"{f'; {static_linears} with static activation scales ({self._range_method})' if static_linears else ''}"
                          f"{', 7-bit weights' if reduce_range else ''}"
                          f"{f'; {len(shared)} activations quantized once for several linears' if shared else ''})")
         if convs:
-            parts.append(f"{len(static_convs)} of {len(convs)} convolutions in static int8 ({granularity} filters)")
+            parts.append(f"{len(static_convs)} of {len(convs)} convolutions in static int8 ({granularity} filters"
+                         f"{f', inputs at {self._range_method}' if static_convs else ''})")
         message = "; ".join(parts) + (f"; {leftover}" if leftover else "")
         logger.info("%s: %s", self.name, message)
         return PassResult(model, True, rewrites=rewrites, message=message)
+
+    @property
+    def _range_method(self) -> str:
+        method = self.config.activation_range
+        return f"{method} ranges" if method != "percentile" else f"{self.config.percentile:g}th-percentile ranges"
 
     def _priced(self, linear: Linear, ctx: PassContext, reduce_range: bool) -> Decision:
         """The linear's decision row on speed alone (the budget may revise it)."""
@@ -267,7 +273,8 @@ class QuantizeInt8(Pass):
         shape (the others stay dynamic), and the convolutions `conv_chosen` measured faster in
         static int8 than in fp32 (those dropped stay fp32)."""
         ranges = activation_ranges(model, ctx.runner or runner, sets["calibration"][0],
-                                   [units[i].activation for i in chosen + conv_chosen])
+                                   [units[i].activation for i in chosen + conv_chosen],
+                                   method=self.config.activation_range, percentile=self.config.percentile)
         faster: dict[str, Decision] = {}
         candidates = []
         for i in chosen:

@@ -5,8 +5,9 @@ scale and zero point of a fixed QuantizeLinear / DequantizeLinear pair in front 
 
 A backend that runs QDQ graphs in int8 (OpenVINO's low-precision transformations) takes the pair
 and the int8 weight behind it as one int8 kernel whose activation scale is fixed, instead of
-computing it per call. The range is MinMax over the calibration inputs, kept as a running min and
-max (never the tensors).
+computing it per call. The range comes from a streaming observer over the calibration inputs
+(`observers`: MinMax by default, or a Percentile, MSE or Entropy clip of a histogram; never the
+tensors).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import onnx_ir as ir
 
 from kiln.ir.inputs import Feeds
 from kiln.passes.infra.contract import ModelRunner
+from kiln.passes.quantization.observers import RangeMethod, make_observer
 
 __all__ = ["ActivationRange", "activation_ranges", "fixed_scale_pair"]
 
@@ -54,10 +56,11 @@ def fixed_scale_pair(x: ir.Value, scale: ir.Value, zero_point: ir.Value, prefix:
     return [quantize, dequantize]
 
 
-def activation_ranges(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds],
-                      activations: Sequence[ir.Value]) -> dict[str, ActivationRange]:
-    """The range of each named activation over `feeds` (the fp32 model run with them exposed as
-    outputs, one feed at a time: only a running min and max is kept, never the tensors)."""
+def activation_ranges(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds], activations: Sequence[ir.Value],
+                      method: RangeMethod = "minmax", percentile: float = 99.99) -> dict[str, ActivationRange]:
+    """The clip range of each named activation over `feeds` by `method` (the fp32 model run with
+    them exposed as outputs, one feed at a time, twice for the histogram methods: only a running
+    min/max and a histogram per activation are kept, never the tensors)."""
     wanted = list(dict.fromkeys(v.name for v in activations if v.name))
     probe = model.clone()
     by_name = {v.name: v for v in probe.graph.inputs}
@@ -66,13 +69,11 @@ def activation_ranges(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feed
     probe.graph.outputs.extend(by_name[name] for name in known if by_name[name] not in probe.graph.outputs)
     position = {id(v): k for k, v in enumerate(probe.graph.outputs)}
     index = {name: position[id(by_name[name])] for name in known}
-    low = dict.fromkeys(known, np.inf)
-    high = dict.fromkeys(known, -np.inf)
-    for feed in feeds:
-        outputs = runner(probe, feed)
-        for name in known:
-            value = np.asarray(outputs[index[name]], np.float32)
-            finite = value[np.isfinite(value)]
-            if finite.size:
-                low[name], high[name] = min(low[name], float(finite.min())), max(high[name], float(finite.max()))
-    return {name: ActivationRange(low[name], high[name]) for name in known if np.isfinite(low[name])}
+    observers = {name: make_observer(method, percentile) for name in known}
+    passes = (False, True) if any(o.needs_second_pass for o in observers.values()) else (False,)
+    for second_pass in passes:
+        for feed in feeds:
+            outputs = runner(probe, feed)
+            for name in known:
+                observers[name].observe(np.asarray(outputs[index[name]]), second_pass=second_pass)
+    return {name: ActivationRange(*observer.clip()) for name, observer in observers.items() if observer.seen}

@@ -278,6 +278,40 @@ def test_static_int8_on_openvino_fixes_activation_scales_where_the_budget_holds_
         kiln.optimize(_mlp(), sample_inputs={"x": X}, quantize="static-int8", calibration=calibration)
 
 
+def test_static_int8_takes_each_activation_range_from_the_observer_the_config_names():
+    """QuantConfig(activation_range="mse"): fc1's fixed scale is the MSE clip of x over the
+    calibration feeds (observed feed by feed), and the report names the method."""
+    pytest.importorskip("openvino")
+    from conftest import FakeTimer, fake_measured_choices
+
+    from kiln.passes.quantization.observers import make_observer
+    from kiln.passes.quantization.static_activations import ActivationRange
+
+    calibration = [{"x": RNG.laplace(size=(ROWS, WIDTH)).astype(np.float32)} for _ in range(2)]
+    optimized = kiln.optimize(_mlp(), level=1, sample_inputs={"x": X}, backend="openvino",
+                              quantize=QuantConfig(scheme="static-int8", activation_range="mse"),
+                              calibration=calibration, measured_choices=fake_measured_choices(FakeTimer(0.5)),
+                              options={"measured_choice_min_ms": 0})
+    report = _quant_pass(optimized)
+    assert "static activation scales (mse ranges)" in report.message, report.message
+    observer = make_observer("mse")
+    for second_pass in (False, True):
+        for feed in calibration:
+            observer.observe(feed["x"], second_pass=second_pass)
+    low, high = observer.clip()
+    assert low > min(float(f["x"].min()) for f in calibration)  # the MSE clip cut the laplace tail
+    scale = next(t.const_value.numpy() for t in optimized.model.graph.initializers.values()
+                 if t.name == "fc1.activation_scale")
+    assert scale == pytest.approx(ActivationRange(low, high).scale)
+
+
+def test_cli_activation_range_needs_static_quantization(tmp_path, capsys):
+    path = tmp_path / "mlp.onnx"
+    onnx.save(_mlp(), path)
+    assert main(["optimize", str(path), "-o", str(tmp_path / "out.onnx"), "--activation-range", "mse"]) != 0
+    assert "--activation-range sets how --quantize static-int8" in capsys.readouterr().err
+
+
 def test_cli_quantizes_and_saves_a_model_ort_loads(tmp_path):
     src, out, npz = tmp_path / "mlp.onnx", tmp_path / "mlp.int8.onnx", tmp_path / "calib.npz"
     onnx.save(_mlp(), src)
