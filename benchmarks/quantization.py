@@ -317,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="kiln's QuantConfig scheme (static-int8 lowers to OpenVINO only: use --backends openvino)")
     parser.add_argument("--activation-range", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
                         help="how static-int8 fixes activation ranges (QuantConfig.activation_range, default minmax)")
+    parser.add_argument("--migrate-outliers", nargs="?", const="norms", choices=["norms", "all"],
+                        help="kiln migrates activation outliers into the weights first (QuantConfig.migrate_outliers; "
+                             "at LayerNorm outputs by default, everywhere with 'all')")
     parser.add_argument("--openvino-group", type=int, default=None, metavar="N",
                         help="OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE for kiln int8 and nncf-w8 (default: OpenVINO's)")
     parser.add_argument("--backends", default="onnxruntime,openvino",
@@ -333,10 +336,14 @@ def main(argv: list[str] | None = None) -> int:
 
     settings: dict[str, Any] = {"repeats": 6, "min_seconds": 1.0} if args.quick else {}
     settings["quantize"] = QuantConfig(scheme=args.scheme, activation_range=args.activation_range,
+                                       migrate_outliers=args.migrate_outliers is not None,
+                                       migration_sites=args.migrate_outliers or "norms",
                                        budget=CosineBudget(min_cosine=args.min_cosine, per_sample=not args.whole_batch))
     machine += f"; kiln's budget {settings['quantize'].budget}"
     if args.scheme == "static-int8":
         machine += f"; static activation ranges: {args.activation_range}"
+    if args.migrate_outliers:
+        machine += f"; activation outliers migrated into the weights first ({args.migrate_outliers} sites)"
     names = [name for name in args.models.split(",") if name]
     backends = {b for b in args.backends.split(",") if b}
     if backends - {"onnxruntime", "openvino"}:

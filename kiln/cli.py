@@ -90,14 +90,19 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["drop_blocks"] = BlockBudget(min_cosine=args.drop_blocks_min_cosine)
     if args.quantize is not None:
         kwargs["quantize"] = args.quantize
-        if args.activation_range is not None:
+        if args.activation_range is not None or args.migrate_outliers is not None:
             from kiln.passes.quantization.config import SHORTHANDS, QuantConfig
 
             kwargs["quantize"] = QuantConfig(scheme=SHORTHANDS[args.quantize],  # type: ignore[arg-type]
-                                             activation_range=args.activation_range)
+                                             activation_range=args.activation_range or "minmax",
+                                             migrate_outliers=args.migrate_outliers is not None,
+                                             migration_sites=args.migrate_outliers or "norms")
     elif args.activation_range is not None:
         raise InputError("--activation-range sets how --quantize static-int8 fixes activation ranges; add "
                          "--quantize static-int8 (and --calibration) or drop it.")
+    elif args.migrate_outliers is not None:
+        raise InputError("--migrate-outliers prepares the linears for --quantize; add --quantize int8 or "
+                         "static-int8, or drop it.")
     if args.calibration:
         kwargs["calibration"] = [load_npz(path) for path in args.calibration]
     if args.backend is not None:
@@ -395,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how static-int8 fixes each activation's range from the calibration inputs: the whole "
                           "range (minmax, default), the central 99.99%% (percentile), the clip with the least "
                           "quantization error (mse) or TensorRT's KL rule (entropy)")
+    opt.add_argument("--migrate-outliers", nargs="?", const="norms", choices=["norms", "all"],
+                     help="before --quantize, move the outlier channels of the activations linears read into their "
+                          "weights (SmoothQuant scales, OS+ shifts; exact), in the form measured to quantize best on "
+                          "the calibration inputs: at LayerNorm outputs (norms, the default) or everywhere (all)")
     opt.add_argument("--calibration", action="append", metavar="NPZ",
                      help="inputs (.npz keyed by input name) --quantize measures its accuracy on; repeatable "
                           "(default: the sample inputs)")

@@ -45,7 +45,7 @@ from kiln.passes.infra.manager import PipelineStep
 from kiln.passes.infra.options import PassOptions
 from kiln.passes.infra.validation import compare_outputs, compare_with_budget
 from kiln.passes.pipeline import passes_for_level
-from kiln.passes.quantization import QuantConfig, QuantizeInt8
+from kiln.passes.quantization import MigrateActivationOutliers, QuantConfig, QuantizeInt8
 from kiln.report.model import Alternative, Decision, ErrorStats, OptimizationReport
 from kiln.target import Target
 
@@ -58,7 +58,7 @@ Default = Literal["default"]
 class PipelineConfig:
     """Which passes run: a level's pipeline, or the given `passes`; block dropping first when a
     budget is given; quantization last when asked (after the exact passes: it sees the linears
-    they folded, joined and turned into Gemms); `options` for the passes (unknown keys are an
+    they folded, joined and turned into Gemms), after outlier migration when the config asks; `options` for the passes (unknown keys are an
     error)."""
 
     level: int = 1
@@ -72,7 +72,10 @@ class PipelineConfig:
             steps = passes_for_level(self.level, drop_blocks=self.drop_blocks)
         else:
             steps = ([DropResidualBlocks(self.drop_blocks)] if self.drop_blocks is not None else []) + list(self.passes)
-        return steps + ([QuantizeInt8(self.quantize)] if self.quantize is not None else [])
+        if self.quantize is None:
+            return steps
+        migration = [MigrateActivationOutliers(self.quantize)] if self.quantize.migrate_outliers else []
+        return steps + migration + [QuantizeInt8(self.quantize)]
 
 
 @dataclass(frozen=True)

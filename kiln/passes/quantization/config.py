@@ -50,6 +50,11 @@ class QuantConfig:
       calibration inputs: "minmax", "percentile" (the central `percentile` % of the values),
       "mse" (the clip with the least expected quantization error) or "entropy" (TensorRT's KL
       rule); see `observers.RANGE_METHODS`.
+    - `migrate_outliers`: before quantizing, move the per-channel outliers of the activations
+      linears read into their weights (SmoothQuant scales, OS+ shifts), in the form measured to
+      quantize best on the calibration inputs; exact before quantization (`outlier_migration`).
+      `migration_sites` says where: "norms" (LayerNorm outputs, which absorb the division; the
+      default) or "all" (also every other activation, behind a Mul, plus an Add with a shift).
     """
 
     scheme: Scheme = "dynamic-int8"
@@ -59,6 +64,8 @@ class QuantConfig:
     exclude: tuple[str, ...] = ()
     activation_range: RangeMethod = "minmax"
     percentile: float = 99.99
+    migrate_outliers: bool = False
+    migration_sites: Literal["norms", "all"] = "norms"
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -66,6 +73,8 @@ class QuantConfig:
         if self.activation_range not in RANGE_METHODS:
             raise InputError(f"activation_range={self.activation_range!r} is not a range method kiln knows; use one of "
                              + ", ".join(repr(name) for name in RANGE_METHODS) + ".")
+        if self.migration_sites not in ("norms", "all"):
+            raise InputError(f"migration_sites={self.migration_sites!r}: use 'norms' (LayerNorm outputs) or 'all'.")
         if not 50.0 < self.percentile <= 100.0:
             raise InputError(f"percentile={self.percentile!r} must be in (50, 100]: the share of an activation's "
                              "values its static range keeps.")

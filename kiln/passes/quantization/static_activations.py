@@ -22,7 +22,7 @@ from kiln.ir.inputs import Feeds
 from kiln.passes.infra.contract import ModelRunner
 from kiln.passes.quantization.observers import RangeMethod, make_observer
 
-__all__ = ["ActivationRange", "activation_ranges", "fixed_scale_pair"]
+__all__ = ["ActivationRange", "activation_ranges", "exposing", "fixed_scale_pair"]
 
 
 @dataclass(frozen=True)
@@ -56,19 +56,26 @@ def fixed_scale_pair(x: ir.Value, scale: ir.Value, zero_point: ir.Value, prefix:
     return [quantize, dequantize]
 
 
-def activation_ranges(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds], activations: Sequence[ir.Value],
-                      method: RangeMethod = "minmax", percentile: float = 99.99) -> dict[str, ActivationRange]:
-    """The clip range of each named activation over `feeds` by `method` (the fp32 model run with
-    them exposed as outputs, one feed at a time, twice for the histogram methods: only a running
-    min/max and a histogram per activation are kept, never the tensors)."""
-    wanted = list(dict.fromkeys(v.name for v in activations if v.name))
+def exposing(model: ir.Model, values: Sequence[ir.Value]) -> tuple[ir.Model, dict[str, int]]:
+    """A copy of `model` that also outputs the named `values` (graph inputs or node outputs), and
+    the output index of each name found."""
+    wanted = list(dict.fromkeys(v.name for v in values if v.name))
     probe = model.clone()
     by_name = {v.name: v for v in probe.graph.inputs}
     by_name.update({out.name: out for node in probe.graph for out in node.outputs})
     known = [name for name in wanted if name in by_name]
     probe.graph.outputs.extend(by_name[name] for name in known if by_name[name] not in probe.graph.outputs)
     position = {id(v): k for k, v in enumerate(probe.graph.outputs)}
-    index = {name: position[id(by_name[name])] for name in known}
+    return probe, {name: position[id(by_name[name])] for name in known}
+
+
+def activation_ranges(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds], activations: Sequence[ir.Value],
+                      method: RangeMethod = "minmax", percentile: float = 99.99) -> dict[str, ActivationRange]:
+    """The clip range of each named activation over `feeds` by `method` (the fp32 model run with
+    them exposed as outputs, one feed at a time, twice for the histogram methods: only a running
+    min/max and a histogram per activation are kept, never the tensors)."""
+    probe, index = exposing(model, activations)
+    known = list(index)
     observers = {name: make_observer(method, percentile) for name in known}
     passes = (False, True) if any(o.needs_second_pass for o in observers.values()) else (False,)
     for second_pass in passes:
