@@ -335,9 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.passes.quantization import QuantConfig
 
     settings: dict[str, Any] = {"repeats": 6, "min_seconds": 1.0} if args.quick else {}
-    settings["quantize"] = QuantConfig(scheme=args.scheme, activation_range=args.activation_range,
-                                       migrate_outliers=args.migrate_outliers is not None,
-                                       migration_sites=args.migrate_outliers or "norms",
+    migration = {"migrate_outliers": True, "migration_sites": args.migrate_outliers} if args.migrate_outliers else {}
+    settings["quantize"] = QuantConfig(scheme=args.scheme, activation_range=args.activation_range, **migration,
                                        budget=CosineBudget(min_cosine=args.min_cosine, per_sample=not args.whole_batch))
     machine += f"; kiln's budget {settings['quantize'].budget}"
     if args.scheme == "static-int8":

@@ -90,13 +90,15 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["drop_blocks"] = BlockBudget(min_cosine=args.drop_blocks_min_cosine)
     if args.quantize is not None:
         kwargs["quantize"] = args.quantize
-        if args.activation_range is not None or args.migrate_outliers is not None:
+        options: dict[str, Any] = {}  # only what the flags set: QuantConfig keeps its defaults
+        if args.activation_range is not None:
+            options["activation_range"] = args.activation_range
+        if args.migrate_outliers is not None:
+            options.update(migrate_outliers=True, migration_sites=args.migrate_outliers)
+        if options:
             from kiln.passes.quantization.config import SHORTHANDS, QuantConfig
 
-            kwargs["quantize"] = QuantConfig(scheme=SHORTHANDS[args.quantize],  # type: ignore[arg-type]
-                                             activation_range=args.activation_range or "minmax",
-                                             migrate_outliers=args.migrate_outliers is not None,
-                                             migration_sites=args.migrate_outliers or "norms")
+            kwargs["quantize"] = QuantConfig(scheme=SHORTHANDS[args.quantize], **options)  # type: ignore[arg-type]
     elif args.activation_range is not None:
         raise InputError("--activation-range sets how --quantize static-int8 fixes activation ranges; add "
                          "--quantize static-int8 (and --calibration) or drop it.")

@@ -58,8 +58,8 @@ Default = Literal["default"]
 class PipelineConfig:
     """Which passes run: a level's pipeline, or the given `passes`; block dropping first when a
     budget is given; quantization last when asked (after the exact passes: it sees the linears
-    they folded, joined and turned into Gemms), after outlier migration when the config asks; `options` for the passes (unknown keys are an
-    error)."""
+    they folded, joined and turned into Gemms), after outlier migration when the config asks;
+    `options` for the passes (unknown keys are an error)."""
 
     level: int = 1
     passes: Sequence[PipelineStep] | None = None

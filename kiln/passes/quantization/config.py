@@ -11,7 +11,7 @@ from typing import Literal
 
 from kiln.errors import InputError
 from kiln.passes.infra.contract import CosineBudget
-from kiln.passes.quantization.observers import RANGE_METHODS, RangeMethod
+from kiln.passes.quantization.observers import RangeMethod, check_method, check_percentile
 
 __all__ = ["SCHEMES", "QuantConfig", "resolve_quantize"]
 
@@ -70,14 +70,10 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise InputError(_unknown(self.scheme))
-        if self.activation_range not in RANGE_METHODS:
-            raise InputError(f"activation_range={self.activation_range!r} is not a range method kiln knows; use one of "
-                             + ", ".join(repr(name) for name in RANGE_METHODS) + ".")
+        check_method(self.activation_range)
         if self.migration_sites not in ("norms", "all"):
             raise InputError(f"migration_sites={self.migration_sites!r}: use 'norms' (LayerNorm outputs) or 'all'.")
-        if not 50.0 < self.percentile <= 100.0:
-            raise InputError(f"percentile={self.percentile!r} must be in (50, 100]: the share of an activation's "
-                             "values its static range keeps.")
+        check_percentile(self.percentile)
         if not isinstance(self.budget, CosineBudget):
             raise InputError(f"budget={self.budget!r} is not a CosineBudget; give e.g. CosineBudget(min_cosine=0.99) "
                              "(from kiln.passes.infra import CosineBudget).")

@@ -30,7 +30,8 @@ import numpy as np
 
 from kiln.errors import InputError
 
-__all__ = ["RANGE_METHODS", "HistogramObserver", "MinMaxObserver", "Observer", "RangeMethod", "make_observer"]
+__all__ = ["RANGE_METHODS", "HistogramObserver", "MinMaxObserver", "Observer", "RangeMethod", "check_method",
+           "check_percentile", "data_mask", "make_observer"]
 
 RangeMethod = Literal["minmax", "percentile", "mse", "entropy"]
 #: method -> what it keeps, for messages and the CLI's help
@@ -47,10 +48,16 @@ _LEVELS = 255
 _EXTREME = float(np.finfo(np.float32).max)
 
 
+def data_mask(values: np.ndarray) -> np.ndarray:
+    """Which of `values` are data: inside float32's extremes (False for masks' ``finfo.min``,
+    +-inf and NaN)."""
+    return np.abs(values) < _EXTREME
+
+
 def _data(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """The values that are data (finite and inside float32's extremes), flat, and how many were not."""
+    """The values that are data (`data_mask`), flat, and how many were not."""
     flat = np.asarray(values, np.float32).reshape(-1)
-    keep = np.abs(flat) < _EXTREME  # False for NaN and +-inf too
+    keep = data_mask(flat)
     return flat[keep], int(flat.size - np.count_nonzero(keep))
 
 
@@ -123,16 +130,27 @@ class HistogramObserver:
 Observer = MinMaxObserver | HistogramObserver
 
 
+def check_method(method: str) -> None:
+    """Raise `InputError` with the choices unless `method` is one of `RANGE_METHODS`."""
+    if method not in RANGE_METHODS:
+        raise InputError(f"activation_range={method!r} is not a range method kiln knows; use one of "
+                         + ", ".join(repr(name) for name in RANGE_METHODS) + ".")
+
+
+def check_percentile(percentile: float) -> None:
+    """Raise `InputError` unless `percentile` is a share of values a range can keep: (50, 100]."""
+    if not 50.0 < percentile <= 100.0:
+        raise InputError(f"percentile={percentile!r} must be in (50, 100]: the share of an activation's values its "
+                         "static range keeps.")
+
+
 def make_observer(method: RangeMethod, percentile: float = 99.99) -> Observer:
     """A fresh observer for `method` (see `RANGE_METHODS`)."""
+    check_method(method)
     if method == "minmax":
         return MinMaxObserver()
-    if method in RANGE_METHODS:
-        if not 50.0 < percentile <= 100.0:
-            raise InputError(f"percentile={percentile!r} must be in (50, 100]: the share of values the range keeps.")
-        return HistogramObserver(method, percentile=percentile)
-    raise InputError(f"activation range method {method!r} is not one kiln knows; use one of "
-                     + ", ".join(repr(name) for name in RANGE_METHODS) + ".")
+    check_percentile(percentile)
+    return HistogramObserver(method, percentile=percentile)
 
 
 def _with_zero(low: float, high: float) -> tuple[float, float]:

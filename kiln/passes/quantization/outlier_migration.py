@@ -39,6 +39,7 @@ from kiln.passes.infra.contract import ModelRunner, Pass, PassContext, PassResul
 from kiln.passes.infra.recording import node_ref
 from kiln.passes.quantization.config import QuantConfig
 from kiln.passes.quantization.migration_sites import MigrationSite, find_migration_sites
+from kiln.passes.quantization.observers import data_mask
 from kiln.passes.quantization.static_activations import ActivationRange, exposing
 from kiln.passes.quantization.weights import quantize_weight
 from kiln.report.model import Alternative, Decision, Rewrite
@@ -158,11 +159,13 @@ def _accumulate(errors: _Errors, site: MigrationSite, x: np.ndarray, feed: int) 
         errors.error[k] += float(np.square(output - reference, dtype=np.float64).sum())
 
 
-def feed_channel_ranges(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds],
-                        sites: Sequence[MigrationSite]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def feed_channel_ranges(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds], sites: Sequence[MigrationSite],
+                        *, exposed: tuple[ir.Model, dict[str, int]] | None = None
+                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each site's per-channel low and high on each of `feeds` (feeds x channels; the fp32 model
-    with the sites' activations exposed, one feed at a time; infinities and NaN left out)."""
-    probe, index = exposing(model, [site.value for site in sites])
+    with the sites' activations exposed, `exposed` if already built, one feed at a time; what is
+    not data to the range observers, `observers.data_mask`, left out)."""
+    probe, index = exposed or exposing(model, [site.value for site in sites])
     found: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for feed in feeds:
         outputs = runner(probe, feed)
@@ -171,9 +174,9 @@ def feed_channel_ranges(model: ir.Model, runner: ModelRunner, feeds: Sequence[Fe
             if name not in index:
                 continue
             rows = _rows(outputs[index[name]], site.channels)
-            finite = np.isfinite(rows)
-            low = np.where(finite, rows, np.inf).min(axis=0)
-            high = np.where(finite, rows, -np.inf).max(axis=0)
+            data = data_mask(rows)
+            low = np.where(data, rows, np.inf).min(axis=0)
+            high = np.where(data, rows, -np.inf).max(axis=0)
             lows, highs = found.setdefault(name, ([], []))
             lows.append(np.where(np.isfinite(low), low, 0.0))
             highs.append(np.where(np.isfinite(high), high, 0.0))
@@ -337,14 +340,15 @@ class MigrateActivationOutliers(Pass):
         if runner is None or not feeds:
             return PassResult(model, False, message="no calibration inputs or runner to measure the activations' "
                               "channel ranges on; nothing migrated")
-        per_feed = feed_channel_ranges(model, runner, feeds, sites)
+        exposed = exposing(model, [site.value for site in sites])  # one probe for both runs over the feeds
+        per_feed = feed_channel_ranges(model, runner, feeds, sites, exposed=exposed)
         measured = [site for site in sites if site.value.name in per_feed]
         ranges = {name: (lows.min(axis=0), highs.max(axis=0)) for name, (lows, highs) in per_feed.items()}
         errors = {site.name: _errors_for(site, candidate_migrations(site, *ranges[site.value.name], self.alphas),
                                          *per_feed[site.value.name], per_channel=self.config.per_channel,
                                          reduce_range=bool(self.config.reduce_range))
                   for site in measured}
-        probe, index = exposing(model, [site.value for site in measured])
+        probe, index = exposed
         for f, feed in enumerate(feeds):
             outputs = runner(probe, feed)
             for site in measured:
