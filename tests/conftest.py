@@ -34,6 +34,20 @@ def fake_measured_choices(timer: FakeTimer):
     return MeasuredChoices(kiln.Target(intra_op_threads=1), cache_path=None, timer=timer)
 
 
+def optimize_static_int8_on_openvino(model, x, calibration, timer: FakeTimer, quantize="static-int8"):
+    """kiln.optimize at level 1 for OpenVINO's static int8 on input `x`, every measured choice timed by `timer`."""
+    import kiln
+
+    return kiln.optimize(model, level=1, sample_inputs={"x": x}, quantize=quantize, backend="openvino",
+                         calibration=calibration, measured_choices=fake_measured_choices(timer),
+                         options={"measured_choice_min_ms": 0})
+
+
+def quant_pass(optimized):
+    """The report of the quantize_int8 pass in an optimize result."""
+    return next(p for p in optimized.report.passes if p.name == "quantize_int8")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_measured_choices_cache(tmp_path_factory):
     """kiln.optimize remembers measured choices in ~/.cache/kiln; tests keep theirs in a temp file."""

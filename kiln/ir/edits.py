@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from kiln.ir.queries import static_shape
+
 
 def new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     """Register `array` as an initializer of `graph` named `name` (suffixed until unique)."""
@@ -91,6 +93,18 @@ def standalone_model(inputs: Sequence[ir.Value], outputs: Sequence[ir.Value], no
         [onnx.helper.make_opsetid(domain, version) for domain, version in graph.opset_imports.items()],
         ignore_unknown=True))
     return ir.Model(graph, ir_version=ir_version)
+
+
+def region_key(nodes: Sequence[ir.Node]) -> str:
+    """What timing a region of `nodes` depends on: their ops, perms, input shapes and output
+    types, in order (a key for measured choices; values do not enter it)."""
+    parts = []
+    for node in nodes:
+        shapes = ",".join("x".join(map(str, static_shape(v) or ("?",))) if v is not None else "-" for v in node.inputs)
+        perm = node.attributes.get("perm")
+        dtype = node.outputs[0].dtype
+        parts.append(f"{node.op_type}{list(perm.value) if perm is not None else ''}({shapes}){dtype or ''}")
+    return ";".join(parts)
 
 
 def region_model(nodes: Sequence[ir.Node], *, name: str = "region") -> tuple[ir.Model, dict[ir.Node, ir.Node]]:

@@ -88,3 +88,20 @@ def resolved_reshape_shape(node: ir.Node, input_shape: tuple[int, ...]) -> tuple
             return None
         dims[dims.index(-1)] = total // known
     return tuple(dims) if int(np.prod(dims)) == total else None
+
+
+def scores_path(matmul: ir.Node) -> list[ir.Node] | None:
+    """The nodes from `matmul`'s output, each the sole reader of the one before, up to and
+    including the next MatMul (scale, mask, Softmax on attention scores); None when the chain
+    branches, leaves the graph or ends first."""
+    path: list[ir.Node] = []
+    value = matmul.outputs[0]
+    while True:
+        users = [user for user, _ in value.uses()]
+        if value.is_graph_output() or len(users) != 1 or len(users[0].outputs) != 1:
+            return None
+        node = users[0]
+        path.append(node)
+        if is_onnx(node, "MatMul"):
+            return path
+        value = node.outputs[0]

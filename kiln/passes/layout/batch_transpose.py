@@ -31,8 +31,8 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.cost_model.decisions import measured_decision
-from kiln.ir.edits import new_initializer, region_model
-from kiln.ir.queries import is_onnx, resolved_reshape_shape, sole_reader, static_shape
+from kiln.ir.edits import new_initializer, region_key, region_model
+from kiln.ir.queries import is_onnx, resolved_reshape_shape, scores_path, sole_reader, static_shape
 from kiln.passes.infra.contract import Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
 from kiln.report.model import Alternative, Decision, Rewrite
@@ -157,23 +157,6 @@ def _relayout(candidate: _Candidate, reshape: ir.Node, transpose: ir.Node,
     )
 
 
-def _scores_path(matmul: ir.Node) -> list[ir.Node] | None:
-    """The nodes from `matmul`'s output, each the sole reader of the one before, up to and
-    including the next MatMul (scale, mask, Softmax on attention scores); None when the chain
-    branches, leaves the graph or ends first."""
-    path: list[ir.Node] = []
-    value = matmul.outputs[0]
-    while True:
-        users = [user for user, _ in value.uses()]
-        if value.is_graph_output() or len(users) != 1 or len(users[0].outputs) != 1:
-            return None
-        node = users[0]
-        path.append(node)
-        if is_onnx(node, "MatMul"):
-            return path
-        value = node.outputs[0]
-
-
 @dataclass
 class _Core:
     """Candidates whose MatMuls are joined through the attention scores, and the region that times
@@ -184,13 +167,7 @@ class _Core:
 
     def key(self) -> str:
         """What the timing depends on: the region's ops, attributes and shapes, in order."""
-        parts = []
-        for node in self.nodes:
-            shapes = ",".join("x".join(map(str, static_shape(v) or ("?",))) if v is not None else "-" for v in node.inputs)
-            perm = node.attributes.get("perm")
-            dtype = node.outputs[0].dtype
-            parts.append(f"{node.op_type}{list(perm.value) if perm is not None else ''}({shapes}){dtype or ''}")
-        return "batch_transpose:" + ";".join(parts)
+        return "batch_transpose:" + region_key(self.nodes)
 
     def subject(self) -> str:
         names = ", ".join(c.transpose.name or c.transpose.outputs[0].name or "?" for c in self.candidates)
@@ -216,7 +193,7 @@ def _cores(graph: ir.Graph, candidates: list[_Candidate]) -> list[_Core]:
             by_reader.setdefault(reader, i)
     paths: dict[ir.Node, list[ir.Node]] = {}
     for reader in list(by_reader):
-        path = _scores_path(reader)
+        path = scores_path(reader)
         if path is not None and path[-1] in by_reader:
             paths[reader] = path
             parent[find(by_reader[reader])] = find(by_reader[path[-1]])

@@ -21,7 +21,8 @@ SCHEMES: dict[str, str] = {
     "dynamic-int8": ("int8 weights (symmetric, per output channel by default) and activations quantized on the fly "
                      "to uint8 at every linear; no calibration data needed"),
     "static-int8": ("dynamic-int8, then, where the budget still holds, activation scales fixed from their range on "
-                    "the calibration inputs and convolutions in int8 (OpenVINO only so far; needs calibration data)"),
+                    "the calibration inputs, convolutions and attention's two products in int8 (OpenVINO only so far; needs "
+                    "calibration data)"),
 }
 #: shorthand -> scheme
 SHORTHANDS = {"int8": "dynamic-int8", "dynamic-int8": "dynamic-int8", "static-int8": "static-int8"}
@@ -36,8 +37,8 @@ class QuantConfig:
     """How to quantize.
 
     - `scheme`: "dynamic-int8", or "static-int8" (OpenVINO): each linear the dynamic search kept
-      is tried with static activation scales, and each convolution with static int8 input and
-      filters; each keeps them where the budget still holds and they measured faster (see
+      is tried with static activation scales, each convolution with static int8 input and
+      filters, and each attention core with its Q K^T and P V in int8; each keeps them where the budget still holds and they measured faster (see
       `SCHEMES`).
     - `per_channel`: one weight scale per output channel (else one per tensor).
     - `reduce_range`: 7-bit weights, for CPUs without VNNI whose u8 x s8 products saturate in 16

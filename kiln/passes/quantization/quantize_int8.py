@@ -31,10 +31,12 @@ The static scheme (OpenVINO) goes one step further, with the ranges activations 
 calibration inputs (`static_activations`): a dynamic int8 linear whose static form measured
 faster reads its activation through a fixed-scale QuantizeLinear / DequantizeLinear, and a
 convolution measured faster in static int8 than in fp32 reads its input that way and int8
-filters (`static_convs`). The budget search runs once more over these, on top of the dynamic
-linears; a linear it drops stays dynamic, a convolution goes back to fp32.
+filters (`static_convs`), and an attention core measured faster with its two products in int8
+reads Q, K, Softmax's probabilities and V at fixed scales (`attention_products`). The budget
+search runs once more over these, on top of the dynamic linears; a linear it drops stays
+dynamic, a convolution or attention core goes back to fp32.
 
-Every linear and convolution is a `Decision` row: both alternatives' predicted (or measured) times, its solo and
+Every linear, convolution and attention core is a `Decision` row: both alternatives' predicted (or measured) times, its solo and
 the joint cosine, and why; so is every shape of shared activation. The pass is approximate: the
 PassManager checks its result against the original with the budget on the sample inputs, which
 need not be the calibration ones.
@@ -58,6 +60,13 @@ from kiln.ir.queries import is_onnx
 from kiln.passes.infra.contract import ModelRunner, Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
 from kiln.passes.infra.validation import OutputScore, score_outputs
+from kiln.passes.quantization.attention_products import (
+    AttentionCore,
+    attention_core_of,
+    find_attention_cores,
+    quantize_attention_core,
+)
+from kiln.passes.quantization.attention_products import alternatives as attention_alternatives
 from kiln.passes.quantization.compressed_weights import (
     LinearShape,
     compressed_linear,
@@ -89,11 +98,13 @@ _SHARED_OP = "MatMulIntegerToFloat"
 _QUESTION = "quantize linear to dynamic int8"
 _STATIC_QUESTION = "static activation scales against quantizing the activation per call"
 _CONV_QUESTION = "quantize convolution to static int8"
+_CORE_QUESTION = "quantize attention products to static int8"
 _STATIC = "int8 static"
 _SHARED_QUESTION = "quantize an activation several int8 linears read once"
 
-#: what the pass quantizes: linears (dynamic or static int8) and convolutions (static int8)
-_Unit = Linear | Convolution
+#: what the pass quantizes: linears (dynamic or static int8), convolutions and attention cores
+#: (static int8)
+_Unit = Linear | Convolution | AttentionCore
 #: "calibration" (and "held-out" when there are such inputs) -> the feeds and the fp32 model's outputs on them
 _ReferenceSets = dict[str, tuple[list[Feeds], list[list[Any]]]]
 
@@ -130,22 +141,33 @@ class QuantizeInt8(Pass):
                         else form == "contrib" and not _cpu_has_vnni())
         linears, left = find_linears(model.graph)
         static_scheme = self.config.scheme == "static-int8"
-        # convolutions have no dynamic int8 form: only the static scheme on OpenVINO takes them
-        convs, conv_left = find_convs(model.graph) if static_scheme and form == "compressed" else ([], {})
+        # convolutions and attention products have no dynamic int8 form: only the static scheme
+        # on OpenVINO takes them
+        static_forms = static_scheme and form == "compressed"
+        convs, conv_left = find_convs(model.graph) if static_forms else ([], {})
+        cores, core_left = find_attention_cores(model.graph) if static_forms else ([], {})
+        for core in cores:  # the linears' search counted their products as left
+            for product in (core.node, core.context):
+                why = linear_of(product)
+                if isinstance(why, str) and left.get(why, 0) > 0:
+                    left[why] -= 1
+        left = {why: count for why, count in left.items() if count}
         positions = {node: index for index, node in enumerate(model.graph)}
         decisions = [self._excluded(linear) or (self._priced(linear, ctx, reduce_range) if form == "contrib"
                                                 else self._measured(linear, ctx)) for linear in linears]
         decisions += [self._excluded(conv) or self._measured(conv, ctx) for conv in convs]
-        units: list[_Unit] = [*linears, *convs]
+        decisions += [self._excluded(core) or _measured_core(core, ctx) for core in cores]
+        units: list[_Unit] = [*linears, *convs, *cores]
         chosen = [i for i, d in enumerate(decisions[:len(linears)]) if d.chosen == "int8"]
-        conv_chosen = [i for i in range(len(linears), len(units)) if decisions[i].chosen == _STATIC]
-        leftover = "; ".join(f"{count} left: {why}" for why, count in sorted({**left, **conv_left}.items()))
-        if not chosen and not conv_chosen:
+        static_only = [i for i in range(len(linears), len(units)) if decisions[i].chosen == _STATIC]
+        leftover = "; ".join(f"{count} left: {why}" for why, count in sorted({**left, **conv_left, **core_left}.items()))
+        if not chosen and not static_only:
             for decision in decisions:
                 ctx.record(decision)
-            priced = f"{len(linears)} linears" + (f" and {len(convs)} convolutions" if convs else "")
-            return PassResult(model, False, message=f"no linear or convolution is predicted or measured faster in int8 "
-                              f"({priced} priced" + (f"; {leftover}" if leftover else "") + ")")
+            priced = f"{len(linears)} linears" + (f" and {len(convs)} convolutions" if convs else "") + \
+                (f" and {len(cores)} attention cores" if cores else "")
+            return PassResult(model, False, message=f"no linear, convolution or attention core is predicted or measured "
+                              f"faster in int8 ({priced} priced" + (f"; {leftover}" if leftover else "") + ")")
         # OpenVINO quantizes the activations inside its kernels: the error is the backend's to measure
         runner = self.runner or (ctx.target_runner if form == "compressed" else None) or ctx.runner
         feeds = self.calibration or ctx.calibration_feeds()
@@ -159,24 +181,26 @@ class QuantizeInt8(Pass):
             if chosen:
                 chosen = self._fit_budget(model, runner, sets, [positions[linears[i].node] for i in chosen],
                                           chosen, decisions, reduce_range, form=form)
-            if static_scheme and (chosen or conv_chosen):
-                static, ranges = self._fit_static(model, ctx, runner, sets, units, positions, chosen, conv_chosen,
+            if static_scheme and (chosen or static_only):
+                static, ranges = self._fit_static(model, ctx, runner, sets, units, positions, chosen, static_only,
                                                   decisions, reduce_range)
         else:
-            for i in conv_chosen:
+            for i in static_only:
                 decisions[i].chosen, decisions[i].decided_by = "fp32", "precondition"
                 decisions[i].reason += "; no calibration inputs to fix its input's scale from, so it stays fp32"
         for decision in decisions:
             ctx.record(decision)
-        static_convs = [i for i in static if i >= len(linears)]
-        if not chosen and not static_convs:
-            return PassResult(model, False, message=f"no linear or convolution fits the budget {self.error_budget} in int8")
+        static_kept = [i for i in static if i >= len(linears)]  # convolutions and attention cores
+        static_cores = [i for i in static_kept if isinstance(units[i], AttentionCore)]
+        if not chosen and not static_kept:
+            return PassResult(model, False, message=f"no linear, convolution or attention core fits the budget {self.error_budget} in int8")
         shared = self._shared_activations([linears[i] for i in chosen], ctx) if form == "contrib" else set()
-        rewritten = chosen + static_convs
+        rewritten = chosen + static_kept
         rewrites = _quantize(model, [positions[units[i].node] for i in rewritten], self.config.per_channel,
                              reduce_range, [decisions[i] for i in rewritten], shared=shared, form=form,
                              static={positions[units[i].node] for i in static}, ranges=ranges)
-        static_linears = len(static) - len(static_convs)
+        static_linears = len(static) - len(static_kept)
+        static_conv_count = len(static_kept) - len(static_cores)
         granularity = "per-channel" if self.config.per_channel else "per-tensor"
         parts = []
         if linears or not convs:
@@ -186,8 +210,11 @@ class QuantizeInt8(Pass):
                          f"{', 7-bit weights' if reduce_range else ''}"
                          f"{f'; {len(shared)} activations quantized once for several linears' if shared else ''})")
         if convs:
-            parts.append(f"{len(static_convs)} of {len(convs)} convolutions in static int8 ({granularity} filters"
-                         f"{f', inputs at {self._range_method}' if static_convs else ''})")
+            parts.append(f"{static_conv_count} of {len(convs)} convolutions in static int8 ({granularity} filters"
+                         f"{f', inputs at {self._range_method}' if static_conv_count else ''})")
+        if cores:
+            parts.append(f"{len(static_cores)} of {len(cores)} attention cores with both products in static int8"
+                         f"{f' (Q, K, V and the probabilities at {self._range_method})' if static_cores else ''}")
         message = "; ".join(parts) + (f"; {leftover}" if leftover else "")
         logger.info("%s: %s", self.name, message)
         return PassResult(model, True, rewrites=rewrites, message=message)
@@ -207,8 +234,10 @@ class QuantizeInt8(Pass):
                                                      + (" (7-bit weights: no VNNI)" if reduce_range else "")})
 
     def _excluded(self, unit: _Unit) -> Decision | None:
-        """The fp32 row of a linear or convolution `QuantConfig.exclude` names, else None."""
-        return _kept_fp32(unit, "excluded by QuantConfig.exclude") if unit.node.name in self.config.exclude else None
+        """The fp32 row of a linear, convolution or attention core (either product) that
+        `QuantConfig.exclude` names, else None."""
+        names = {unit.node.name, unit.context.name} if isinstance(unit, AttentionCore) else {unit.node.name}
+        return _kept_fp32(unit, "excluded by QuantConfig.exclude") if names & set(self.config.exclude) else None
 
     @staticmethod
     def _measured(unit: _Unit, ctx: PassContext) -> Decision:
@@ -265,15 +294,15 @@ class QuantizeInt8(Pass):
         return shared
 
     def _fit_static(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: _ReferenceSets,
-                    units: list[_Unit], positions: dict[ir.Node, int], chosen: list[int], conv_chosen: list[int],
+                    units: list[_Unit], positions: dict[ir.Node, int], chosen: list[int], static_only: list[int],
                     decisions: list[Decision], reduce_range: bool) -> tuple[list[int], dict[str, ActivationRange]]:
-        """The linears and convolutions (indices into `units`) that keep the budget with static
+        """The linears, convolutions and attention cores (indices into `units`) that keep the budget with static
         activation scales (the range each input took on the calibration feeds): among the dynamic
         int8 linears `chosen`, those where static measured clearly faster on the target, once per
-        shape (the others stay dynamic), and the convolutions `conv_chosen` measured faster in
+        shape (the others stay dynamic), and the convolutions and attention cores `static_only` measured faster in
         static int8 than in fp32 (those dropped stay fp32)."""
         ranges = activation_ranges(model, ctx.runner or runner, sets["calibration"][0],
-                                   [units[i].activation for i in chosen + conv_chosen],
+                                   [v for i in chosen + static_only for v in _inputs(units[i])],
                                    method=self.config.activation_range, percentile=self.config.percentile)
         faster: dict[str, Decision] = {}
         candidates = []
@@ -294,8 +323,8 @@ class QuantizeInt8(Pass):
             if decision.chosen == _STATIC:
                 decisions[i].alternatives.append(Alternative(_STATIC, metrics={}))
                 candidates.append(i)
-        for i in conv_chosen:
-            if units[i].activation.name in ranges:
+        for i in static_only:
+            if all(v.name in ranges for v in _inputs(units[i])):
                 candidates.append(i)
             else:
                 decisions[i].chosen, decisions[i].decided_by = "fp32", "precondition"
@@ -388,6 +417,28 @@ def _reference_sets(model: ir.Model, runner: ModelRunner, feeds: list[Feeds], he
     return sets
 
 
+def _inputs(unit: _Unit) -> tuple[ir.Value, ...]:
+    """The activations whose calibrated ranges the unit's static form needs."""
+    return unit.operands if isinstance(unit, AttentionCore) else (unit.activation,)
+
+
+def _measured_core(core: AttentionCore, ctx: PassContext) -> Decision:
+    """An attention core's decision row on speed alone, measured on the target once per shape
+    (the budget may revise it): its region in fp32 against its products in static int8."""
+    def build() -> tuple[ir.Model, ir.Model]:
+        return attention_alternatives(core)
+
+    try:
+        build()  # the region must stand as a model of its own before anything is measured
+    except ValueError as exc:
+        return Decision(core.name, _CORE_QUESTION, [Alternative("fp32"), Alternative(_STATIC)], chosen="fp32",
+                        reason=f"{core}: the region cannot be timed on its own: {exc}", decided_by="precondition")
+    decision = measured_decision(ctx.measured, key=core.key, subject=core.name, question=_CORE_QUESTION,
+                                 names=("fp32", _STATIC), build=build, policy=ctx.measured_policy, static=core.static)
+    decision.reason = f"{core}: {decision.reason}"
+    return decision
+
+
 def _weight_bytes(unit: _Unit) -> dict[str, float]:
     """The weight's bytes in each of the unit's forms: fp32, and its int8 form ("int8" for a
     linear, "int8 static" for a convolution, which has no dynamic form)."""
@@ -398,6 +449,9 @@ def _weight_bytes(unit: _Unit) -> dict[str, float]:
 def _kept_fp32(unit: _Unit, reason: str) -> Decision:
     """A linear's or convolution's row when a precondition keeps it fp32 before any price or
     measurement."""
+    if isinstance(unit, AttentionCore):
+        return Decision(unit.name, _CORE_QUESTION, [Alternative("fp32"), Alternative(_STATIC)], chosen="fp32",
+                        reason=reason, decided_by="precondition")
     rows = [Alternative(name, metrics={"weight_bytes": v}) for name, v in _weight_bytes(unit).items()]
     return Decision(unit.name, _CONV_QUESTION if isinstance(unit, Convolution) else _QUESTION, rows, chosen="fp32",
                     reason=reason, decided_by="precondition")
@@ -437,7 +491,9 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
     with ``form="compressed"`` into a MatMul of the int8 weight's DequantizeLinear (OpenVINO), and
     those at positions in `static` read their activation through QuantizeLinear / DequantizeLinear
     at the calibrated range `ranges` holds for it. A Conv at a position (in `static`: it has no
-    dynamic form) reads its input at that range and int8 filters (`static_convs`)."""
+    dynamic form) reads its input at that range and int8 filters (`static_convs`); the Q K^T MatMul of an
+    attention core (in `static`) has both its products read their operands at their ranges
+    (`attention_products`)."""
     graph = model.graph
     nodes = list(graph)
     rewrites: list[Rewrite] = []
@@ -452,6 +508,14 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
                                         reason=decisions[k].reason, result=rewrite))
             continue
         linear = linear_of(nodes[position])
+        if isinstance(linear, str) and position in static:
+            core = attention_core_of(nodes[position])
+            if isinstance(core, AttentionCore):
+                rewrite = _quantize_core(graph, core, ranges)
+                if decisions is not None:
+                    rewrites.append(Rewrite(rule=QuantizeInt8.rule, nodes=[node_ref(core.node), node_ref(core.context)],
+                                            reason=decisions[k].reason, result=rewrite))
+                continue
         if isinstance(linear, str):  # cannot happen: positions come from find_linears on this graph
             raise PassError(f"node {nodes[position].name!r} is no longer a quantizable linear: {linear}")
         refs = [node_ref(linear.node)]
@@ -486,6 +550,20 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
                        f"{linear.weight.shape[0]}x{linear.weight.shape[1]} int8 ({saved / 1e6:.2f} MB less if the fp32 "
                        "weight had no other reader)"))
     return rewrites
+
+
+def _quantize_core(graph: ir.Graph, core: AttentionCore, ranges: dict[str, ActivationRange] | None) -> str:
+    """Put the attention core's four operands at their calibrated scales in place
+    (`attention_products.quantize_attention_core`); what it became, for the rewrite row."""
+    if ranges is None or not all(v.name in ranges for v in core.operands):
+        raise PassError(f"attention core {core.name!r} has no dynamic int8 form: it needs its operands' calibrated ranges")
+    added = quantize_attention_core(graph, core, ranges)
+    for new_node in added:
+        merge_provenance(new_node, [core.node])
+    types = [n.outputs[0].dtype for n in added if n.op_type == "QuantizeLinear"]
+    kinds = ", ".join(f"{label} {'int8' if dtype == ir.DataType.INT8 else 'uint8'}" for label, dtype in zip("QKPV", types))
+    return (f"ai.onnx.MatMul {core.node.name!r} and {core.context.name!r} reading their operands at fixed scales, "
+            f"zero points 0 ({kinds})")
 
 
 def _quantize_conv(graph: ir.Graph, node: ir.Node, per_channel: bool, reduce_range: bool,

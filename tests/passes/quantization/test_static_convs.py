@@ -8,10 +8,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from conftest import FakeTimer, fake_measured_choices, make_model, tensor_info
+from conftest import FakeTimer, make_model, optimize_static_int8_on_openvino, quant_pass, tensor_info
 from onnx import helper, numpy_helper
 
-import kiln
 from kiln.passes.infra.contract import CosineBudget
 from kiln.passes.infra.validation import cosine_similarity
 from kiln.passes.quantization import QuantConfig
@@ -49,14 +48,8 @@ def _reference(proto: onnx.ModelProto, x: np.ndarray = X) -> np.ndarray:
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-def _quant_pass(optimized):
-    return next(p for p in optimized.report.passes if p.name == "quantize_int8")
-
-
 def _optimize(timer: FakeTimer, quantize: str | QuantConfig = "static-int8"):
-    return kiln.optimize(_cnn(), level=1, sample_inputs={"x": X}, quantize=quantize, backend="openvino",
-                         calibration=CALIBRATION, measured_choices=fake_measured_choices(timer),
-                         options={"measured_choice_min_ms": 0})
+    return optimize_static_int8_on_openvino(_cnn(), X, CALIBRATION, timer, quantize)
 
 
 def test_convs_with_constant_filters_are_found_and_the_rest_is_explained():
@@ -88,7 +81,7 @@ def test_shape_keys_tell_convolutions_of_different_strides_or_groups_apart():
 def test_static_int8_convs_read_a_fixed_scale_input_and_int8_filters_where_measured_faster():
     pytest.importorskip("openvino")
     optimized = _optimize(FakeTimer(0.5))
-    report = _quant_pass(optimized)
+    report = quant_pass(optimized)
     assert report.status == "applied" and "3 of 3 convolutions in static int8" in report.message, report.message
     convs = [d for d in report.decisions if d.question == "quantize convolution to static int8"]
     assert [d.chosen for d in convs] == ["int8 static"] * 3
@@ -114,10 +107,10 @@ def test_static_int8_convs_read_a_fixed_scale_input_and_int8_filters_where_measu
 def test_convolutions_measured_no_faster_or_past_the_budget_stay_fp32():
     pytest.importorskip("openvino")
     slower = _optimize(FakeTimer(1.2))
-    assert _quant_pass(slower).status == "unchanged"
+    assert quant_pass(slower).status == "unchanged"
     assert "QuantizeLinear" not in [n.op_type for n in slower.model.graph]
     strict = _optimize(FakeTimer(0.5), QuantConfig(scheme="static-int8", budget=CosineBudget(min_cosine=0.9999999)))
-    report = _quant_pass(strict)
+    report = quant_pass(strict)
     assert report.status == "unchanged" and "budget" in report.message, report.message
     convs = [d for d in report.decisions if d.question == "quantize convolution to static int8"]
     assert convs and all(d.chosen == "fp32" and d.decided_by == "budget" for d in convs)
