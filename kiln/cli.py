@@ -95,6 +95,8 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             options["activation_range"] = args.activation_range
         if args.migrate_outliers is not None:
             options.update(migrate_outliers=True, migration_sites=args.migrate_outliers)
+        if args.no_bias_correction:
+            options["bias_correction"] = False
         if options:
             from kiln.passes.quantization.config import SHORTHANDS, QuantConfig
 
@@ -105,6 +107,9 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     elif args.migrate_outliers is not None:
         raise InputError("--migrate-outliers prepares the linears for --quantize; add --quantize int8 or "
                          "static-int8, or drop it.")
+    elif args.no_bias_correction:
+        raise InputError("--no-bias-correction is about --quantize static-int8's linears; add --quantize "
+                         "static-int8 (and --calibration) or drop it.")
     if args.calibration:
         kwargs["calibration"] = [load_npz(path) for path in args.calibration]
     if args.backend is not None:
@@ -406,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="before --quantize, move the outlier channels of the activations linears read into their "
                           "weights (SmoothQuant scales, OS+ shifts; exact), in the form measured to quantize best on "
                           "the calibration inputs: at LayerNorm outputs (norms, the default) or everywhere (all)")
+    opt.add_argument("--no-bias-correction", action="store_true",
+                     help="static-int8 leaves the linears' biases as they are, instead of taking out the mean error "
+                          "their quantization adds on the calibration inputs where that measures better")
     opt.add_argument("--calibration", action="append", metavar="NPZ",
                      help="inputs (.npz keyed by input name) --quantize measures its accuracy on; repeatable "
                           "(default: the sample inputs)")

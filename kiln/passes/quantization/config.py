@@ -56,6 +56,9 @@ class QuantConfig:
       quantize best on the calibration inputs; exact before quantization (`outlier_migration`).
       `migration_sites` says where: "norms" (LayerNorm outputs, which absorb the division; the
       default) or "all" (also every other activation, behind a Mul, plus an Add with a shift).
+    - `bias_correction`: static-int8 linears may take the mean error their quantization adds on
+      the calibration inputs out of their bias (`bias_correction`); it is applied when it measures
+      better on calibration feeds it was not fitted on, and reported either way.
     """
 
     scheme: Scheme = "dynamic-int8"
@@ -67,6 +70,7 @@ class QuantConfig:
     percentile: float = 99.99
     migrate_outliers: bool = False
     migration_sites: Literal["norms", "all"] = "norms"
+    bias_correction: bool = True
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:

@@ -67,6 +67,13 @@ from kiln.passes.quantization.attention_products import (
     quantize_attention_core,
 )
 from kiln.passes.quantization.attention_products import alternatives as attention_alternatives
+from kiln.passes.quantization.bias_correction import (
+    activation_means,
+    bias_add,
+    bias_shift,
+    correct_bias_add,
+    has_bias,
+)
 from kiln.passes.quantization.compressed_weights import (
     LinearShape,
     compressed_linear,
@@ -101,6 +108,7 @@ _CONV_QUESTION = "quantize convolution to static int8"
 _CORE_QUESTION = "quantize attention products to static int8"
 _STATIC = "int8 static"
 _SHARED_QUESTION = "quantize an activation several int8 linears read once"
+_BIAS_QUESTION = "take the mean error int8 adds out of the linears' biases"
 
 #: what the pass quantizes: linears (dynamic or static int8), convolutions and attention cores
 #: (static int8)
@@ -176,14 +184,19 @@ class QuantizeInt8(Pass):
             f is not ctx.sample_inputs for f in feeds) else None
         static: list[int] = []
         ranges: dict[str, ActivationRange] | None = None
+        shifts: dict[int, np.ndarray] = {}
         if runner is not None and feeds:
             sets = _reference_sets(model, runner, feeds, held_out)
+            if chosen and form == "contrib" and self.config.bias_correction:  # OpenVINO's own per-group
+                # activation quantization is not one kiln can reproduce, so only ORT's linears
+                shifts = self._correct_biases(model, ctx, runner, sets, [linears[i] for i in chosen], positions, [],
+                                              None, reduce_range, form=form)
             if chosen:
                 chosen = self._fit_budget(model, runner, sets, [positions[linears[i].node] for i in chosen],
-                                          chosen, decisions, reduce_range, form=form)
+                                          chosen, decisions, reduce_range, form=form, bias_shifts=shifts)
             if static_scheme and (chosen or static_only):
-                static, ranges = self._fit_static(model, ctx, runner, sets, units, positions, chosen, static_only,
-                                                  decisions, reduce_range)
+                static, ranges, shifts = self._fit_static(model, ctx, runner, sets, units, positions, chosen,
+                                                          static_only, decisions, reduce_range)
         else:
             for i in static_only:
                 decisions[i].chosen, decisions[i].decided_by = "fp32", "precondition"
@@ -198,8 +211,10 @@ class QuantizeInt8(Pass):
         rewritten = chosen + static_kept
         rewrites = _quantize(model, [positions[units[i].node] for i in rewritten], self.config.per_channel,
                              reduce_range, [decisions[i] for i in rewritten], shared=shared, form=form,
-                             static={positions[units[i].node] for i in static}, ranges=ranges)
+                             static={positions[units[i].node] for i in static}, ranges=ranges, bias_shifts=shifts)
         static_linears = len(static) - len(static_kept)
+        corrected = sum(1 for i in (static if form == "compressed" else chosen)
+                        if i < len(linears) and positions[units[i].node] in shifts)
         static_conv_count = len(static_kept) - len(static_cores)
         granularity = "per-channel" if self.config.per_channel else "per-tensor"
         parts = []
@@ -207,6 +222,7 @@ class QuantizeInt8(Pass):
             parts.append(f"{len(chosen)} of {len(linears)} linears in dynamic int8 ({granularity}"
                          f"{', int8 weights OpenVINO compiles with its own activation quantization' if form == 'compressed' else ''}"
                          f"{f'; {static_linears} with static activation scales ({self._range_method})' if static_linears else ''}"
+                         f"{f'; {corrected} with their biases corrected for the mean error int8 adds' if corrected else ''}"
                          f"{', 7-bit weights' if reduce_range else ''}"
                          f"{f'; {len(shared)} activations quantized once for several linears' if shared else ''})")
         if convs:
@@ -295,12 +311,14 @@ class QuantizeInt8(Pass):
 
     def _fit_static(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: _ReferenceSets,
                     units: list[_Unit], positions: dict[ir.Node, int], chosen: list[int], static_only: list[int],
-                    decisions: list[Decision], reduce_range: bool) -> tuple[list[int], dict[str, ActivationRange]]:
+                    decisions: list[Decision], reduce_range: bool
+                    ) -> tuple[list[int], dict[str, ActivationRange], dict[int, np.ndarray]]:
         """The linears, convolutions and attention cores (indices into `units`) that keep the budget with static
         activation scales (the range each input took on the calibration feeds): among the dynamic
         int8 linears `chosen`, those where static measured clearly faster on the target, once per
         shape (the others stay dynamic), and the convolutions and attention cores `static_only` measured faster in
-        static int8 than in fp32 (those dropped stay fp32)."""
+        static int8 than in fp32 (those dropped stay fp32); the ranges, and the bias shifts of the
+        static linears by graph position when bias correction measured better (`_correct_biases`)."""
         ranges = activation_ranges(model, ctx.runner or runner, sets["calibration"][0],
                                    [v for i in chosen + static_only for v in _inputs(units[i])],
                                    method=self.config.activation_range, percentile=self.config.percentile)
@@ -331,16 +349,76 @@ class QuantizeInt8(Pass):
                 decisions[i].reason += ("; its input has no range on the calibration inputs (not a tensor the "
                                         "calibration run could read), so it stays fp32")
         if not candidates:
-            return [], ranges
+            return [], ranges, {}
+        base = [positions[units[i].node] for i in chosen]
+        shifts = self._correct_biases(model, ctx, runner, sets, [units[i] for i in candidates], positions, base,
+                                      ranges, reduce_range, form="compressed") if self.config.bias_correction else {}
         kept = self._fit_budget(model, runner, sets, [positions[units[i].node] for i in candidates], candidates,
                                 decisions, reduce_range, form="compressed", static_ranges=ranges,
-                                base_positions=[positions[units[i].node] for i in chosen])
-        return kept, ranges
+                                base_positions=base, bias_shifts=shifts)
+        return kept, ranges, shifts
+
+    def _correct_biases(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: _ReferenceSets,
+                        candidates: list[_Unit], positions: dict[ir.Node, int], base: list[int],
+                        ranges: dict[str, ActivationRange] | None, reduce_range: bool, form: str) -> dict[int, np.ndarray]:
+        """The bias shifts (`bias_correction`) of the linears among `candidates` that have a bias,
+        by graph position, if correcting them measured better than not, else none: static
+        linears at the fixed `ranges` (on top of the dynamic linears at `base`), or with `ranges`
+        None dynamic int8 linears of ONNX Runtime's form, each call at its own range. Both are
+        scored with every candidate quantized: the uncorrected model on the calibration feeds,
+        the corrected one on each calibration feed with the shifts fitted on the others (fitted
+        and scored on the same rows, a mean always looks right). One decision row, both scores
+        in it."""
+        biased = {positions[u.node]: u for u in candidates if isinstance(u, Linear) and has_bias(u)}
+        if not biased:
+            return {}
+        feeds, reference = sets["calibration"]
+        means = activation_means(model, ctx.runner or runner, feeds,
+                                 {u.activation.name: ranges[u.activation.name] if ranges is not None else None
+                                  for u in biased.values()})
+        biased = {p: u for p, u in biased.items() if u.activation.name in means}
+        weights = {p: quantize_weight(u.weight, per_channel=self.config.per_channel, reduce_range=reduce_range)
+                   for p, u in biased.items()}
+
+        def fitted(on: Sequence[int] | None) -> dict[int, np.ndarray]:
+            return {p: bias_shift(u, weights[p], means[u.activation.name], on) for p, u in biased.items()}
+        quantized = sorted(positions[u.node] for u in candidates)
+        static = set(quantized) if ranges is not None else set()
+        names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
+
+        def score(shifts: dict[int, np.ndarray], on: list[int]) -> OutputScore:
+            trial = model.clone()
+            _quantize(trial, list(dict.fromkeys([*base, *quantized])), self.config.per_channel, reduce_range,
+                      form=form, static=static, ranges=ranges, bias_shifts=shifts)
+            return score_outputs(runner, trial, [feeds[k] for k in on], names, [reference[k] for k in on],
+                                 per_sample=self.config.budget.per_sample)
+        everything = list(range(len(feeds)))
+        plain = score({}, everything)
+        if len(feeds) > 1:
+            folds = [score(fitted([j for j in everything if j != k]), [k]) for k in everything]
+            problem = next((f.problem for f in folds if f.problem), None)
+            corrected = OutputScore(min(f.cosine for f in folds), max(f.max_abs for f in folds), problem)
+            how = f"each of the {len(feeds)} calibration feeds scored with the shifts fitted on the others"
+        else:
+            corrected = score(fitted(None), everything)
+            how = "scored on the one calibration feed it was fitted on (give more feeds for an unbiased judgement)"
+        shifts = fitted(None)
+        largest = max(float(np.abs(s).max()) for s in shifts.values())
+        better = corrected.problem is None and corrected.error < plain.error
+        decision = ctx.record(Decision(
+            f"{len(biased)} {'static' if ranges is not None else 'dynamic'} int8 linears with a bias", _BIAS_QUESTION,
+            [Alternative("uncorrected", metrics={"cosine": plain.cosine}),
+             Alternative("corrected", metrics={"cosine": corrected.cosine, "largest_shift": largest})],
+            chosen="corrected" if better else "uncorrected", decided_by="measurement",
+            reason=(f"worst output cosine {plain.cosine:.6f} uncorrected, {corrected.cosine:.6f} corrected ({how}; "
+                    f"largest shift {largest:.3g}); only bias values change, so both run alike")))
+        logger.info("%s: bias correction of %s: %s", self.name, decision.subject, decision.reason)
+        return shifts if better else {}
 
     def _fit_budget(self, model: ir.Model, runner: ModelRunner, sets: _ReferenceSets, positions: list[int],
                     chosen: list[int], decisions: list[Decision], reduce_range: bool, form: str = "contrib", *,
                     static_ranges: dict[str, ActivationRange] | None = None,
-                    base_positions: Sequence[int] = ()) -> list[int]:
+                    base_positions: Sequence[int] = (), bias_shifts: dict[int, np.ndarray] | None = None) -> list[int]:
         """The chosen linears (indices into `decisions`) that keep the budget together: all of them
         if they do, else drop the one with the largest solo error and measure again, first on the
         calibration feeds, then on the held-out feeds (`_reference_sets`: the sample inputs
@@ -351,7 +429,7 @@ class QuantizeInt8(Pass):
         With `static_ranges`, the same search one step up: every linear at `base_positions` is
         int8 in every trial, the chosen ones (linears and convolutions) with static activation
         scales; a dropped linear keeps its dynamic int8, a dropped convolution (it has no dynamic
-        form) goes back to fp32."""
+        form) goes back to fp32; `bias_shifts` correct the static linears' biases (`_correct_biases`)."""
         candidate = _STATIC if static_ranges is not None else "int8"
 
         def fallback(i: int) -> str:
@@ -363,10 +441,10 @@ class QuantizeInt8(Pass):
             trial = model.clone()
             picked = [positions[chosen.index(i)] for i in subset]
             if static_ranges is None:
-                _quantize(trial, picked, self.config.per_channel, reduce_range, form=form)
+                _quantize(trial, picked, self.config.per_channel, reduce_range, form=form, bias_shifts=bias_shifts)
             else:
                 _quantize(trial, list(dict.fromkeys([*base_positions, *picked])), self.config.per_channel,
-                          reduce_range, form=form, static=set(picked), ranges=static_ranges)
+                          reduce_range, form=form, static=set(picked), ranges=static_ranges, bias_shifts=bias_shifts)
             inputs, reference = sets[on]
             return score_outputs(runner, trial, inputs, names, reference, per_sample=self.config.budget.per_sample)
 
@@ -484,7 +562,8 @@ def _sketch(linear: Linear, quantized: ir.Node | None = None) -> ir.Node:
 def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_range: bool,
               decisions: Sequence[Decision] | None = None, shared: set[str] = frozenset(),
               form: str = "contrib", static: set[int] = frozenset(),
-              ranges: dict[str, ActivationRange] | None = None) -> list[Rewrite]:
+              ranges: dict[str, ActivationRange] | None = None,
+              bias_shifts: dict[int, np.ndarray] | None = None) -> list[Rewrite]:
     """Rewrite the linears at `positions` of the graph's node order (positions survive
     `Model.clone()`, node identity does not) into DynamicQuantizeMatMul, in place; those reading
     an activation named in `shared` into MatMulIntegerToFloat of one DynamicQuantizeLinear of it;
@@ -493,7 +572,8 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
     at the calibrated range `ranges` holds for it. A Conv at a position (in `static`: it has no
     dynamic form) reads its input at that range and int8 filters (`static_convs`); the Q K^T MatMul of an
     attention core (in `static`) has both its products read their operands at their ranges
-    (`attention_products`)."""
+    (`attention_products`). A static linear whose position `bias_shifts` holds takes that shift
+    out of its bias (`bias_correction`)."""
     graph = model.graph
     nodes = list(graph)
     rewrites: list[Rewrite] = []
@@ -521,18 +601,24 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
         refs = [node_ref(linear.node)]
         q = quantize_weight(linear.weight, per_channel=per_channel, reduce_range=reduce_range)
         old_weights = [v for v in linear.node.inputs[1:] if v is not None]
+        # a correction fits the form it was measured for: ORT's dynamic linears or static ones
+        shift = (bias_shifts or {}).get(position) if form == "contrib" or position in static else None
+        add = bias_add(linear) if shift is not None and linear.bias is None else None
         if form == "compressed" and position in static:
             assert ranges is not None and linear.activation.name in ranges
-            new_nodes = static_linear(graph, linear, q, ranges[linear.activation.name])
+            new_nodes = static_linear(graph, linear, q, ranges[linear.activation.name], bias_shift=shift)
         elif form == "compressed":
             new_nodes = compressed_linear(graph, linear, q)
         else:
-            new_nodes = _contrib_nodes(graph, linear, q, shared, quantized)
+            new_nodes = _contrib_nodes(graph, linear, q, shared, quantized, bias_shift=shift)
         node = new_nodes[-1]
         for new_node in new_nodes:
             merge_provenance(new_node, [linear.node])
         ir.convenience.replace_nodes_and_values(graph, linear.node, [linear.node], new_nodes,
                                                 [linear.node.outputs[0]], [node.outputs[0]])
+        if add is not None:  # a MatMul's bias is the Add after it
+            old_weights.append(add.node.inputs[add.index])
+            correct_bias_add(graph, add, shift, linear.name)
         if linear.transpose is not None and not linear.transpose.outputs[0].uses() \
                 and not linear.transpose.outputs[0].is_graph_output():
             refs.append(node_ref(linear.transpose))
@@ -588,15 +674,16 @@ def _quantize_conv(graph: ir.Graph, node: ir.Node, per_channel: bool, reduce_ran
 
 
 def _contrib_nodes(graph: ir.Graph, linear: Linear, q: QuantizedWeight, shared: set[str],
-                   quantized: dict[str, ir.Node]) -> list[ir.Node]:
+                   quantized: dict[str, ir.Node], bias_shift: np.ndarray | None = None) -> list[ir.Node]:
     """ONNX Runtime's form of `linear` (not yet inserted): a DynamicQuantizeMatMul, or, when its
     activation is in `shared`, a MatMulIntegerToFloat of the activation's one DynamicQuantizeLinear
-    (made before its first reader and remembered in `quantized`)."""
+    (made before its first reader and remembered in `quantized`); its bias less `bias_shift`."""
     prefix = linear.name
     weight = new_initializer(graph, f"{prefix}.weight_int8", q.values)
     scale = new_initializer(graph, f"{prefix}.weight_scale", (q.scale * np.float32(linear.alpha)).astype(np.float32))
     zero_point = new_initializer(graph, f"{prefix}.weight_zero_point", q.zero_point)
-    bias = [new_initializer(graph, f"{prefix}.bias", linear.bias)] if linear.bias is not None else []
+    values = linear.bias if bias_shift is None or linear.bias is None else (linear.bias - bias_shift).astype(np.float32)
+    bias = [new_initializer(graph, f"{prefix}.bias", values)] if values is not None else []
     name = linear.activation.name
     if name not in shared:
         return [ir.Node(_DOMAIN, _OP, [linear.activation, weight, scale, zero_point, *bias], name=linear.node.name,
