@@ -361,31 +361,57 @@ class _CalibrationReader:
         self._iter = iter(self._samples)
 
 
+def ort_quantize_static(source: Path, workdir: Path, stem: str, calibration: list[dict[str, np.ndarray]], *,
+                        method: str = "MinMax") -> tuple[Path, str]:
+    """ORT `quantize_static` QDQ (U8S8, per-channel weights, `method` calibration: "MinMax" or
+    "Percentile") of the pre-processed `source` over the `calibration` input sets, written to
+    ``workdir/<stem>.onnx``; the note says when pre-processing failed."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if not calibration:
+        raise ValueError(f"{stem} needs calibration samples (none given)")
+    graph = onnx.load(str(source), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in initializers]
+    reader_cls = type("CaseCalibrationReader", (_CalibrationReader, CalibrationDataReader), {})
+    out = workdir / f"{stem}.onnx"
+    prepared, note = _quant_preprocess(source, workdir, stem)
+    # ORT's CPU guidance: uint8 activations with int8 weights (U8S8) is the VNNI fast path.
+    quantize_static(str(prepared), str(out), reader_cls(calibration, names), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod[method])
+    return out, note
+
+
 class OrtQuantStatic(Config):
     name = "ort-quant-static"
     precision = "int8"
     description = "ORT quantize_static QDQ (U8S8, per-channel weights, MinMax calibration), then ORT ENABLE_ALL"
 
     def prepare(self, case: ModelCase, workdir: Path) -> Prepared:
-        import onnx
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
         if not case.calibration:
             raise ValueError("ort-quant-static needs calibration samples (case.calibration is empty)")
-        graph = onnx.load(str(case.onnx_path), load_external_data=False).graph
-        initializers = {t.name for t in graph.initializer}
-        names = [i.name for i in graph.input if i.name not in initializers]
-        reader_cls = type("CaseCalibrationReader", (_CalibrationReader, CalibrationDataReader), {})
-        reader = reader_cls(case.calibration, names)
-        out = workdir / f"{self.name}.onnx"
         started = time.perf_counter()
-        source, note = _quant_preprocess(case.onnx_path, workdir, self.name)
-        # ORT's CPU guidance: uint8 activations with int8 weights (U8S8) is the VNNI fast path.
-        quantize_static(str(source), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        out, note = ort_quantize_static(Path(case.onnx_path), workdir, self.name, case.calibration)
         seconds = time.perf_counter() - started
         return ort_prepared(case, out, optimize_seconds=seconds,
                             note=f"{len(case.calibration)} calibration samples" + (f"; {note}" if note else ""))
+
+
+def ort_matmul_nbits(source: Path, out: Path, *, bits: int = 4, block_size: int = 32,
+                     accuracy_level: int | None = None) -> int:
+    """ORT `MatMulNBitsQuantizer` (symmetric, `bits` 4 or 8, blocks of `block_size` along K) of
+    `source`'s MatMul weights, written to `out`; how many MatMulNBits it made (0: nothing to
+    quantize, e.g. linears exported as Gemm)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=bits, block_size=block_size, is_symmetric=True,
+                                     accuracy_level=accuracy_level)
+    quantizer.process()
+    save_onnx(quantizer.model.model, out)
+    return sum(1 for n in quantizer.model.model.graph.node if n.op_type == "MatMulNBits")
 
 
 class OrtMatMulNBits(Config):
@@ -397,18 +423,10 @@ class OrtMatMulNBits(Config):
         self.accuracy_level = accuracy_level
 
     def prepare(self, case: ModelCase, workdir: Path) -> Prepared:
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
         out = workdir / f"{self.name}.onnx"
         started = time.perf_counter()
-        model = onnx.load(str(case.onnx_path))
-        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=32, is_symmetric=True,
-                                         accuracy_level=self.accuracy_level)
-        quantizer.process()
-        save_onnx(quantizer.model.model, out)
+        quantized = ort_matmul_nbits(Path(case.onnx_path), out, accuracy_level=self.accuracy_level)
         seconds = time.perf_counter() - started
-        quantized = sum(1 for n in quantizer.model.model.graph.node if n.op_type == "MatMulNBits")
         if not quantized:
             raise NotApplicable("no MatMul with a constant 2-D weight to quantize")
         return ort_prepared(case, out, optimize_seconds=seconds, note=f"{quantized} MatMulNBits")

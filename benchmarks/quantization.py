@@ -5,6 +5,11 @@ Configurations, all on the zoo's dynamo export:
 - ``fp32``: the export as is;
 - ``ort-dynamic`` / ``ort-dynamic-per-channel``: ORT ``quantize_dynamic`` (QInt8 weights,
   pre-processed as the harness does), per tensor / per channel;
+- with ``--ort-peers`` (default all): ``ort-static-minmax`` / ``ort-static-percentile``, ORT
+  ``quantize_static`` QDQ (U8S8, per-channel weights) calibrated by MinMax / Percentile on the
+  same calibration sets kiln uses, and ``ort-nbits4`` / ``ort-nbits8``, ORT's MatMulNBits
+  weight-only quantizer (symmetric, blocks of 32); a table row each, with kiln's ratio to it
+  (the line's best peer stays the faster dynamic one, the issue's anchor);
 - ``kiln-int8``: ``kiln.optimize(level=2, quantize=QuantConfig(budget=...))`` (by default
   ``quantize="int8"``'s: every sample keeps cosine 0.99) with 4 calibration input sets (zoo seeds
   1-4) for its budget search; the PassManager checks the budget on the main inputs.
@@ -51,6 +56,13 @@ CALIBRATION = 4  # zoo input sets 1..4: kiln's budget search
 HELD_OUT = 4  # zoo input sets 5..8: accuracy
 DEFAULT_MODELS = ("minilm", "bert-base", "gpt2")
 PEERS = ("ort-dynamic", "ort-dynamic-per-channel")
+#: --ort-peers name -> (table config, what it is): ORT's other quantizers, rows beside the dynamic ones
+ORT_PEERS = {
+    "static-minmax": ("ort-static-minmax", "quantize_static QDQ, MinMax"),
+    "static-percentile": ("ort-static-percentile", "quantize_static QDQ, Percentile"),
+    "nbits4": ("ort-nbits4", "MatMulNBits 4-bit, block 32"),
+    "nbits8": ("ort-nbits8", "MatMulNBits 8-bit, block 32"),
+}
 
 
 @dataclass
@@ -78,6 +90,8 @@ class ModelResult:
     other_cpu_pct: float | None = None
     kiln_linears: str = ""
     optimize_seconds: float = 0.0
+    configs: list[str] = field(default_factory=list)  # in table order
+    notes: list[str] = field(default_factory=list)  # peers that could not run, and why
 
     def best_peer(self) -> str:
         return min(PEERS, key=lambda p: self.median_ms[p])
@@ -117,8 +131,22 @@ def _ort_dynamic(source: Path, workdir: Path, per_channel: bool) -> Path:
     return out
 
 
+def _ort_peer(peer: str, source: Path, workdir: Path, calibration: list[dict[str, np.ndarray]]) -> tuple[Path | None, str]:
+    """The model one of `ORT_PEERS` makes of `source`, or None and why it cannot."""
+    from benchmarks.configs import ort_matmul_nbits, ort_quantize_static
+
+    config = ORT_PEERS[peer][0]
+    if peer.startswith("static-"):
+        out, note = ort_quantize_static(source, workdir, config, calibration,
+                                        method="MinMax" if peer == "static-minmax" else "Percentile")
+        return out, note
+    out = workdir / f"{config}.onnx"
+    made = ort_matmul_nbits(source, out, bits=int(peer.removeprefix("nbits")), block_size=32)
+    return (out, f"{made} MatMulNBits") if made else (None, "no MatMul with a constant 2-D weight (linears exported as Gemm?)")
+
+
 def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 5.0,
-              quantize: Any = "int8") -> ModelResult:
+              quantize: Any = "int8", ort_peers: tuple[str, ...] = ()) -> ModelResult:
     import kiln
     from benchmarks import zoo
     from benchmarks.base import MAX_SECONDS, MIN_ROUNDS, SLOW_CALL_MS
@@ -140,6 +168,15 @@ def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 
         paths = {"fp32": Path(case.onnx_path), "kiln-int8": optimized.save(workdir / "kiln-int8.onnx"),
                  "ort-dynamic": _ort_dynamic(Path(case.onnx_path), workdir, per_channel=False),
                  "ort-dynamic-per-channel": _ort_dynamic(Path(case.onnx_path), workdir, per_channel=True)}
+        for peer in ort_peers:
+            path, note = _ort_peer(peer, Path(case.onnx_path), workdir, calibration)
+            if path is None:
+                result.notes.append(f"{ORT_PEERS[peer][0]}: not run: {note}")
+            else:
+                paths[ORT_PEERS[peer][0]] = path
+                if note:
+                    result.notes.append(f"{ORT_PEERS[peer][0]}: {note}")
+        result.configs = list(paths)
         sessions = {config: ort_session(path) for config, path in paths.items()}
         outputs = {config: [s.run(None, feeds)[0] for feeds in held_out] for config, s in sessions.items()}
         measure = _embedding_accuracy if case.kind == "sentence-embedding" else _output_accuracy
@@ -153,7 +190,8 @@ def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 
     result.other_cpu_pct = (after - before).other_pct if before and after else None
     result.median_ms = {c: float(statistics.median(v)) for c, v in samples.items()}
     result.ratio_vs_fp32 = {c: statistics.median(a / b for a, b in zip(v, samples["fp32"])) for c, v in samples.items()}
-    result.kiln_vs_peer = {p: statistics.median(a / b for a, b in zip(samples["kiln-int8"], samples[p])) for p in PEERS}
+    result.kiln_vs_peer = {p: statistics.median(a / b for a, b in zip(samples["kiln-int8"], samples[p]))
+                           for p in configs if p not in ("fp32", "kiln-int8")}
     print(result.line(), flush=True)
     return result
 
@@ -276,7 +314,8 @@ def render_openvino(results: list[OpenVINOResult]) -> str:
             accuracy = r.accuracy[config].text() if config in r.accuracy else "reference"
             lines.append(f"| {r.model} | {r.batch} | {config} | {r.median_ms[config]:.2f} | "
                          f"{r.vs_ort_per_channel[config]:.3f} | {r.vs_ort_fp32[config]:.3f} | {accuracy} | {other} |")
-    lines += ["", *(f"- {r.model}: kiln's pass {r.kiln_linears} (optimize {r.optimize_seconds:.0f} s)" for r in results),
+    lines += ["", *(f"- {r.model}: kiln's pass {r.kiln_linears} (optimize {r.optimize_seconds:.0f} s)"
+                    + "".join(f"; {note}" for note in r.notes) for r in results),
               "", "```", *(r.line() for r in results), "```"]
     return "\n".join(lines)
 
@@ -292,13 +331,14 @@ def render(results: list[ModelResult], command: str, machine: str) -> str:
         "|---|---:|---|---:|---:|---:|---|---:|",
     ]
     for r in results:
-        for config in ("fp32", *PEERS, "kiln-int8"):
+        for config in r.configs or ("fp32", *PEERS, "kiln-int8"):
             vs = f"{r.kiln_vs_peer[config]:.3f}" if config in r.kiln_vs_peer else ""
             accuracy = r.accuracy[config].text() if config in r.accuracy else "reference"
             cpu = f"{r.other_cpu_pct:.0f}" if r.other_cpu_pct is not None else "-"
             lines.append(f"| {r.model} | {r.batch} | {config} | {r.median_ms[config]:.2f} | "
                          f"{r.ratio_vs_fp32[config]:.3f} | {vs} | {accuracy} | {cpu} |")
-    lines += ["", *(f"- {r.model}: kiln's pass {r.kiln_linears} (optimize {r.optimize_seconds:.0f} s)" for r in results),
+    lines += ["", *(f"- {r.model}: kiln's pass {r.kiln_linears} (optimize {r.optimize_seconds:.0f} s)"
+                    + "".join(f"; {note}" for note in r.notes) for r in results),
               "", "```", *(r.line() for r in results), "```"]
     return "\n".join(lines)
 
@@ -322,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
                              "at LayerNorm outputs by default, everywhere with 'all')")
     parser.add_argument("--openvino-group", type=int, default=None, metavar="N",
                         help="OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE for kiln int8 and nncf-w8 (default: OpenVINO's)")
+    parser.add_argument("--ort-peers", default=",".join(ORT_PEERS),
+                        help="ORT's other quantizers timed beside its dynamic one, comma-separated from "
+                             f"{', '.join(ORT_PEERS)} (default all), or 'none'")
+    parser.add_argument("--no-bias-correction", action="store_true",
+                        help="kiln leaves its int8 linears' biases as they are (QuantConfig.bias_correction=False)")
     parser.add_argument("--backends", default="onnxruntime,openvino",
                         help="onnxruntime (kiln against ORT's quantizer) and/or openvino (the NNCF peers)")
     args = parser.parse_args(argv)
@@ -335,19 +380,28 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.passes.quantization import QuantConfig
 
     settings: dict[str, Any] = {"repeats": 6, "min_seconds": 1.0} if args.quick else {}
-    migration = {"migrate_outliers": True, "migration_sites": args.migrate_outliers} if args.migrate_outliers else {}
-    settings["quantize"] = QuantConfig(scheme=args.scheme, activation_range=args.activation_range, **migration,
+    options: dict[str, Any] = ({"migrate_outliers": True, "migration_sites": args.migrate_outliers}
+                               if args.migrate_outliers else {})
+    if args.no_bias_correction:
+        options["bias_correction"] = False
+    settings["quantize"] = QuantConfig(scheme=args.scheme, activation_range=args.activation_range, **options,
                                        budget=CosineBudget(min_cosine=args.min_cosine, per_sample=not args.whole_batch))
     machine += f"; kiln's budget {settings['quantize'].budget}"
     if args.scheme == "static-int8":
         machine += f"; static activation ranges: {args.activation_range}"
     if args.migrate_outliers:
         machine += f"; activation outliers migrated into the weights first ({args.migrate_outliers} sites)"
+    if args.no_bias_correction:
+        machine += "; no bias correction"
     names = [name for name in args.models.split(",") if name]
     backends = {b for b in args.backends.split(",") if b}
     if backends - {"onnxruntime", "openvino"}:
         parser.error(f"unknown backend(s) {sorted(backends - {'onnxruntime', 'openvino'})}: onnxruntime, openvino")
-    results = [run_model(name, args.batch, **settings) for name in names] if "onnxruntime" in backends else []
+    ort_peers = tuple(p for p in args.ort_peers.split(",") if p and p != "none")
+    if set(ort_peers) - set(ORT_PEERS):
+        parser.error(f"unknown --ort-peers {sorted(set(ort_peers) - set(ORT_PEERS))}: {', '.join(ORT_PEERS)} or none")
+    results = ([run_model(name, args.batch, ort_peers=ort_peers, **settings) for name in names]
+               if "onnxruntime" in backends else [])
     openvino = ([run_openvino(name, args.batch, group_size=args.openvino_group, **settings) for name in names]
                 if "openvino" in backends else [])
     command = "python -m benchmarks quantization " + " ".join(argv if argv is not None else sys.argv[2:])

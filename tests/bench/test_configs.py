@@ -115,3 +115,20 @@ def test_timed_ort_call_is_the_bare_session_run(case: ModelCase, tmp_path: Path)
     # the timed closure holds only the session and its feeds: nothing else runs per call
     cells = {type(c.cell_contents).__name__ for c in prepared.run.__closure__ or ()}
     assert cells == {"InferenceSession", "dict"}, cells
+
+
+@pytest.mark.parametrize("peer", ["static-percentile", "nbits8"])
+def test_the_quantization_benchmarks_other_ort_peers_reproduce_the_model(peer: str, case: ModelCase,
+                                                                          tmp_path: Path) -> None:
+    """`python -m benchmarks quantization --ort-peers`: quantize_static calibrated by Percentile and
+    8-bit MatMulNBits, the two forms the harness's configurations do not cover."""
+    from benchmarks.configs import ort_session
+    from benchmarks.quantization import ORT_PEERS, _ort_peer
+
+    path, note = _ort_peer(peer, case.onnx_path, tmp_path, case.calibration)
+    assert path is not None and path.name == f"{ORT_PEERS[peer][0]}.onnx", note
+    if peer == "nbits8":
+        assert note == "2 MatMulNBits"
+    out = ort_session(path).run(None, case.inputs)[0]
+    cosine = float(np.dot(out.ravel(), case.reference.ravel()) / (np.linalg.norm(out) * np.linalg.norm(case.reference)))
+    assert cosine >= MIN_COSINE["int8"], f"{peer}: cosine {cosine:.6f}"

@@ -41,8 +41,9 @@ class QuantConfig:
       filters, and each attention core with its Q K^T and P V in int8; each keeps them where the budget still holds and they measured faster (see
       `SCHEMES`).
     - `per_channel`: one weight scale per output channel (else one per tensor).
-    - `reduce_range`: 7-bit weights, for CPUs without VNNI whose u8 x s8 products saturate in 16
-      bits; None decides from this CPU's flags.
+    - `reduce_range`: 7-bit weights, for CPUs without VNNI whose u8 x s8 products can saturate in
+      16 bits; None: 8-bit on a CPU with VNNI, and without it whichever measures more accurate on
+      the calibration inputs (ONNX Runtime).
     - `budget`: how far the outputs may move from the fp32 model's on the calibration inputs; the
       layers whose quantization costs the most accuracy stay fp32 until the joint error fits. By
       default every sample of a batch keeps cosine 0.99 (its worst sentence, not its average).

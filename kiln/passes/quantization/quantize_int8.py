@@ -109,6 +109,7 @@ _CORE_QUESTION = "quantize attention products to static int8"
 _STATIC = "int8 static"
 _SHARED_QUESTION = "quantize an activation several int8 linears read once"
 _BIAS_QUESTION = "take the mean error int8 adds out of the linears' biases"
+_RANGE_QUESTION = "7-bit or 8-bit int8 weights without VNNI"
 
 #: what the pass quantizes: linears (dynamic or static int8), convolutions and attention cores
 #: (static int8)
@@ -144,9 +145,11 @@ class QuantizeInt8(Pass):
         if form is None:
             raise PassError(f"dynamic int8 quantization lowers to ONNX Runtime or OpenVINO, not to the "
                             f"{ctx.target.backend!r} backend; use backend='onnxruntime' or 'openvino'.")
-        # 7-bit weights keep ORT's u8s8 GEMM from saturating without VNNI; OpenVINO handles its own
-        reduce_range = (self.config.reduce_range if self.config.reduce_range is not None
-                        else form == "contrib" and not _cpu_has_vnni())
+        # without VNNI, ORT's u8 x s8 GEMM adds pairs of products in 16 bits, which 8-bit weights can
+        # saturate and 7-bit ones cannot; which costs less accuracy is measured (`_weight_range`),
+        # 7-bit until then. OpenVINO handles its own.
+        undecided = form == "contrib" and self.config.reduce_range is None and not _cpu_has_vnni()
+        reduce_range = self.config.reduce_range if self.config.reduce_range is not None else undecided
         linears, left = find_linears(model.graph)
         static_scheme = self.config.scheme == "static-int8"
         # convolutions and attention products have no dynamic int8 form: only the static scheme
@@ -161,7 +164,7 @@ class QuantizeInt8(Pass):
                     left[why] -= 1
         left = {why: count for why, count in left.items() if count}
         positions = {node: index for index, node in enumerate(model.graph)}
-        decisions = [self._excluded(linear) or (self._priced(linear, ctx, reduce_range) if form == "contrib"
+        decisions = [self._excluded(linear) or (self._priced(linear, ctx) if form == "contrib"
                                                 else self._measured(linear, ctx)) for linear in linears]
         decisions += [self._excluded(conv) or self._measured(conv, ctx) for conv in convs]
         decisions += [self._excluded(core) or _measured_core(core, ctx) for core in cores]
@@ -187,6 +190,8 @@ class QuantizeInt8(Pass):
         shifts: dict[int, np.ndarray] = {}
         if runner is not None and feeds:
             sets = _reference_sets(model, runner, feeds, held_out)
+            if chosen and undecided:
+                reduce_range = self._weight_range(model, ctx, runner, sets, [positions[linears[i].node] for i in chosen])
             if chosen and form == "contrib" and self.config.bias_correction:  # OpenVINO's own per-group
                 # activation quantization is not one kiln can reproduce, so only ORT's linears
                 shifts = self._correct_biases(model, ctx, runner, sets, [linears[i] for i in chosen], positions, [],
@@ -240,14 +245,13 @@ class QuantizeInt8(Pass):
         method = self.config.activation_range
         return f"{method} ranges" if method != "percentile" else f"{self.config.percentile:g}th-percentile ranges"
 
-    def _priced(self, linear: Linear, ctx: PassContext, reduce_range: bool) -> Decision:
+    def _priced(self, linear: Linear, ctx: PassContext) -> Decision:
         """The linear's decision row on speed alone (the budget may revise it)."""
         metrics = {name: {"weight_bytes": value} for name, value in _weight_bytes(linear).items()}
         if ctx.cost is None:
             return _kept_fp32(linear, "no cost model to price int8 against fp32; the linear stays fp32")
         return ctx.cost.choose(linear.name, _QUESTION, {"fp32": [linear.node], "int8": [_sketch(linear)]}, keep="fp32",
-                               metrics=metrics, why={"int8": "int8 weights and an int8 GEMM, A quantized per call"
-                                                     + (" (7-bit weights: no VNNI)" if reduce_range else "")})
+                               metrics=metrics, why={"int8": "int8 weights and an int8 GEMM, A quantized per call"})
 
     def _excluded(self, unit: _Unit) -> Decision | None:
         """The fp32 row of a linear, convolution or attention core (either product) that
@@ -358,6 +362,30 @@ class QuantizeInt8(Pass):
                                 base_positions=base, bias_shifts=shifts)
         return kept, ranges, shifts
 
+    def _weight_range(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: _ReferenceSets,
+                      positions: list[int]) -> bool:
+        """Whether the int8 linears at `positions` take 7-bit weights (True) or 8-bit ones, on a CPU
+        without VNNI: both quantize every one of them and are scored on the calibration inputs;
+        8-bit wins only where it measures more accurate (its finer grid against the 16-bit
+        saturation it risks). One decision row, both scores in it."""
+        names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
+        inputs, reference = sets["calibration"]
+
+        def score(reduce_range: bool) -> OutputScore:
+            trial = model.clone()
+            _quantize(trial, positions, self.config.per_channel, reduce_range)
+            return score_outputs(runner, trial, inputs, names, reference, per_sample=self.config.budget.per_sample)
+        seven, eight = score(True), score(False)
+        reduce_range = not (eight.problem is None and eight.error < seven.error)
+        ctx.record(Decision(
+            f"the weights of {len(positions)} int8 linears", _RANGE_QUESTION,
+            [Alternative("7-bit", metrics={"cosine": seven.cosine}), Alternative("8-bit", metrics={"cosine": eight.cosine})],
+            chosen="7-bit" if reduce_range else "8-bit", decided_by="measurement",
+            reason=(f"this CPU has no VNNI: its u8 x s8 GEMM adds pairs of products in 16 bits, which 8-bit weights can "
+                    f"saturate; worst output cosine on the calibration inputs {seven.cosine:.6f} with 7-bit weights, "
+                    f"{eight.cosine:.6f} with 8-bit; the same kernels and weight bytes, so both run alike")))
+        return reduce_range
+
     def _correct_biases(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: _ReferenceSets,
                         candidates: list[_Unit], positions: dict[ir.Node, int], base: list[int],
                         ranges: dict[str, ActivationRange] | None, reduce_range: bool, form: str) -> dict[int, np.ndarray]:
@@ -377,6 +405,8 @@ class QuantizeInt8(Pass):
                                  {u.activation.name: ranges[u.activation.name] if ranges is not None else None
                                   for u in biased.values()})
         biased = {p: u for p, u in biased.items() if u.activation.name in means}
+        if not biased:  # no activation the calibration run could read
+            return {}
         weights = {p: quantize_weight(u.weight, per_channel=self.config.per_channel, reduce_range=reduce_range)
                    for p, u in biased.items()}
 

@@ -403,7 +403,7 @@ def test_when_measured_slower_each_linear_quantizes_its_activation_itself():
 def test_an_activation_several_linears_read_is_quantized_once_with_the_same_products():
     import onnxruntime as ort
 
-    from kiln.passes.quantization.quantize_int8 import _cpu_has_vnni, _quantize
+    from kiln.passes.quantization.quantize_int8 import _quantize
 
     optimized = kiln.optimize(_three_heads(), level=1, sample_inputs={"x": X}, quantize="int8",
                               measured_choices=_Always("shared"), options=MEASURE_ANY)
@@ -416,12 +416,42 @@ def test_an_activation_several_linears_read_is_quantized_once_with_the_same_prod
     assert ops.count("DynamicQuantizeLinear") == 1 and ops.count("MatMulIntegerToFloat") == 3
     assert "DynamicQuantizeMatMul" not in ops and "1 activations quantized once" in report.message
     # the same products as one DynamicQuantizeMatMul per linear (with the pass's weight range:
-    # 7-bit on a CPU without VNNI)
+    # 7-bit where a CPU without VNNI measured it more accurate)
     separate = ir.from_proto(_three_heads())
-    _quantize(separate, [0, 1, 2], per_channel=True, reduce_range=not _cpu_has_vnni())
+    _quantize(separate, [0, 1, 2], per_channel=True, reduce_range="7-bit weights" in report.message)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     expected = ort.InferenceSession(ir.to_proto(separate).SerializeToString(), options,
                                     providers=["CPUExecutionProvider"]).run(None, {"x": X})
     for e, a in zip(expected, optimized(x=X)):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("vnni", [False, True])
+def test_without_vnni_the_weight_range_is_the_one_measured_more_accurate(vnni, monkeypatch):
+    """On a CPU without VNNI ORT's u8 x s8 GEMM may saturate 8-bit weights' products in 16 bits:
+    both ranges are scored on the calibration inputs and the model gets the more accurate one (7-bit
+    on a tie); with VNNI, or when the config names the range, nothing is measured."""
+    import kiln.passes.quantization.quantize_int8 as quantize_int8
+
+    monkeypatch.setattr(quantize_int8, "_cpu_has_vnni", lambda: vnni)
+    calibration = [{"x": RNG.standard_normal((ROWS, WIDTH)).astype(np.float32)} for _ in range(2)]
+    optimized = kiln.optimize(_mlp(), level=1, sample_inputs={"x": X}, quantize="int8", calibration=calibration)
+    report = _quant_pass(optimized)
+    rows = [d for d in report.decisions if d.question == "7-bit or 8-bit int8 weights without VNNI"]
+    weights = [t.const_value.numpy() for t in optimized.model.graph.initializers.values() if t.name.endswith("weight_int8")]
+    assert weights and report.status == "applied"
+    if vnni:
+        assert not rows and "7-bit" not in report.message
+        assert max(int(np.abs(w).max()) for w in weights) == 127
+        return
+    [row] = rows
+    seven, eight = (row.alternative(name).metrics["cosine"] for name in ("7-bit", "8-bit"))
+    assert row.decided_by == "measurement" and row.chosen == ("8-bit" if eight > seven else "7-bit"), row.reason
+    assert ("7-bit weights" in report.message) == (row.chosen == "7-bit")
+    assert max(int(np.abs(w).max()) for w in weights) == (63 if row.chosen == "7-bit" else 127)
+    fixed = kiln.optimize(_mlp(), level=1, sample_inputs={"x": X}, calibration=calibration,
+                          quantize=QuantConfig(reduce_range=True))
+    assert not [d for d in _quant_pass(fixed).decisions if d.question.startswith("7-bit or 8-bit")]
+    assert "7-bit weights" in _quant_pass(fixed).message
+
