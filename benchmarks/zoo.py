@@ -306,6 +306,46 @@ def _minilm_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(minilm_path())
 
 
+# Paraphrase pairs for MiniLM's task accuracy (`paraphrase_feeds`): each sentence's nearest other
+# sentence should be its partner; the topics overlap in places (travel, weather, money) so that a
+# moved embedding can land on the wrong one.
+PARAPHRASES = (
+    ("The train to Boston leaves at seven in the morning.", "At 7 a.m. the Boston-bound train departs."),
+    ("She forgot her keys in the car.", "Her keys were left behind in the vehicle."),
+    ("The stock market fell sharply after the announcement.", "Share prices dropped steeply once the news came out."),
+    ("Please turn off the lights when you leave the room.", "Switch the lights off on your way out, please."),
+    ("The doctor told him to drink more water.", "His physician advised him to increase his fluid intake."),
+    ("Our flight was delayed by three hours because of fog.", "Fog held up our plane for three hours."),
+    ("He has been learning to play the violin since childhood.",
+     "He started violin lessons as a small child and has kept at it."),
+    ("The museum is closed on Mondays.", "On Mondays the museum does not open."),
+    ("Heavy rain caused flooding in several neighbourhoods.", "Several districts were flooded after the downpour."),
+    ("The recipe calls for two cups of flour and one egg.", "You need one egg and two cups of flour for this recipe."),
+    ("The company plans to hire fifty new engineers next year.", "Next year the firm intends to recruit fifty more engineers."),
+    ("I could not sleep because the neighbours were so loud.", "The noisy neighbours kept me awake all night."),
+    ("The software update fixed the battery drain problem.",
+     "Since the update, the phone's battery no longer runs down so fast."),
+    ("The children built a sandcastle on the beach.", "On the shore, the kids made a castle out of sand."),
+    ("Interest rates were raised by a quarter of a percentage point.", "The central bank increased rates by 0.25 percent."),
+    ("The library extended its opening hours during exams.", "During the exam period the library stayed open longer."),
+)
+
+
+def paraphrase_feeds(batch: int) -> tuple[list[dict[str, np.ndarray]], int]:
+    """`PARAPHRASES` as MiniLM input sets of `batch` sentences (pair k is sentences 2k and 2k+1,
+    in order across the sets; the last set is filled up with the first sentences again), and how
+    many of the sentences are the pairs' (the rest of the last set is filler)."""
+    sentences = [s for pair in PARAPHRASES for s in pair]
+    count = len(sentences)
+    padded = sentences + sentences[:(-count) % batch]
+    feeds = []
+    for start in range(0, len(padded), batch):
+        encoded = _minilm_tokenizer()(padded[start:start + batch], padding="max_length", truncation=True,
+                                      max_length=MINILM_SEQ, return_tensors="pt")
+        feeds.append(_numpy({name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids")}))
+    return feeds, count
+
+
 def _minilm_inputs(config: Any, batch: int, seed: int) -> Inputs:
     """Input set `seed`: `batch` real sentences tokenized, padded / truncated to 128 tokens."""
     sentences = _sentences()
