@@ -58,13 +58,8 @@ CALIBRATION = 4  # zoo input sets 1..4: kiln's budget search
 HELD_OUT = 4  # zoo input sets 5..8: accuracy
 DEFAULT_MODELS = ("minilm", "bert-base", "gpt2")
 PEERS = ("ort-dynamic", "ort-dynamic-per-channel")
-#: --ort-peers name -> (table config, what it is): ORT's other quantizers, rows beside the dynamic ones
-ORT_PEERS = {
-    "static-minmax": ("ort-static-minmax", "quantize_static QDQ, MinMax"),
-    "static-percentile": ("ort-static-percentile", "quantize_static QDQ, Percentile"),
-    "nbits4": ("ort-nbits4", "MatMulNBits 4-bit, block 32"),
-    "nbits8": ("ort-nbits8", "MatMulNBits 8-bit, block 32"),
-}
+#: --ort-peers names: ORT's other quantizers, rows ``ort-<name>`` beside the dynamic ones
+ORT_PEERS = ("static-minmax", "static-percentile", "nbits4", "nbits8")
 
 
 @dataclass
@@ -112,32 +107,35 @@ def _embedding_accuracy(references: list[np.ndarray], outputs: list[np.ndarray])
     ref, out = np.concatenate(references).astype(np.float64), np.concatenate(outputs).astype(np.float64)
     rows = np.sum(ref * out, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))
 
-    def neighbours(x: np.ndarray) -> np.ndarray:
-        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-        similarity = unit @ unit.T
-        np.fill_diagonal(similarity, -np.inf)
-        return similarity.argmax(axis=1)
+    return Accuracy(float(rows.min()), float(rows.mean()), float(np.mean(_nearest_other(ref) == _nearest_other(out))))
 
-    return Accuracy(float(rows.min()), float(rows.mean()), float(np.mean(neighbours(ref) == neighbours(out))))
+
+def _nearest_other(x: np.ndarray) -> np.ndarray:
+    """For each row of `x`, the index of the other row with the largest cosine."""
+    unit = x.astype(np.float64) / np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    return similarity.argmax(axis=1)
 
 
 def paraphrase_hit_rate(embeddings: np.ndarray) -> float:
     """The share of sentences whose nearest other sentence (by cosine) is their paraphrase, for
     embeddings of pairs laid out as rows 2k and 2k+1."""
-    unit = embeddings.astype(np.float64) / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    similarity = unit @ unit.T
-    np.fill_diagonal(similarity, -np.inf)
-    partner = np.arange(len(unit)) ^ 1
-    return float(np.mean(similarity.argmax(axis=1) == partner))
+    return float(np.mean(_nearest_other(embeddings) == np.arange(len(embeddings)) ^ 1))
 
 
-def _paraphrase_rates(runners: dict[str, Any], batch: int) -> dict[str, float]:
-    """Each configuration's `paraphrase_hit_rate` on `zoo.PARAPHRASES` (MiniLM)."""
+def _record_paraphrases(result: ModelResult | OpenVINOResult, runners: dict[str, Any], batch: int,
+                        reference: str) -> None:
+    """Each configuration's `paraphrase_hit_rate` on `zoo.PARAPHRASES` (MiniLM) into its accuracy,
+    the `reference` configuration's into ``result.fp32_paraphrase``."""
     from benchmarks import zoo
 
     feeds, count = zoo.paraphrase_feeds(batch)
-    return {config: paraphrase_hit_rate(np.concatenate([np.asarray(run(f)) for f in feeds])[:count])
-            for config, run in runners.items()}
+    rates = {config: paraphrase_hit_rate(np.concatenate([np.asarray(run(f)) for f in feeds])[:count])
+             for config, run in runners.items()}
+    result.fp32_paraphrase = rates[reference]
+    for config, accuracy in result.accuracy.items():
+        accuracy.paraphrase = rates[config]
 
 
 def _output_accuracy(references: list[np.ndarray], outputs: list[np.ndarray]) -> Accuracy:
@@ -156,14 +154,14 @@ def _ort_dynamic(source: Path, workdir: Path, per_channel: bool) -> Path:
 
 
 def _ort_peer(peer: str, source: Path, workdir: Path, calibration: list[dict[str, np.ndarray]]) -> tuple[Path | None, str]:
-    """The model one of `ORT_PEERS` makes of `source`, or None and why it cannot."""
+    """The model one of `ORT_PEERS` makes of `source` (``workdir/ort-<peer>.onnx``), or None and
+    why it cannot."""
     from benchmarks.configs import ort_matmul_nbits, ort_quantize_static
 
-    config = ORT_PEERS[peer][0]
+    config = f"ort-{peer}"
     if peer.startswith("static-"):
-        out, note = ort_quantize_static(source, workdir, config, calibration,
-                                        method="MinMax" if peer == "static-minmax" else "Percentile")
-        return out, note
+        return ort_quantize_static(source, workdir, config, calibration,
+                                   method="MinMax" if peer == "static-minmax" else "Percentile")
     out = workdir / f"{config}.onnx"
     made = ort_matmul_nbits(source, out, bits=int(peer.removeprefix("nbits")), block_size=32)
     return (out, f"{made} MatMulNBits") if made else (None, "no MatMul with a constant 2-D weight (linears exported as Gemm?)")
@@ -195,21 +193,18 @@ def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 
         for peer in ort_peers:
             path, note = _ort_peer(peer, Path(case.onnx_path), workdir, calibration)
             if path is None:
-                result.notes.append(f"{ORT_PEERS[peer][0]}: not run: {note}")
+                result.notes.append(f"ort-{peer}: not run: {note}")
             else:
-                paths[ORT_PEERS[peer][0]] = path
+                paths[f"ort-{peer}"] = path
                 if note:
-                    result.notes.append(f"{ORT_PEERS[peer][0]}: {note}")
+                    result.notes.append(f"ort-{peer}: {note}")
         result.configs = list(paths)
         sessions = {config: ort_session(path) for config, path in paths.items()}
         outputs = {config: [s.run(None, feeds)[0] for feeds in held_out] for config, s in sessions.items()}
         measure = _embedding_accuracy if case.kind == "sentence-embedding" else _output_accuracy
         result.accuracy = {config: measure(outputs["fp32"], outs) for config, outs in outputs.items() if config != "fp32"}
         if case.kind == "sentence-embedding":
-            rates = _paraphrase_rates({c: lambda f, s=s: s.run(None, f)[0] for c, s in sessions.items()}, batch)
-            result.fp32_paraphrase = rates["fp32"]
-            for config, accuracy in result.accuracy.items():
-                accuracy.paraphrase = rates[config]
+            _record_paraphrases(result, {c: lambda f, s=s: s.run(None, f)[0] for c, s in sessions.items()}, batch, "fp32")
         configs = list(sessions)
         calls = [lambda s=sessions[c]: s.run(None, case.inputs) for c in configs]
         before = CpuTimes.now()
@@ -316,10 +311,7 @@ def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float
         measure = _embedding_accuracy if case.kind == "sentence-embedding" else _output_accuracy
         result.accuracy = {c: measure(references, outs) for c, outs in outputs.items() if c != "ov-fp32"}
         if case.kind == "sentence-embedding":
-            rates = _paraphrase_rates(runners, batch)
-            result.fp32_paraphrase = rates["ov-fp32"]
-            for config, accuracy in result.accuracy.items():
-                accuracy.paraphrase = rates[config]
+            _record_paraphrases(result, runners, batch, "ov-fp32")
         before = CpuTimes.now()
         samples = dict(zip(runners, round_robin([lambda run=run: run(case.inputs) for run in runners.values()],
                                                 repeats=repeats, min_seconds=min_seconds, max_seconds=MAX_SECONDS,

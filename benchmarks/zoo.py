@@ -338,19 +338,18 @@ def paraphrase_feeds(batch: int) -> tuple[list[dict[str, np.ndarray]], int]:
     sentences = [s for pair in PARAPHRASES for s in pair]
     count = len(sentences)
     padded = sentences + sentences[:(-count) % batch]
-    feeds = []
-    for start in range(0, len(padded), batch):
-        encoded = _minilm_tokenizer()(padded[start:start + batch], padding="max_length", truncation=True,
-                                      max_length=MINILM_SEQ, return_tensors="pt")
-        feeds.append(_numpy({name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids")}))
-    return feeds, count
+    return [_numpy(_tokenized(padded[start:start + batch])) for start in range(0, len(padded), batch)], count
 
 
 def _minilm_inputs(config: Any, batch: int, seed: int) -> Inputs:
     """Input set `seed`: `batch` real sentences tokenized, padded / truncated to 128 tokens."""
     sentences = _sentences()
-    chosen = [sentences[(seed * batch + i) % len(sentences)] for i in range(batch)]
-    encoded = _minilm_tokenizer()(chosen, padding="max_length", truncation=True, max_length=MINILM_SEQ,
+    return _tokenized([sentences[(seed * batch + i) % len(sentences)] for i in range(batch)])
+
+
+def _tokenized(sentences: list[str]) -> Inputs:
+    """MiniLM's three inputs for `sentences`, padded / truncated to 128 tokens."""
+    encoded = _minilm_tokenizer()(sentences, padding="max_length", truncation=True, max_length=MINILM_SEQ,
                                   return_tensors="pt")
     return {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids")}
 

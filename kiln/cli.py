@@ -412,8 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "weights (SmoothQuant scales, OS+ shifts; exact), in the form measured to quantize best on "
                           "the calibration inputs: at LayerNorm outputs (norms, the default) or everywhere (all)")
     opt.add_argument("--no-bias-correction", action="store_true",
-                     help="static-int8 leaves the linears' biases as they are, instead of taking out the mean error "
-                          "their quantization adds on the calibration inputs where that measures better")
+                     help="--quantize leaves the int8 linears' biases as they are, instead of taking out the mean "
+                          "error their quantization adds on the calibration inputs where that measures better "
+                          "(static-int8, and int8 on ONNX Runtime)")
     opt.add_argument("--calibration", action="append", metavar="NPZ",
                      help="inputs (.npz keyed by input name) --quantize measures its accuracy on; repeatable "
                           "(default: the sample inputs)")

@@ -123,10 +123,10 @@ def test_the_quantization_benchmarks_other_ort_peers_reproduce_the_model(peer: s
     """`python -m benchmarks quantization --ort-peers`: quantize_static calibrated by Percentile and
     8-bit MatMulNBits, the two forms the harness's configurations do not cover."""
     from benchmarks.configs import ort_session
-    from benchmarks.quantization import ORT_PEERS, _ort_peer
+    from benchmarks.quantization import _ort_peer
 
     path, note = _ort_peer(peer, case.onnx_path, tmp_path, case.calibration)
-    assert path is not None and path.name == f"{ORT_PEERS[peer][0]}.onnx", note
+    assert path is not None and path.name == f"ort-{peer}.onnx", note
     if peer == "nbits8":
         assert note == "2 MatMulNBits"
     out = ort_session(path).run(None, case.inputs)[0]

@@ -107,16 +107,14 @@ def fake_quantize(x: np.ndarray, activation: ActivationRange | None) -> np.ndarr
     return ((q - zero_point) * scale).astype(np.float32)
 
 
-def activation_means(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds],
-                     ranges: dict[str, ActivationRange | None]) -> dict[str, ActivationMeans]:
-    """`ActivationMeans` of each activation named in `ranges` over `feeds` (the fp32 model run
-    with them exposed as outputs, one feed at a time), on its fixed range or, for None, on each
-    call's own (dynamic int8: one call per feed, the whole tensor). Rows holding a value outside
-    float32's extremes (a mask, inf, NaN) are left out of the means, as the range observers leave
-    such values out."""
-    by_name = {v.name: v for v in model.graph.inputs}
-    by_name.update({out.name: out for node in model.graph for out in node.outputs})
-    probe, index = exposing(model, [by_name[name] for name in ranges if name in by_name])
+def activation_means(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds], activations: Sequence[ir.Value],
+                     ranges: dict[str, ActivationRange] | None = None) -> dict[str, ActivationMeans]:
+    """`ActivationMeans` of each of `activations` over `feeds` (the fp32 model run with them
+    exposed as outputs, one feed at a time), on its fixed range in `ranges` or, without `ranges`,
+    on each call's own (dynamic int8: one call per feed, the whole tensor). Rows holding a value
+    outside float32's extremes (a mask, inf, NaN) are left out of the means, as the range
+    observers leave such values out."""
+    probe, index = exposing(model, activations)
     sums: dict[str, list[np.ndarray]] = {name: [] for name in index}
     quantized: dict[str, list[np.ndarray]] = {name: [] for name in index}
     rows: dict[str, list[int]] = {name: [] for name in index}
@@ -125,7 +123,7 @@ def activation_means(model: ir.Model, runner: ModelRunner, feeds: Sequence[Feeds
         for name, k in index.items():
             x = np.asarray(outputs[k], np.float32)
             x = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
-            x_q = fake_quantize(x, ranges[name])  # a dynamic range is the whole tensor's, as fed
+            x_q = fake_quantize(x, ranges[name] if ranges is not None else None)  # dynamic: the whole tensor's, as fed
             rows_kept = data_mask(x).all(axis=1)
             x, x_q = x[rows_kept], x_q[rows_kept]
             sums[name].append(x.sum(axis=0, dtype=np.float64))

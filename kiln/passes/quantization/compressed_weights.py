@@ -64,12 +64,10 @@ def _linear_nodes(x: ir.Value, weight: ir.Value, bias: ir.Value | None, name: st
     return nodes
 
 
-def compressed_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight, x: ir.Value | None = None,
-                      bias_shift: np.ndarray | None = None) -> list[ir.Node]:
+def compressed_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight, x: ir.Value | None = None) -> list[ir.Node]:
     """The nodes `linear` becomes (not yet inserted): DequantizeLinear of its int8 weight (alpha
     folded into the per-channel scale), MatMul of `x` (default: the linear's activation), and
-    the bias Add when it has a bias, less `bias_shift` if given (`bias_correction`); the last
-    node's output replaces the linear's."""
+    the bias Add when it has a bias; the last node's output replaces the linear's."""
     prefix = linear.name
     values = new_initializer(graph, f"{prefix}.weight_int8", q.values)
     scale = new_initializer(graph, f"{prefix}.weight_scale",
@@ -79,24 +77,20 @@ def compressed_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight, x: ir
     dequantize.outputs[0].name = f"{prefix}.weight_dequantized"
     dequantize.outputs[0].dtype = ir.DataType.FLOAT
     dequantize.outputs[0].shape = ir.Shape(list(q.values.shape))
-    bias_values = linear.bias if bias_shift is None or linear.bias is None else \
-        (linear.bias - bias_shift).astype(linear.bias.dtype)
-    bias = new_initializer(graph, f"{prefix}.bias", bias_values) if bias_values is not None else None
+    bias = new_initializer(graph, f"{prefix}.bias", linear.bias) if linear.bias is not None else None
     activation = x if x is not None else linear.activation
     return [dequantize, *_linear_nodes(activation, dequantize.outputs[0], bias, linear.node.name or prefix)]
 
 
-def static_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight, activation: ActivationRange,
-                  bias_shift: np.ndarray | None = None) -> list[ir.Node]:
+def static_linear(graph: ir.Graph, linear: Linear, q: QuantizedWeight, activation: ActivationRange) -> list[ir.Node]:
     """`compressed_linear` reading its activation through QuantizeLinear / DequantizeLinear with
     the calibrated scale: OpenVINO runs the pair and the int8 weight as one int8 GEMM whose
-    activation scale is fixed, not computed per call. `bias_shift`: the mean error to take out
-    of the bias (`bias_correction`)."""
+    activation scale is fixed, not computed per call."""
     prefix = linear.name
     scale = new_initializer(graph, f"{prefix}.activation_scale", np.asarray(activation.scale, np.float32))
     zero_point = new_initializer(graph, f"{prefix}.activation_zero_point", np.asarray(activation.zero_point, np.uint8))
     pair = fixed_scale_pair(linear.activation, scale, zero_point, prefix)
-    return [*pair, *compressed_linear(graph, linear, q, x=pair[-1].outputs[0], bias_shift=bias_shift)]
+    return [*pair, *compressed_linear(graph, linear, q, x=pair[-1].outputs[0])]
 
 
 def _timed_form(shape: LinearShape, form: str, seed: int) -> ir.Model:

@@ -57,9 +57,10 @@ class QuantConfig:
       quantize best on the calibration inputs; exact before quantization (`outlier_migration`).
       `migration_sites` says where: "norms" (LayerNorm outputs, which absorb the division; the
       default) or "all" (also every other activation, behind a Mul, plus an Add with a shift).
-    - `bias_correction`: static-int8 linears may take the mean error their quantization adds on
-      the calibration inputs out of their bias (`bias_correction`); it is applied when it measures
-      better on calibration feeds it was not fitted on, and reported either way.
+    - `bias_correction`: static int8 linears, and ONNX Runtime's dynamic ones, may take the mean
+      error their quantization adds on the calibration inputs out of their bias
+      (`bias_correction`); it is applied when it measures better on calibration feeds it was not
+      fitted on, and reported either way.
     """
 
     scheme: Scheme = "dynamic-int8"

@@ -36,6 +36,10 @@ reads Q, K, Softmax's probabilities and V at fixed scales (`attention_products`)
 search runs once more over these, on top of the dynamic linears; a linear it drops stays
 dynamic, a convolution or attention core goes back to fp32.
 
+Two choices are measured for all the linears at once, before the budget search: on a CPU
+without VNNI, 7-bit or 8-bit weights for ORT (`_weight_range`), and whether to take the mean
+error int8 adds out of the biases (`bias_correction`, `_correct_biases`).
+
 Every linear, convolution and attention core is a `Decision` row: both alternatives' predicted (or measured) times, its solo and
 the joint cosine, and why; so is every shape of shared activation. The pass is approximate: the
 PassManager checks its result against the original with the budget on the sample inputs, which
@@ -44,6 +48,7 @@ need not be the calibration ones.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -368,14 +373,9 @@ class QuantizeInt8(Pass):
         without VNNI: both quantize every one of them and are scored on the calibration inputs;
         8-bit wins only where it measures more accurate (its finer grid against the 16-bit
         saturation it risks). One decision row, both scores in it."""
-        names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
         inputs, reference = sets["calibration"]
-
-        def score(reduce_range: bool) -> OutputScore:
-            trial = model.clone()
-            _quantize(trial, positions, self.config.per_channel, reduce_range)
-            return score_outputs(runner, trial, inputs, names, reference, per_sample=self.config.budget.per_sample)
-        seven, eight = score(True), score(False)
+        seven, eight = (self._trial_score(model, runner, inputs, reference, positions, reduce_range)
+                        for reduce_range in (True, False))
         reduce_range = not (eight.problem is None and eight.error < seven.error)
         ctx.record(Decision(
             f"the weights of {len(positions)} int8 linears", _RANGE_QUESTION,
@@ -401,9 +401,7 @@ class QuantizeInt8(Pass):
         if not biased:
             return {}
         feeds, reference = sets["calibration"]
-        means = activation_means(model, ctx.runner or runner, feeds,
-                                 {u.activation.name: ranges[u.activation.name] if ranges is not None else None
-                                  for u in biased.values()})
+        means = activation_means(model, ctx.runner or runner, feeds, [u.activation for u in biased.values()], ranges)
         biased = {p: u for p, u in biased.items() if u.activation.name in means}
         if not biased:  # no activation the calibration run could read
             return {}
@@ -414,14 +412,11 @@ class QuantizeInt8(Pass):
             return {p: bias_shift(u, weights[p], means[u.activation.name], on) for p, u in biased.items()}
         quantized = sorted(positions[u.node] for u in candidates)
         static = set(quantized) if ranges is not None else set()
-        names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
 
         def score(shifts: dict[int, np.ndarray], on: list[int]) -> OutputScore:
-            trial = model.clone()
-            _quantize(trial, list(dict.fromkeys([*base, *quantized])), self.config.per_channel, reduce_range,
-                      form=form, static=static, ranges=ranges, bias_shifts=shifts)
-            return score_outputs(runner, trial, [feeds[k] for k in on], names, [reference[k] for k in on],
-                                 per_sample=self.config.budget.per_sample)
+            return self._trial_score(model, runner, [feeds[k] for k in on], [reference[k] for k in on],
+                                     list(dict.fromkeys([*base, *quantized])), reduce_range, form=form,
+                                     static=static, ranges=ranges, bias_shifts=shifts)
         everything = list(range(len(feeds)))
         plain = score({}, everything)
         if len(feeds) > 1:
@@ -465,18 +460,15 @@ class QuantizeInt8(Pass):
         def fallback(i: int) -> str:
             dynamic = static_ranges is not None and decisions[i].alternative("int8") is not None
             return "int8" if dynamic else "fp32"
-        names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
-
         def measure(subset: list[int], on: str) -> OutputScore:
-            trial = model.clone()
             picked = [positions[chosen.index(i)] for i in subset]
-            if static_ranges is None:
-                _quantize(trial, picked, self.config.per_channel, reduce_range, form=form, bias_shifts=bias_shifts)
-            else:
-                _quantize(trial, list(dict.fromkeys([*base_positions, *picked])), self.config.per_channel,
-                          reduce_range, form=form, static=set(picked), ranges=static_ranges, bias_shifts=bias_shifts)
             inputs, reference = sets[on]
-            return score_outputs(runner, trial, inputs, names, reference, per_sample=self.config.budget.per_sample)
+            if static_ranges is None:
+                return self._trial_score(model, runner, inputs, reference, picked, reduce_range, form=form,
+                                         bias_shifts=bias_shifts)
+            return self._trial_score(model, runner, inputs, reference, list(dict.fromkeys([*base_positions, *picked])),
+                                     reduce_range, form=form, static=set(picked), ranges=static_ranges,
+                                     bias_shifts=bias_shifts)
 
         keep = list(chosen)
         solo: dict[int, OutputScore] = {}
@@ -511,6 +503,16 @@ class QuantizeInt8(Pass):
                 ", ".join(f"{score.cosine:.6f} ({on})" for on, score in scores.items())
             decisions[i].reason += f" within {self.error_budget}"
         return keep
+
+    def _trial_score(self, model: ir.Model, runner: ModelRunner, inputs: Sequence[Feeds],
+                     reference: Sequence[Sequence[Any]], positions: list[int], reduce_range: bool,
+                     **forms: Any) -> OutputScore:
+        """A copy of `model` with the units at `positions` quantized (`_quantize`, with `forms`)
+        scored against the fp32 `reference` outputs on `inputs`: one trial of a search."""
+        trial = model.clone()
+        _quantize(trial, positions, self.config.per_channel, reduce_range, **forms)
+        names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
+        return score_outputs(runner, trial, inputs, names, reference, per_sample=self.config.budget.per_sample)
 
     def _within(self, score: OutputScore) -> bool:
         return score.problem is None and self.config.budget.admits(score.cosine, score.max_abs)
@@ -634,13 +636,15 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
         # a correction fits the form it was measured for: ORT's dynamic linears or static ones
         shift = (bias_shifts or {}).get(position) if form == "contrib" or position in static else None
         add = bias_add(linear) if shift is not None and linear.bias is None else None
+        if shift is not None and linear.bias is not None:  # Gemm's C: every form writes the corrected one
+            linear = dataclasses.replace(linear, bias=(linear.bias - shift).astype(np.float32))
         if form == "compressed" and position in static:
             assert ranges is not None and linear.activation.name in ranges
-            new_nodes = static_linear(graph, linear, q, ranges[linear.activation.name], bias_shift=shift)
+            new_nodes = static_linear(graph, linear, q, ranges[linear.activation.name])
         elif form == "compressed":
             new_nodes = compressed_linear(graph, linear, q)
         else:
-            new_nodes = _contrib_nodes(graph, linear, q, shared, quantized, bias_shift=shift)
+            new_nodes = _contrib_nodes(graph, linear, q, shared, quantized)
         node = new_nodes[-1]
         for new_node in new_nodes:
             merge_provenance(new_node, [linear.node])
@@ -704,16 +708,15 @@ def _quantize_conv(graph: ir.Graph, node: ir.Node, per_channel: bool, reduce_ran
 
 
 def _contrib_nodes(graph: ir.Graph, linear: Linear, q: QuantizedWeight, shared: set[str],
-                   quantized: dict[str, ir.Node], bias_shift: np.ndarray | None = None) -> list[ir.Node]:
+                   quantized: dict[str, ir.Node]) -> list[ir.Node]:
     """ONNX Runtime's form of `linear` (not yet inserted): a DynamicQuantizeMatMul, or, when its
     activation is in `shared`, a MatMulIntegerToFloat of the activation's one DynamicQuantizeLinear
-    (made before its first reader and remembered in `quantized`); its bias less `bias_shift`."""
+    (made before its first reader and remembered in `quantized`)."""
     prefix = linear.name
     weight = new_initializer(graph, f"{prefix}.weight_int8", q.values)
     scale = new_initializer(graph, f"{prefix}.weight_scale", (q.scale * np.float32(linear.alpha)).astype(np.float32))
     zero_point = new_initializer(graph, f"{prefix}.weight_zero_point", q.zero_point)
-    values = linear.bias if bias_shift is None or linear.bias is None else (linear.bias - bias_shift).astype(np.float32)
-    bias = [new_initializer(graph, f"{prefix}.bias", values)] if values is not None else []
+    bias = [new_initializer(graph, f"{prefix}.bias", linear.bias)] if linear.bias is not None else []
     name = linear.activation.name
     if name not in shared:
         return [ir.Node(_DOMAIN, _OP, [linear.activation, weight, scale, zero_point, *bias], name=linear.node.name,

@@ -66,7 +66,7 @@ def test_the_corrected_bias_leaves_no_mean_error_on_the_rows_it_was_fitted_on():
     model = ir.from_proto(_linear())
     feeds = [{"x": _off_grid(np.random.default_rng(seed))} for seed in range(3)]
     activation = ActivationRange(0.0, 255 * float(STEP))
-    means = activation_means(model, run_model, feeds, {"x": activation})
+    means = activation_means(model, run_model, feeds, model.graph.inputs, {"x": activation})
     assert means["x"].rows.tolist() == [ROWS] * 3
     [linear], _ = find_linears(model.graph)
     q = quantize_weight(linear.weight, per_channel=True)
@@ -97,7 +97,8 @@ def test_a_mask_row_is_left_out_of_the_means():
     masked = x.copy()
     masked[5, 3] = np.finfo(np.float32).min
     activation = ActivationRange(0.0, 255 * float(STEP))
-    plain, with_mask = (activation_means(model, run_model, [{"x": v}], {"x": activation})["x"] for v in (x, masked))
+    plain, with_mask = (activation_means(model, run_model, [{"x": v}], model.graph.inputs, {"x": activation})["x"]
+                        for v in (x, masked))
     assert with_mask.rows.tolist() == [ROWS - 1]
     np.testing.assert_allclose(with_mask.sums[0], plain.sums[0] - x[5], rtol=1e-6)
 
@@ -120,7 +121,8 @@ def test_the_pass_corrects_static_biases_when_feeds_it_was_not_fitted_on_say_so(
     # the bias Add in the model reads the original less the shift fitted on every calibration feed
     model = ir.from_proto(_linear())
     [linear], _ = find_linears(model.graph)
-    means = activation_means(model, run_model, _calibration(), {"x": ActivationRange(0.0, 255 * float(STEP))})
+    means = activation_means(model, run_model, _calibration(), model.graph.inputs,
+                             {"x": ActivationRange(0.0, 255 * float(STEP))})
     expected = numpy_helper.to_array(_linear().graph.initializer[1]) - bias_shift(linear, quantize_weight(linear.weight, per_channel=True), means["x"])
     bias = optimized.model.graph.initializers["fc.bias_corrected"].const_value.numpy()
     np.testing.assert_allclose(bias, expected, rtol=1e-5, atol=1e-6)
@@ -141,7 +143,7 @@ def test_onnx_runtime_dynamic_linears_are_corrected_at_each_calls_own_range():
     assert [n.op_type for n in optimized.model.graph].count("DynamicQuantizeMatMul") == 1
     model = ir.from_proto(_linear())
     [linear], _ = find_linears(model.graph)
-    means = activation_means(model, run_model, _calibration(), {"x": None})
+    means = activation_means(model, run_model, _calibration(), model.graph.inputs)
     q = quantize_weight(linear.weight, per_channel=True, reduce_range="7-bit weights" in report.message)
     expected = numpy_helper.to_array(_linear().graph.initializer[1]) - bias_shift(linear, q, means["x"])
     bias = optimized.model.graph.initializers["fc.bias_corrected"].const_value.numpy()
