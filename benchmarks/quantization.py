@@ -9,10 +9,12 @@ Configurations, all on the zoo's dynamo export:
   ``quantize_static`` QDQ (U8S8, per-channel weights) calibrated by MinMax / Percentile on the
   same calibration sets kiln uses, and ``ort-nbits4`` / ``ort-nbits8``, ORT's MatMulNBits
   weight-only quantizer (symmetric, blocks of 32); a table row each, with kiln's ratio to it
-  (the line's best peer stays the faster dynamic one, the issue's anchor);
-- ``kiln-int8``: ``kiln.optimize(level=2, quantize=QuantConfig(budget=...))`` (by default
-  ``quantize="int8"``'s: every sample keeps cosine 0.99) with 4 calibration input sets (zoo seeds
-  1-4) for its budget search; the PassManager checks the budget on the main inputs.
+  (the line's best peer is the faster dynamic one, the issue's anchor, except for --scheme int4-weights);
+- ``kiln``: ``kiln.optimize(level=2, quantize=QuantConfig(scheme=--scheme, budget=...))`` (by
+  default ``quantize="int8"``'s: every sample keeps cosine 0.99) with 4 calibration input sets
+  (zoo seeds 1-4) for its budget search; the PassManager checks the budget on the main inputs.
+  With ``--scheme int4-weights`` the line's peers are ORT's weight-only ``ort-nbits4`` /
+  ``ort-nbits8`` where they ran (the dynamic ones where they could not).
 
 Accuracy against fp32 on 4 held-out input sets (seeds 5-8; kiln's search ran on seeds 1-4, then
 on the main inputs that validation checks): MiniLM's sentence
@@ -31,9 +33,10 @@ per-channel one; cos is the accuracy figure above: MiniLM's smallest sentence co
 
 `--backends` (default both): ``openvino`` times kiln's int8 lowered to OpenVINO (int8 weights
 behind DequantizeLinear; the CPU plugin quantizes the activations per group) against OpenVINO
-CPU f32 and the NNCF peers, NNCF int8 (`nncf.quantize`, calibration sets 1-4) and NNCF int8
-weight compression (`compress_weights` INT8_SYM, the plugin's default group size kept), in
-rotation with ORT per-channel as the anchor; one line per model:
+CPU f32 and the NNCF peers, NNCF int8 (`nncf.quantize`, calibration sets 1-4), NNCF int8
+weight compression (`compress_weights` INT8_SYM, the plugin's default group size kept) and NNCF
+4-bit weight compression (`nncf-w4`, INT4_SYM with NNCF's defaults; the line's peer for
+``--scheme int4-weights``), in rotation with ORT per-channel as the anchor; one line per model:
 
     MODEL backend=openvino kiln_vs_best_peer=<ratio> kiln_cos=<x> peer_cos=<y> (...)
 """
@@ -60,6 +63,10 @@ DEFAULT_MODELS = ("minilm", "bert-base", "gpt2")
 PEERS = ("ort-dynamic", "ort-dynamic-per-channel")
 #: --ort-peers names: ORT's other quantizers, rows ``ort-<name>`` beside the dynamic ones
 ORT_PEERS = ("static-minmax", "static-percentile", "nbits4", "nbits8")
+#: the line's peers for kiln's weight-only scheme, where they ran
+WEIGHT_ONLY_PEERS = ("ort-nbits4", "ort-nbits8")
+#: kiln's quantization passes, one per scheme family
+KILN_PASSES = ("quantize_int8", "quantize_weights_blockwise")
 
 
 @dataclass
@@ -92,14 +99,15 @@ class ModelResult:
     fp32_paraphrase: float | None = None  # the reference's own paraphrase hit rate (MiniLM)
     configs: list[str] = field(default_factory=list)  # in table order
     notes: list[str] = field(default_factory=list)  # peers that could not run, and why
+    line_peers: tuple[str, ...] = PEERS  # the peers the line names the best of
 
     def best_peer(self) -> str:
-        return min(PEERS, key=lambda p: self.median_ms[p])
+        return min(self.line_peers, key=lambda p: self.median_ms[p])
 
     def line(self) -> str:
         peer = self.best_peer()
         return (f"{self.model} backend=onnxruntime kiln_vs_best_peer={self.kiln_vs_peer[peer]:.3f} "
-                f"kiln_cos={self.accuracy['kiln-int8'].min_cosine:.5f} peer_cos={self.accuracy[peer].min_cosine:.5f} "
+                f"kiln_cos={self.accuracy['kiln'].min_cosine:.5f} peer_cos={self.accuracy[peer].min_cosine:.5f} "
                 f"(best peer {peer}; kiln_vs_ort_per_channel={self.kiln_vs_peer['ort-dynamic-per-channel']:.3f})")
 
 
@@ -185,9 +193,9 @@ def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 
         optimized = kiln.optimize(case.onnx_path, level=2, quantize=quantize, calibration=calibration,
                                   sample_inputs=case.inputs)
         result.optimize_seconds = time.perf_counter() - started
-        entry = next(p for p in optimized.report.passes if p.name == "quantize_int8")
+        entry = next(p for p in optimized.report.passes if p.name in KILN_PASSES)
         result.kiln_linears = f"{entry.status}: {entry.message}"
-        paths = {"fp32": Path(case.onnx_path), "kiln-int8": optimized.save(workdir / "kiln-int8.onnx"),
+        paths = {"fp32": Path(case.onnx_path), "kiln": optimized.save(workdir / "kiln.onnx"),
                  "ort-dynamic": _ort_dynamic(Path(case.onnx_path), workdir, per_channel=False),
                  "ort-dynamic-per-channel": _ort_dynamic(Path(case.onnx_path), workdir, per_channel=True)}
         for peer in ort_peers:
@@ -199,6 +207,9 @@ def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 
                 if note:
                     result.notes.append(f"ort-{peer}: {note}")
         result.configs = list(paths)
+        weight_only = tuple(p for p in WEIGHT_ONLY_PEERS if p in paths)
+        if getattr(quantize, "scheme", quantize) == "int4-weights" and weight_only:
+            result.line_peers = weight_only
         sessions = {config: ort_session(path) for config, path in paths.items()}
         outputs = {config: [s.run(None, feeds)[0] for feeds in held_out] for config, s in sessions.items()}
         measure = _embedding_accuracy if case.kind == "sentence-embedding" else _output_accuracy
@@ -214,14 +225,17 @@ def run_model(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 
     result.other_cpu_pct = (after - before).other_pct if before and after else None
     result.median_ms = {c: float(statistics.median(v)) for c, v in samples.items()}
     result.ratio_vs_fp32 = {c: statistics.median(a / b for a, b in zip(v, samples["fp32"])) for c, v in samples.items()}
-    result.kiln_vs_peer = {p: statistics.median(a / b for a, b in zip(samples["kiln-int8"], samples[p]))
-                           for p in configs if p not in ("fp32", "kiln-int8")}
+    result.kiln_vs_peer = {p: statistics.median(a / b for a, b in zip(samples["kiln"], samples[p]))
+                           for p in configs if p not in ("fp32", "kiln")}
     print(result.line(), flush=True)
     return result
 
 
 OPENVINO_PEERS = ("nncf-int8", "nncf-w8")
-OPENVINO_CONFIGS = ("ov-fp32", *OPENVINO_PEERS, "kiln-int8", "ort-dynamic-per-channel", "ort-fp32")
+#: the OpenVINO line's peer for kiln's weight-only scheme: NNCF's 4-bit weight compression
+OPENVINO_WEIGHT_ONLY_PEERS = ("nncf-w4",)
+OPENVINO_CONFIGS = ("ov-fp32", *OPENVINO_PEERS, *OPENVINO_WEIGHT_ONLY_PEERS, "kiln", "ort-dynamic-per-channel",
+                    "ort-fp32")
 
 
 @dataclass
@@ -241,22 +255,25 @@ class OpenVINOResult:
     kiln_linears: str = ""
     optimize_seconds: float = 0.0
     fp32_paraphrase: float | None = None  # the reference's own paraphrase hit rate (MiniLM)
+    line_peers: tuple[str, ...] = OPENVINO_PEERS  # the peers the line names the best of
 
     def line(self) -> str:
-        best = min(OPENVINO_PEERS, key=lambda c: self.median_ms[c])
+        best = min(self.line_peers, key=lambda c: self.median_ms[c])
         others = ", ".join(f"{c} {self.vs_ort_per_channel[c]:.3f}x ORT per-channel, cos {self.accuracy[c].min_cosine:.5f}"
-                           for c in OPENVINO_PEERS)
+                           for c in (*OPENVINO_PEERS, *OPENVINO_WEIGHT_ONLY_PEERS))
         return (f"{self.model} backend=openvino kiln_vs_best_peer={self.kiln_vs_peer[best]:.3f} "
-                f"kiln_cos={self.accuracy['kiln-int8'].min_cosine:.5f} peer_cos={self.accuracy[best].min_cosine:.5f} "
-                f"(best peer {best}; kiln {self.vs_ort_per_channel['kiln-int8']:.3f}x ORT per-channel, "
-                f"{self.vs_ort_fp32['kiln-int8']:.3f}x ORT fp32; {others})")
+                f"kiln_cos={self.accuracy['kiln'].min_cosine:.5f} peer_cos={self.accuracy[best].min_cosine:.5f} "
+                f"(best peer {best}; kiln {self.vs_ort_per_channel['kiln']:.3f}x ORT per-channel, "
+                f"{self.vs_ort_fp32['kiln']:.3f}x ORT fp32; {others})")
 
 
 def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float = 5.0,
                  quantize: Any = "int8", group_size: int | None = None) -> OpenVINOResult:
     """OpenVINO CPU f32 (protocol properties), NNCF int8 (`nncf.quantize` on the calibration sets),
     NNCF int8 weight compression (`compress_weights` INT8_SYM: int8 weights, activations
-    quantized per group of `DYNAMIC_QUANTIZATION_GROUP_SIZE` by the CPU plugin, its default kept)
+    quantized per group of `DYNAMIC_QUANTIZATION_GROUP_SIZE` by the CPU plugin, its default kept),
+    NNCF 4-bit weight compression (`nncf-w4`: INT4_SYM, NNCF's defaults: groups of 128, the
+    embeddings and last layer int8; the line's peer for ``--scheme int4-weights``)
     and kiln (`quantize` with backend openvino, the same calibration sets), with ORT per-channel
     dynamic as the anchor; accuracy on the held-out sets as for ORT. `group_size` sets the
     activation group of kiln and `nncf-w8` alike (None: OpenVINO's default)."""
@@ -276,7 +293,11 @@ def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float
     models = {"ov-fp32": core.read_model(str(case.onnx_path)),
               "nncf-int8": nncf_int8_model(case, calibration),
               "nncf-w8": nncf.compress_weights(core.read_model(str(case.onnx_path)),
-                                               mode=nncf.CompressWeightsMode.INT8_SYM)}
+                                               mode=nncf.CompressWeightsMode.INT8_SYM),
+              "nncf-w4": nncf.compress_weights(core.read_model(str(case.onnx_path)),
+                                               mode=nncf.CompressWeightsMode.INT4_SYM)}
+    if getattr(quantize, "scheme", quantize) == "int4-weights":
+        result.line_peers = OPENVINO_WEIGHT_ONLY_PEERS
     with tempfile.TemporaryDirectory(prefix=f"kiln-quant-ov-{name}-") as tmp:
         started = time.perf_counter()
         optimized = kiln.optimize(case.onnx_path, level=2, quantize=quantize, calibration=calibration,
@@ -284,11 +305,11 @@ def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float
                                       backend="openvino", intra_op_threads=THREADS,
                                       openvino=kiln.OpenVINOOptions(dynamic_quantization_group_size=group_size)))
         result.optimize_seconds = time.perf_counter() - started
-        entry = next(p for p in optimized.report.passes if p.name == "quantize_int8")
+        entry = next(p for p in optimized.report.passes if p.name in KILN_PASSES)
         result.kiln_linears = f"{entry.status}: {entry.message}"
-        models["kiln-int8"] = core.read_model(str(optimized.save(Path(tmp) / "kiln-int8.onnx")))
+        models["kiln"] = core.read_model(str(optimized.save(Path(tmp) / "kiln.onnx")))
         grouped = {} if group_size is None else {"DYNAMIC_QUANTIZATION_GROUP_SIZE": group_size}
-        compiled = {c: core.compile_model(m, "CPU", openvino_properties("f32", **(grouped if c in ("nncf-w8", "kiln-int8")
+        compiled = {c: core.compile_model(m, "CPU", openvino_properties("f32", **(grouped if c in ("nncf-w8", "nncf-w4", "kiln")
                                                                                    else {})))
                     for c, m in models.items()}
         result.group_size = int(compiled["nncf-w8"].get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
@@ -322,8 +343,8 @@ def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float
     anchor = samples["ort-dynamic-per-channel"]
     result.vs_ort_per_channel = {c: statistics.median(a / b for a, b in zip(v, anchor)) for c, v in samples.items()}
     result.vs_ort_fp32 = {c: statistics.median(a / b for a, b in zip(v, samples["ort-fp32"])) for c, v in samples.items()}
-    result.kiln_vs_peer = {p: statistics.median(a / b for a, b in zip(samples["kiln-int8"], samples[p]))
-                           for p in OPENVINO_PEERS}
+    result.kiln_vs_peer = {p: statistics.median(a / b for a, b in zip(samples["kiln"], samples[p]))
+                           for p in (*OPENVINO_PEERS, *OPENVINO_WEIGHT_ONLY_PEERS)}
     print(result.line(), flush=True)
     return result
 
@@ -331,8 +352,8 @@ def run_openvino(name: str, batch: int, *, repeats: int = 20, min_seconds: float
 def render_openvino(results: list[OpenVINOResult]) -> str:
     group = results[0].group_size if results else "?"
     lines = ["", ("OpenVINO CPU (f32 inference precision, the protocol's threads / stream / LATENCY hint), "
-                  "accuracy against OpenVINO fp32 on the same held-out sets; `nncf-w8` quantizes activations "
-                  f"per group of {group} (DYNAMIC_QUANTIZATION_GROUP_SIZE), as does kiln-int8."), "",
+                  "accuracy against OpenVINO fp32 on the same held-out sets; `nncf-w8` and `nncf-w4` run with "
+                  f"DYNAMIC_QUANTIZATION_GROUP_SIZE {group} (activations quantized per group of a row), as does kiln."), "",
              "| model | batch | config | ms | / ORT per-channel | / ORT fp32 | accuracy | others' CPU % |",
              "|---|---:|---|---:|---:|---:|---|---:|"]
     for r in results:
@@ -361,7 +382,7 @@ def render(results: list[ModelResult], command: str, machine: str) -> str:
         "|---|---:|---|---:|---:|---:|---|---:|",
     ]
     for r in results:
-        for config in r.configs or ("fp32", *PEERS, "kiln-int8"):
+        for config in r.configs or ("fp32", *PEERS, "kiln"):
             vs = f"{r.kiln_vs_peer[config]:.3f}" if config in r.kiln_vs_peer else ""
             accuracy = r.accuracy[config].text() if config in r.accuracy else _reference(r.fp32_paraphrase)
             cpu = f"{r.other_cpu_pct:.0f}" if r.other_cpu_pct is not None else "-"
@@ -383,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="kiln's budget: the cosine every sample keeps (default 0.99, QuantConfig's)")
     parser.add_argument("--whole-batch", action="store_true",
                         help="kiln's budget on the flattened batch instead of every sample")
-    parser.add_argument("--scheme", default="dynamic-int8", choices=["dynamic-int8", "static-int8"],
+    parser.add_argument("--scheme", default="dynamic-int8", choices=["dynamic-int8", "static-int8", "int4-weights"],
                         help="kiln's QuantConfig scheme (static-int8 lowers to OpenVINO only: use --backends openvino)")
     parser.add_argument("--activation-range", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
                         help="how static-int8 fixes activation ranges (QuantConfig.activation_range, default minmax)")

@@ -474,6 +474,9 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in (
            _bert_config(), _bert_module, _bert_tokens(128)),
     _entry("gpt2", "decoder", "GPT-2 small (12 layers, hidden 768, vocab 50257), random init, seq 128 -> logits",
            _gpt2_config, _causal_lm_module, _gpt2_tokens(128)),
+    _entry("gpt2-prompt8", "decoder",
+           "GPT-2 small as gpt2, on an 8-token prompt (few rows per linear, as generation without a KV cache "
+           "starts; weight-bound) -> logits", _gpt2_config, _causal_lm_module, _gpt2_tokens(8)),
     _entry("vit-base", "vision", "ViT-B/16 (12 layers, hidden 768), random init, 224x224 -> last_hidden_state",
            _vit_config, _vit_module, _pixels(224)),
     _entry("resnet50", "vision", "ResNet-50, random init with trained-looking batch norms, 224x224 -> 1000 logits",

@@ -134,7 +134,10 @@ def optimize(
             needed; on ONNX Runtime its DynamicQuantizeMatMul, on OpenVINO int8 weights it compiles
             with its own per-group activation quantization), "static-int8" (OpenVINO, needs
             `calibration`: activation scales fixed from their calibration range where the budget
-            still holds) or a ``kiln.QuantConfig`` (e.g.
+            still holds), "int4-weights" (weight-only: 4-bit weights in blocks along K, 8-bit where
+            4-bit breaks the budget, as com.microsoft.MatMulNBits, which both backends run; the
+            block size and compute type measured fastest per shape; no calibration data needed)
+            or a ``kiln.QuantConfig`` (e.g.
             ``QuantConfig(budget=kiln.CosineBudget(min_cosine=0.999, per_sample=True))``). A linear
             is quantized when the cost model (on OpenVINO: a measurement) says it is faster in int8 and the outputs keep the
             config's budget (by default every sample keeps cosine 0.99) on the calibration inputs

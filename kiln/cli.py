@@ -398,11 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--drop-blocks-min-cosine", type=float, metavar="COSINE",
                      help="approximate: drop residual blocks while the outputs on --sample-inputs keep this "
                           "cosine similarity with the original (e.g. 0.99); off by default")
-    opt.add_argument("--quantize", choices=["int8", "static-int8"],
+    opt.add_argument("--quantize", choices=["int8", "static-int8", "int4-weights"],
                      help="approximate: dynamic int8 linears (ONNX Runtime or OpenVINO, --backend) where they are "
                           "priced or measured faster and every sample's output keeps cosine 0.99 with the original on "
                           "the calibration and sample inputs; static-int8 (OpenVINO, needs --calibration) also fixes "
-                          "activation scales where the budget still holds; off by default")
+                          "activation scales where the budget still holds; int4-weights stores the linears' weights "
+                          "in 4-bit blocks (8-bit where 4-bit breaks the budget; MatMulNBits) where that measured "
+                          "faster; off by default")
     opt.add_argument("--activation-range", choices=["minmax", "percentile", "mse", "entropy"],
                      help="how static-int8 fixes each activation's range from the calibration inputs: the whole "
                           "range (minmax, default), the central 99.99%% (percentile), the clip with the least "

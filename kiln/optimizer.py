@@ -45,7 +45,7 @@ from kiln.passes.infra.manager import PipelineStep
 from kiln.passes.infra.options import PassOptions
 from kiln.passes.infra.validation import compare_outputs, compare_with_budget
 from kiln.passes.pipeline import passes_for_level
-from kiln.passes.quantization import MigrateActivationOutliers, QuantConfig, QuantizeInt8
+from kiln.passes.quantization import MigrateActivationOutliers, QuantConfig, QuantizeInt8, QuantizeWeightsBlockwise
 from kiln.report.model import Alternative, Decision, ErrorStats, OptimizationReport
 from kiln.target import Target
 
@@ -75,7 +75,9 @@ class PipelineConfig:
         if self.quantize is None:
             return steps
         migration = [MigrateActivationOutliers(self.quantize)] if self.quantize.migrate_outliers else []
-        return steps + migration + [QuantizeInt8(self.quantize)]
+        quantize = (QuantizeWeightsBlockwise(self.quantize) if self.quantize.scheme == "int4-weights"
+                    else QuantizeInt8(self.quantize))
+        return steps + migration + [quantize]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from benchmarks import zoo  # noqa: E402
 from benchmarks.base import ModelCase  # noqa: E402
 
 QUICK = ("bert-tiny", "resnet-tiny")
-EXPECTED = {"bert-base", "gpt2", "vit-base", "resnet50", "whisper-tiny-encoder", "llama-gqa", "minilm", *QUICK}
+EXPECTED = {"bert-base", "gpt2", "gpt2-prompt8", "vit-base", "resnet50", "whisper-tiny-encoder", "llama-gqa", "minilm", *QUICK}
 
 
 @pytest.fixture(scope="module")

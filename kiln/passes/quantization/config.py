@@ -15,7 +15,7 @@ from kiln.passes.quantization.observers import RangeMethod, check_method, check_
 
 __all__ = ["SCHEMES", "QuantConfig", "resolve_quantize"]
 
-Scheme = Literal["dynamic-int8", "static-int8"]
+Scheme = Literal["dynamic-int8", "static-int8", "int4-weights"]
 #: scheme -> what it is, for messages and the CLI's help
 SCHEMES: dict[str, str] = {
     "dynamic-int8": ("int8 weights (symmetric, per output channel by default) and activations quantized on the fly "
@@ -23,13 +23,16 @@ SCHEMES: dict[str, str] = {
     "static-int8": ("dynamic-int8, then, where the budget still holds, activation scales fixed from their range on "
                     "the calibration inputs, convolutions and attention's two products in int8 (OpenVINO only so far; needs "
                     "calibration data)"),
+    "int4-weights": ("weight-only: each linear's weights in 4-bit blocks along K, one scale per block "
+                     "(com.microsoft.MatMulNBits on ONNX Runtime and OpenVINO), the block size and compute type "
+                     "measured fastest per shape; a linear whose 4-bit form breaks the budget takes 8-bit blocks, "
+                     "else stays fp32; no calibration data needed"),
 }
 #: shorthand -> scheme
-SHORTHANDS = {"int8": "dynamic-int8", "dynamic-int8": "dynamic-int8", "static-int8": "static-int8"}
-#: schemes the issue plans that kiln does not lower yet, and what to use meanwhile
-_NOT_YET = {
-    "int4-weights": "4-bit weight-only (MatMulNBits) is not built yet",
-}
+SHORTHANDS = {"int8": "dynamic-int8", "dynamic-int8": "dynamic-int8", "static-int8": "static-int8",
+              "int4-weights": "int4-weights"}
+#: MatMulNBits' compute types on ONNX Runtime: float products, or A quantized per block to int8
+BLOCK_COMPUTE = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,8 @@ class QuantConfig:
 
     - `scheme`: "dynamic-int8", or "static-int8" (OpenVINO): each linear the dynamic search kept
       is tried with static activation scales, each convolution with static int8 input and
-      filters, and each attention core with its Q K^T and P V in int8; each keeps them where the budget still holds and they measured faster (see
-      `SCHEMES`).
+      filters, and each attention core with its Q K^T and P V in int8; each keeps them where the budget still holds and they measured faster;
+      or "int4-weights": weight-only block-wise 4-bit (8-bit) weights (see `SCHEMES`).
     - `per_channel`: one weight scale per output channel (else one per tensor).
     - `reduce_range`: 7-bit weights, for CPUs without VNNI whose u8 x s8 products can saturate in
       16 bits; None: 8-bit on a CPU with VNNI, and without it whichever measures more accurate on
@@ -61,6 +64,11 @@ class QuantConfig:
       error their quantization adds on the calibration inputs out of their bias
       (`bias_correction`); it is applied when it measures better on calibration feeds it was not
       fitted on, and reported either way.
+    - `block_sizes`, `block_bits`, `block_compute` (int4-weights): the block-wise formats tried
+      for each linear, every combination of weight bits (4, then 8 where 4 breaks the budget),
+      rows of K per scale, and ONNX Runtime's compute type ("fp32", or "int8": A quantized per
+      block); each is measured against fp32 at the linear's shape and the fastest that keeps the
+      budget is kept (`blockwise_weights`).
     """
 
     scheme: Scheme = "dynamic-int8"
@@ -73,10 +81,26 @@ class QuantConfig:
     migrate_outliers: bool = False
     migration_sites: Literal["norms", "all"] = "norms"
     bias_correction: bool = True
+    block_sizes: tuple[int, ...] = (32, 128)
+    block_bits: tuple[int, ...] = (4, 8)
+    block_compute: tuple[str, ...] = BLOCK_COMPUTE
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise InputError(_unknown(self.scheme))
+        bad_sizes = [s for s in self.block_sizes if not isinstance(s, int) or s < 16 or s & (s - 1)]
+        if not self.block_sizes or bad_sizes:
+            raise InputError(f"block_sizes={self.block_sizes!r}: give one or more powers of two >= 16 (MatMulNBits' "
+                             "block sizes), e.g. (32, 128).")
+        if not self.block_bits or set(self.block_bits) - {4, 8}:
+            raise InputError(f"block_bits={self.block_bits!r}: MatMulNBits weights are 4 or 8 bits; give (4,), (8,) "
+                             "or (4, 8).")
+        if self.scheme == "int4-weights" and self.migrate_outliers:
+            raise InputError("migrate_outliers moves activation outliers into the weights for int8 activations; "
+                             "int4-weights keeps the activations float and would only get harder weights: drop "
+                             "migrate_outliers (--migrate-outliers), or use quantize='int8'.")
+        if not self.block_compute or set(self.block_compute) - set(BLOCK_COMPUTE):
+            raise InputError(f"block_compute={self.block_compute!r}: give one or both of {BLOCK_COMPUTE}.")
         check_method(self.activation_range)
         if self.migration_sites not in ("norms", "all"):
             raise InputError(f"migration_sites={self.migration_sites!r}: use 'norms' (LayerNorm outputs) or 'all'.")
@@ -88,7 +112,7 @@ class QuantConfig:
 
 def resolve_quantize(value: str | QuantConfig | None) -> QuantConfig | None:
     """`kiln.optimize(quantize=...)`: None (no quantization), a `QuantConfig`, or a shorthand
-    ("int8")."""
+    ("int8", "static-int8", "int4-weights")."""
     if value is None or isinstance(value, QuantConfig):
         return value
     if isinstance(value, str) and value in SHORTHANDS:
@@ -98,6 +122,4 @@ def resolve_quantize(value: str | QuantConfig | None) -> QuantConfig | None:
 
 def _unknown(value: object) -> str:
     known = ", ".join(repr(name) for name in SHORTHANDS)
-    if isinstance(value, str) and value in _NOT_YET:
-        return f"quantize={value!r}: {_NOT_YET[value]}. Use one of {known}."
     return f"quantize={value!r} is not a quantization scheme kiln knows; use one of {known} or a QuantConfig."

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from kiln.ir.edits import remove_unused_initializers
 from kiln.ir.queries import constant_array, is_onnx
 
-__all__ = ["Linear", "find_linears", "linear_of"]
+__all__ = ["Linear", "find_linears", "linear_of", "remove_replaced_weights"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,17 @@ def find_linears(graph: ir.Graph) -> tuple[list[Linear], dict[str, int]]:
         else:
             found.append(linear)
     return found, left
+
+
+def remove_replaced_weights(graph: ir.Graph, linear: Linear, old_weights: list[ir.Value]) -> ir.Node | None:
+    """After `linear` was rewritten: remove the Transpose that produced its weight once nothing
+    reads it, and the initializers among `old_weights` (and the Transpose's constant) nothing
+    reads any more; the Transpose removed, or None."""
+    transpose = linear.transpose
+    removed = None
+    if transpose is not None and not transpose.outputs[0].uses() and not transpose.outputs[0].is_graph_output():
+        old_weights = [*old_weights, transpose.inputs[0]]
+        graph.remove(transpose, safe=True)
+        removed = transpose
+    remove_unused_initializers(graph, old_weights)
+    return removed

@@ -88,7 +88,8 @@ from kiln.passes.quantization.compressed_weights import (
 from kiln.passes.quantization.compressed_weights import alternatives as compressed_alternatives
 from kiln.passes.quantization.config import QuantConfig
 from kiln.passes.quantization.convs import Convolution, conv_of, find_convs
-from kiln.passes.quantization.linears import Linear, find_linears, linear_of
+from kiln.passes.quantization.linears import Linear, find_linears, linear_of, remove_replaced_weights
+from kiln.passes.quantization.reference_sets import ReferenceSets, held_out_inputs, reference_sets
 from kiln.passes.quantization.shared_activation import SharedShape
 from kiln.passes.quantization.shared_activation import alternatives as shared_alternatives
 from kiln.passes.quantization.static_activations import ActivationRange, activation_ranges
@@ -119,8 +120,6 @@ _RANGE_QUESTION = "7-bit or 8-bit int8 weights without VNNI"
 #: what the pass quantizes: linears (dynamic or static int8), convolutions and attention cores
 #: (static int8)
 _Unit = Linear | Convolution | AttentionCore
-#: "calibration" (and "held-out" when there are such inputs) -> the feeds and the fp32 model's outputs on them
-_ReferenceSets = dict[str, tuple[list[Feeds], list[list[Any]]]]
 
 
 def _cpu_has_vnni() -> bool:
@@ -187,14 +186,12 @@ class QuantizeInt8(Pass):
         # OpenVINO quantizes the activations inside its kernels: the error is the backend's to measure
         runner = self.runner or (ctx.target_runner if form == "compressed" else None) or ctx.runner
         feeds = self.calibration or ctx.calibration_feeds()
-        # the inputs validation will check, unless the search already ran on them
-        held_out = ctx.sample_inputs if ctx.sample_inputs is not None and all(
-            f is not ctx.sample_inputs for f in feeds) else None
+        held_out = held_out_inputs(ctx, feeds)
         static: list[int] = []
         ranges: dict[str, ActivationRange] | None = None
         shifts: dict[int, np.ndarray] = {}
         if runner is not None and feeds:
-            sets = _reference_sets(model, runner, feeds, held_out)
+            sets = reference_sets(model, runner, feeds, held_out)
             if chosen and undecided:
                 reduce_range = self._weight_range(model, ctx, runner, sets, [positions[linears[i].node] for i in chosen])
             if chosen and form == "contrib" and self.config.bias_correction:  # OpenVINO's own per-group
@@ -318,7 +315,7 @@ class QuantizeInt8(Pass):
                 shared.add(name)
         return shared
 
-    def _fit_static(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: _ReferenceSets,
+    def _fit_static(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: ReferenceSets,
                     units: list[_Unit], positions: dict[ir.Node, int], chosen: list[int], static_only: list[int],
                     decisions: list[Decision], reduce_range: bool
                     ) -> tuple[list[int], dict[str, ActivationRange], dict[int, np.ndarray]]:
@@ -367,7 +364,7 @@ class QuantizeInt8(Pass):
                                 base_positions=base, bias_shifts=shifts)
         return kept, ranges, shifts
 
-    def _weight_range(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: _ReferenceSets,
+    def _weight_range(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: ReferenceSets,
                       positions: list[int]) -> bool:
         """Whether the int8 linears at `positions` take 7-bit weights (True) or 8-bit ones, on a CPU
         without VNNI: both quantize every one of them and are scored on the calibration inputs;
@@ -386,7 +383,7 @@ class QuantizeInt8(Pass):
                     f"{eight.cosine:.6f} with 8-bit; the same kernels and weight bytes, so both run alike")))
         return reduce_range
 
-    def _correct_biases(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: _ReferenceSets,
+    def _correct_biases(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: ReferenceSets,
                         candidates: list[_Unit], positions: dict[ir.Node, int], base: list[int],
                         ranges: dict[str, ActivationRange] | None, reduce_range: bool, form: str) -> dict[int, np.ndarray]:
         """The bias shifts (`bias_correction`) of the linears among `candidates` that have a bias,
@@ -440,13 +437,13 @@ class QuantizeInt8(Pass):
         logger.info("%s: bias correction of %s: %s", self.name, decision.subject, decision.reason)
         return shifts if better else {}
 
-    def _fit_budget(self, model: ir.Model, runner: ModelRunner, sets: _ReferenceSets, positions: list[int],
+    def _fit_budget(self, model: ir.Model, runner: ModelRunner, sets: ReferenceSets, positions: list[int],
                     chosen: list[int], decisions: list[Decision], reduce_range: bool, form: str = "contrib", *,
                     static_ranges: dict[str, ActivationRange] | None = None,
                     base_positions: Sequence[int] = (), bias_shifts: dict[int, np.ndarray] | None = None) -> list[int]:
         """The chosen linears (indices into `decisions`) that keep the budget together: all of them
         if they do, else drop the one with the largest solo error and measure again, first on the
-        calibration feeds, then on the held-out feeds (`_reference_sets`: the sample inputs
+        calibration feeds, then on the held-out feeds (`reference_sets`: the sample inputs
         validation checks, when they are not among the calibration feeds): a linear that breaks
         the budget only on inputs the search has not seen goes back to fp32 alone, not the whole
         pass.
@@ -516,15 +513,6 @@ class QuantizeInt8(Pass):
 
     def _within(self, score: OutputScore) -> bool:
         return score.problem is None and self.config.budget.admits(score.cosine, score.max_abs)
-
-
-def _reference_sets(model: ir.Model, runner: ModelRunner, feeds: list[Feeds], held_out: Feeds | None) -> _ReferenceSets:
-    """The feeds the budget search scores trials on, with the unquantized model's outputs on
-    each (run once, shared by every step of the search)."""
-    sets = {"calibration": (feeds, [runner(model, f) for f in feeds])}
-    if held_out is not None:
-        sets["held-out"] = ([held_out], [runner(model, held_out)])
-    return sets
 
 
 def _inputs(unit: _Unit) -> tuple[ir.Value, ...]:
@@ -653,12 +641,9 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
         if add is not None:  # a MatMul's bias is the Add after it
             old_weights.append(add.node.inputs[add.index])
             correct_bias_add(graph, add, shift, linear.name)
-        if linear.transpose is not None and not linear.transpose.outputs[0].uses() \
-                and not linear.transpose.outputs[0].is_graph_output():
-            refs.append(node_ref(linear.transpose))
-            old_weights.append(linear.transpose.inputs[0])
-            graph.remove(linear.transpose, safe=True)
-        remove_unused_initializers(graph, old_weights)
+        removed = remove_replaced_weights(graph, linear, old_weights)
+        if removed is not None:
+            refs.append(node_ref(removed))
         if decisions is not None:
             int8 = decisions[k].alternative("int8")
             saved = linear.weight.nbytes - q.values.nbytes
