@@ -61,3 +61,11 @@ def test_both_tables_render_every_configuration_with_its_accuracy():
     rows = [line for line in render_openvino([ov]).splitlines() if line.startswith("| minilm")]
     assert [row.split(" | ")[2] for row in rows] == list(OPENVINO_CONFIGS)
     assert rows[0].split(" | ")[6] == "reference"
+
+
+def test_the_nbits_shapes_table_has_a_ratio_per_format(capsys):
+    from benchmarks import nbits_shapes
+
+    assert nbits_shapes.main(["--rows", "2", "--k", "32", "--n", "16", "--threads", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |")]
+    assert len(rows) == 1 and len(rows[0].split("|")) == 2 + 2 + 8  # rows, fp32 ms, 8 formats
