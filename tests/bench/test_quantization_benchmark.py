@@ -69,3 +69,9 @@ def test_the_nbits_shapes_table_has_a_ratio_per_format(capsys):
     assert nbits_shapes.main(["--rows", "2", "--k", "32", "--n", "16", "--threads", "1"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |")]
     assert len(rows) == 1 and len(rows[0].split("|")) == 2 + 2 + 8  # rows, fp32 ms, 8 formats
+
+
+def test_an_openvino_only_run_prints_no_empty_onnx_runtime_table():
+    text = render([], "python -m benchmarks quantization --backends openvino", "Machine: test")
+    assert "Command: `python -m benchmarks quantization --backends openvino`" in text
+    assert "| model |" not in text and "```" not in text
