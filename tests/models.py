@@ -201,6 +201,18 @@ def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> 
     return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
+def sentence_agreement(module: nn.Module, inputs: dict[str, Any], optimized: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """MiniLM's sentence embeddings from `optimized` (a kiln result) against `module`'s on
+    `inputs`: each sentence's cosine with its reference embedding, and the index of the reference
+    embedding each one is nearest to (its own index where neighbours agree)."""
+    feeds = {name: value.numpy() for name, value in inputs.items()}
+    expected = mean_pool(module(**inputs), inputs["attention_mask"])
+    actual = mean_pool(torch.from_numpy(optimized(**feeds)), inputs["attention_mask"])
+    cosine = torch.nn.functional.cosine_similarity(actual.double(), expected.double(), dim=-1)
+    nearest = (torch.nn.functional.normalize(actual, dim=-1) @ torch.nn.functional.normalize(expected, dim=-1).T).argmax(dim=1)
+    return cosine, nearest
+
+
 def bert_base(seed: int = SEED, batch: int = 1, seq: int = 128) -> tuple[nn.Module, dict[str, Any]]:
     """Random-init BERT-base (default BertConfig: 12 layers, hidden 768) returning
     last_hidden_state; for examples and benchmarks, too slow for the unit tests."""

@@ -28,7 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from kiln.ir.edits import constant_value, new_initializer, standalone_model, tensor_input
-from kiln.passes.quantization.compressed_weights import LinearShape
+from kiln.passes.quantization.compressed_weights import LinearShape, fp32_linear
 from kiln.passes.quantization.linears import Linear
 
 __all__ = ["BlockFormat", "BlockwiseWeight", "NBitsShape", "alternatives", "block_formats", "matmul_nbits",
@@ -160,31 +160,22 @@ class NBitsShape(LinearShape):
         return f"{rows}x{self.k} -> {self.n}"
 
 
-def _timed_form(shape: NBitsShape, fmt: BlockFormat | None, seed: int) -> ir.Model:
-    """The linear at `shape` as a model of its own, with random weights (a GEMM's time does not
-    depend on their values): fp32 MatMul (+ Add) when `fmt` is None, else its MatMulNBits."""
+def _timed_form(shape: NBitsShape, fmt: BlockFormat, seed: int) -> ir.Model:
+    """The linear at `shape` as a MatMulNBits model of its own, with the random weights of
+    `fp32_linear` at `seed` (a GEMM's time does not depend on their values)."""
     rng = np.random.default_rng(seed)
     dims = [int(d) for d in shape.x_shape]
     x = tensor_input("x", dims, ir.DataType.FLOAT)
     bias = constant_value("b", rng.standard_normal(shape.n).astype(np.float32)) if shape.biased else None
-    weight = (rng.standard_normal((shape.k, shape.n)) * 0.05).astype(np.float32)
-    inits = [bias] if bias is not None else []
-    if fmt is None:
-        w = constant_value("w", weight)
-        nodes = [ir.Node("", "MatMul", [x, w], name="linear")]
-        if bias is not None:
-            nodes.append(ir.Node("", "Add", [nodes[0].outputs[0], bias], name="linear.bias"))
-        inits.append(w)
-    else:
-        q = quantize_blockwise(weight, fmt)
-        packed, scales = constant_value("w_blocks", q.packed), constant_value("w_scales", q.scales)
-        inits += [packed, scales]
-        nodes = [_node(x, packed, scales, bias, shape.k, shape.n, fmt, "linear")]
-    y = nodes[-1].outputs[0]
+    q = quantize_blockwise((rng.standard_normal((shape.k, shape.n)) * 0.05).astype(np.float32), fmt)
+    packed, scales = constant_value("w_blocks", q.packed), constant_value("w_scales", q.scales)
+    node = _node(x, packed, scales, bias, shape.k, shape.n, fmt, "linear")
+    y = node.outputs[0]
     y.name, y.dtype, y.shape = "y", ir.DataType.FLOAT, ir.Shape([*dims[:-1], shape.n])
-    return standalone_model([x], [y], nodes, initializers=inits, name="fp32" if fmt is None else fmt.name.replace(" ", "_"))
+    inits = [packed, scales] + ([bias] if bias is not None else [])
+    return standalone_model([x], [y], [node], initializers=inits, name=fmt.name.replace(" ", "_"))
 
 
 def alternatives(shape: NBitsShape, fmt: BlockFormat, seed: int = 0) -> tuple[ir.Model, ir.Model]:
-    """(fp32, `fmt`): the linear with a float weight, against its MatMulNBits in `fmt`."""
-    return _timed_form(shape, None, seed), _timed_form(shape, fmt, seed)
+    """(fp32, `fmt`): the linear with a float weight (`fp32_linear`), against its MatMulNBits in `fmt`."""
+    return fp32_linear(shape, seed), _timed_form(shape, fmt, seed)

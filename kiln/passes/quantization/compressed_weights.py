@@ -24,7 +24,7 @@ from kiln.passes.quantization.linears import Linear
 from kiln.passes.quantization.static_activations import ActivationRange, fixed_scale_pair
 from kiln.passes.quantization.weights import QuantizedWeight
 
-__all__ = ["LinearShape", "alternatives", "compressed_linear", "static_alternatives",
+__all__ = ["LinearShape", "alternatives", "compressed_linear", "fp32_linear", "static_alternatives",
            "static_linear"]
 
 
@@ -126,10 +126,17 @@ def _timed_form(shape: LinearShape, form: str, seed: int) -> ir.Model:
     return standalone_model([x], [y], nodes, initializers=inits, name=form.replace(" ", "_"))
 
 
+def fp32_linear(shape: LinearShape, seed: int = 0) -> ir.Model:
+    """The linear at `shape` with a float weight, as a model of its own (input "x", output "y";
+    the bias drawn first from `seed`, then the K x N weight, times 0.05): the baseline other
+    weight formats are timed against."""
+    return _timed_form(shape, "fp32", seed)
+
+
 def alternatives(shape: LinearShape, seed: int = 0) -> tuple[ir.Model, ir.Model]:
     """(fp32, int8): the linear with a float weight, against the same with an int8 weight behind
     a DequantizeLinear."""
-    return _timed_form(shape, "fp32", seed), _timed_form(shape, "int8", seed)
+    return fp32_linear(shape, seed), _timed_form(shape, "int8", seed)
 
 
 def static_alternatives(shape: LinearShape, seed: int = 0) -> tuple[ir.Model, ir.Model]:

@@ -64,7 +64,7 @@ from kiln.ir.provenance import merge_provenance
 from kiln.ir.queries import is_onnx
 from kiln.passes.infra.contract import ModelRunner, Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
-from kiln.passes.infra.validation import OutputScore, score_outputs
+from kiln.passes.infra.validation import OutputScore
 from kiln.passes.quantization.attention_products import (
     AttentionCore,
     attention_core_of,
@@ -89,7 +89,13 @@ from kiln.passes.quantization.compressed_weights import alternatives as compress
 from kiln.passes.quantization.config import QuantConfig
 from kiln.passes.quantization.convs import Convolution, conv_of, find_convs
 from kiln.passes.quantization.linears import Linear, find_linears, linear_of, remove_replaced_weights
-from kiln.passes.quantization.reference_sets import ReferenceSets, held_out_inputs, reference_sets
+from kiln.passes.quantization.reference_sets import (
+    ReferenceSets,
+    held_out_inputs,
+    reference_sets,
+    score_trial,
+    within,
+)
 from kiln.passes.quantization.shared_activation import SharedShape
 from kiln.passes.quantization.shared_activation import alternatives as shared_alternatives
 from kiln.passes.quantization.static_activations import ActivationRange, activation_ranges
@@ -508,11 +514,10 @@ class QuantizeInt8(Pass):
         scored against the fp32 `reference` outputs on `inputs`: one trial of a search."""
         trial = model.clone()
         _quantize(trial, positions, self.config.per_channel, reduce_range, **forms)
-        names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
-        return score_outputs(runner, trial, inputs, names, reference, per_sample=self.config.budget.per_sample)
+        return score_trial(runner, model, trial, inputs, reference, self.config.budget)
 
     def _within(self, score: OutputScore) -> bool:
-        return score.problem is None and self.config.budget.admits(score.cosine, score.max_abs)
+        return within(self.config.budget, score)
 
 
 def _inputs(unit: _Unit) -> tuple[ir.Value, ...]:

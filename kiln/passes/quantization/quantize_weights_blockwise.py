@@ -36,7 +36,7 @@ from kiln.ir.inputs import Feeds
 from kiln.ir.provenance import merge_provenance
 from kiln.passes.infra.contract import ModelRunner, Pass, PassContext, PassResult
 from kiln.passes.infra.recording import node_ref
-from kiln.passes.infra.validation import OutputScore, score_outputs
+from kiln.passes.infra.validation import OutputScore
 from kiln.passes.quantization.blockwise_weights import (
     BlockFormat,
     BlockwiseWeight,
@@ -48,7 +48,13 @@ from kiln.passes.quantization.blockwise_weights import (
 )
 from kiln.passes.quantization.config import QuantConfig
 from kiln.passes.quantization.linears import Linear, find_linears, linear_of, remove_replaced_weights
-from kiln.passes.quantization.reference_sets import ReferenceSets, held_out_inputs, reference_sets
+from kiln.passes.quantization.reference_sets import (
+    ReferenceSets,
+    held_out_inputs,
+    reference_sets,
+    score_trial,
+    within,
+)
 from kiln.report.model import Alternative, Decision, Rewrite
 
 logger = logging.getLogger(__name__)
@@ -56,6 +62,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["QuantizeWeightsBlockwise"]
 
 _QUESTION = "quantize linear's weights block-wise (weight-only)"
+#: (graph position, format) -> the linear's packed weight, made once per search
+_Packed = dict[tuple[int, BlockFormat], BlockwiseWeight]
 _BACKENDS = ("onnxruntime", "openvino")
 
 
@@ -73,8 +81,6 @@ class QuantizeWeightsBlockwise(Pass):
         self.error_budget = self.config.budget
         self.calibration = list(calibration) if calibration is not None else None
         self.runner = runner
-        #: (graph position, format) -> the packed weight, shared by every trial of one run
-        self._packed: dict[tuple[int, BlockFormat], BlockwiseWeight] = {}
 
     def formats(self, backend: str) -> list[BlockFormat]:
         """The formats tried on `backend`: OpenVINO chooses its own arithmetic, so one per bits and block size."""
@@ -88,7 +94,7 @@ class QuantizeWeightsBlockwise(Pass):
                             f"and OpenVINO run, not the {backend!r} backend; use backend='onnxruntime' or 'openvino'.")
         linears, left = find_linears(model.graph)
         formats = self.formats(backend)
-        self._packed = {}
+        packed: _Packed = {}  # shared by every trial of this run and the final rewrite
         measured: dict[str, Decision] = {}
         decisions: list[Decision] = []
         ladders: dict[int, list[BlockFormat]] = {}  # linear -> the formats measured faster, fastest first
@@ -99,6 +105,7 @@ class QuantizeWeightsBlockwise(Pass):
             if ladder:
                 ladders[i] = ladder
         positions = {node: index for index, node in enumerate(model.graph)}
+        linear_at = {positions[linear.node]: i for i, linear in enumerate(linears)}  # graph position -> linear
         leftover = "; ".join(f"{count} left: {why}" for why, count in sorted(left.items()))
         assignment: dict[int, BlockFormat] = {}
         if ladders:
@@ -110,8 +117,8 @@ class QuantizeWeightsBlockwise(Pass):
                     decisions[i].reason += "; no inputs to measure the outputs' error on, so it stays fp32"
             else:
                 sets = reference_sets(model, runner, feeds, held_out_inputs(ctx, feeds))
-                assignment = self._fit_budget(model, runner, sets, {positions[linears[i].node]: i for i in ladders},
-                                              ladders, decisions)
+                assignment = self._fit_budget(model, runner, sets, {p: i for p, i in linear_at.items() if i in ladders},
+                                              ladders, decisions, packed)
         for decision in decisions:
             ctx.record(decision)
         if not assignment:
@@ -119,9 +126,7 @@ class QuantizeWeightsBlockwise(Pass):
                    f"no linear fits the budget {self.error_budget} in a block-wise format")
             return PassResult(model, False, message=f"{why} ({len(linears)} linears"
                               + (f"; {leftover}" if leftover else "") + ")")
-        index = {positions[linears[i].node]: i for i in range(len(linears))}
-        rewrites = _quantize(model, assignment, self._packed, {p: decisions[index[p]] for p in assignment})
-        self._packed = {}
+        rewrites = _quantize(model, assignment, packed, {p: decisions[linear_at[p]] for p in assignment})
         counts: dict[str, int] = {}
         for fmt in assignment.values():
             counts[fmt.name] = counts.get(fmt.name, 0) + 1
@@ -186,12 +191,14 @@ class QuantizeWeightsBlockwise(Pass):
                          decided_by=decided_by), ladder)
 
     def _fit_budget(self, model: ir.Model, runner: ModelRunner, sets: ReferenceSets, linear_at: dict[int, int],
-                    ladders: dict[int, list[BlockFormat]], decisions: list[Decision]) -> dict[int, BlockFormat]:
+                    ladders: dict[int, list[BlockFormat]], decisions: list[Decision], packed: _Packed
+                    ) -> dict[int, BlockFormat]:
         """The format each linear keeps (by graph position; those gone back to fp32 absent): every
         linear (index into `decisions`, at the graph position `linear_at` maps to it) starts
         at the fastest format of its ladder; while the joint outputs break the budget, the one
         whose format alone moves them most steps down its ladder (`_step_down`), on the
-        calibration feeds and then on the held-out ones."""
+        calibration feeds and then on the held-out ones; `packed` keeps each packed weight for
+        every trial."""
         current = {position: ladders[i][0] for position, i in linear_at.items()}
         solo: dict[tuple[int, BlockFormat], OutputScore] = {}
         scores: dict[str, OutputScore] = {}
@@ -199,13 +206,13 @@ class QuantizeWeightsBlockwise(Pass):
         def alone(position: int) -> OutputScore:
             key = (position, current[position])
             if key not in solo:
-                solo[key] = self._trial_score(model, runner, sets["calibration"], {position: current[position]})
+                solo[key] = self._trial_score(model, runner, sets["calibration"], {position: current[position]}, packed)
                 row = decisions[linear_at[position]].alternative(current[position].name)
                 row.metrics["solo_cosine"] = solo[key].cosine
             return solo[key]
 
         for on in sets:
-            joint = self._trial_score(model, runner, sets[on], current)
+            joint = self._trial_score(model, runner, sets[on], current, packed)
             while current and not self._within(joint):
                 worst = max(current, key=lambda p: (alone(p).error, -p))
                 fmt, i = current[worst], linear_at[worst]
@@ -221,7 +228,7 @@ class QuantizeWeightsBlockwise(Pass):
                     current[worst] = lower
                     decisions[i].chosen = lower.name
                 if current:
-                    joint = self._trial_score(model, runner, sets[on], current)
+                    joint = self._trial_score(model, runner, sets[on], current, packed)
             scores[on] = joint
         for position, fmt in current.items():
             decision = decisions[linear_at[position]]
@@ -235,28 +242,27 @@ class QuantizeWeightsBlockwise(Pass):
         return current
 
     def _trial_score(self, model: ir.Model, runner: ModelRunner, feeds_and_reference: tuple[list[Feeds], list[Any]],
-                     assignment: dict[int, BlockFormat]) -> OutputScore:
+                     assignment: dict[int, BlockFormat], packed: _Packed) -> OutputScore:
         """A copy of `model` with the linears at the positions in `assignment` in their formats,
         scored against the fp32 outputs: one trial of the search."""
         inputs, reference = feeds_and_reference
         trial = model.clone()
-        _quantize(trial, assignment, self._packed)
-        names = [v.name or f"output_{i}" for i, v in enumerate(model.graph.outputs)]
-        return score_outputs(runner, trial, inputs, names, reference, per_sample=self.config.budget.per_sample)
+        _quantize(trial, assignment, packed)
+        return score_trial(runner, model, trial, inputs, reference, self.config.budget)
 
     def _within(self, score: OutputScore) -> bool:
-        return score.problem is None and self.config.budget.admits(score.cosine, score.max_abs)
+        return within(self.config.budget, score)
 
 
 def _step_down(ladder: list[BlockFormat], fmt: BlockFormat) -> BlockFormat | None:
-    """The fastest format of `ladder` after `fmt` that is at least as fine as it in every respect."""
+    """The fastest format of `ladder` other than `fmt` that is at least as fine as it in every respect."""
     for other in ladder:
         if other != fmt and other.at_least_as_accurate_as(fmt):
             return other
     return None
 
 
-def _quantize(model: ir.Model, assignment: dict[int, BlockFormat], packed: dict[tuple[int, BlockFormat], BlockwiseWeight],
+def _quantize(model: ir.Model, assignment: dict[int, BlockFormat], packed: _Packed,
               decisions: dict[int, Decision] | None = None) -> list[Rewrite]:
     """Rewrite the linears at the graph positions of `assignment` (positions survive
     `Model.clone()`, node identity does not) into MatMulNBits in their formats, in place; the
