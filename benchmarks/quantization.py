@@ -420,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{', '.join(ORT_PEERS)} (default all), or 'none'")
     parser.add_argument("--no-bias-correction", action="store_true",
                         help="kiln leaves its int8 linears' biases as they are (QuantConfig.bias_correction=False)")
+    parser.add_argument("--no-rotation", action="store_true",
+                        help="kiln never Hadamard-rotates a linear's input (QuantConfig.rotation_blocks=())")
     parser.add_argument("--backends", default="onnxruntime,openvino",
                         help="onnxruntime (kiln against ORT's quantizer) and/or openvino (the NNCF peers)")
     args = parser.parse_args(argv)
@@ -437,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                                if args.migrate_outliers else {})
     if args.no_bias_correction:
         options["bias_correction"] = False
+    if args.no_rotation:
+        options["rotation_blocks"] = ()
     settings["quantize"] = QuantConfig(scheme=args.scheme, activation_range=args.activation_range, **options,
                                        budget=CosineBudget(min_cosine=args.min_cosine, per_sample=not args.whole_batch))
     machine += f"; kiln's budget {settings['quantize'].budget}"
@@ -446,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         machine += f"; activation outliers migrated into the weights first ({args.migrate_outliers} sites)"
     if args.no_bias_correction:
         machine += "; no bias correction"
+    if args.no_rotation:
+        machine += "; no Hadamard rotation"
     names = [name for name in args.models.split(",") if name]
     backends = {b for b in args.backends.split(",") if b}
     if backends - {"onnxruntime", "openvino"}:

@@ -97,6 +97,12 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             options.update(migrate_outliers=True, migration_sites=args.migrate_outliers)
         if args.no_bias_correction:
             options["bias_correction"] = False
+        if args.no_rotation:
+            options["rotation_blocks"] = ()
+        if args.quantize_min_cosine is not None:
+            from kiln.passes.infra.contract import CosineBudget
+
+            options["budget"] = CosineBudget(min_cosine=args.quantize_min_cosine, per_sample=True)
         if options:
             from kiln.passes.quantization.config import SHORTHANDS, QuantConfig
 
@@ -107,9 +113,11 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     elif args.migrate_outliers is not None:
         raise InputError("--migrate-outliers prepares the linears for --quantize; add --quantize int8 or "
                          "static-int8, or drop it.")
-    elif args.no_bias_correction:
-        raise InputError("--no-bias-correction is about --quantize static-int8's linears; add --quantize "
-                         "static-int8 (and --calibration) or drop it.")
+    elif args.no_bias_correction or args.no_rotation or args.quantize_min_cosine is not None:
+        flag = ("--no-bias-correction" if args.no_bias_correction else
+                "--no-rotation" if args.no_rotation else "--quantize-min-cosine")
+        raise InputError(f"{flag} is about --quantize's int8 linears; add --quantize int8 or static-int8 (and "
+                         "--calibration) or drop it.")
     if args.calibration:
         kwargs["calibration"] = [load_npz(path) for path in args.calibration]
     if args.backend is not None:
@@ -417,6 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--quantize leaves the int8 linears' biases as they are, instead of taking out the mean "
                           "error their quantization adds on the calibration inputs where that measures better "
                           "(static-int8, and int8 on ONNX Runtime)")
+    opt.add_argument("--no-rotation", action="store_true",
+                     help="--quantize int8 never Hadamard-rotates a linear's input: a linear whose int8 form breaks "
+                          "the budget goes straight back to fp32 (default: it first tries its input rotated in "
+                          "blocks of 16, 32 or 64 channels, priced by the cost model, where that measures more "
+                          "accurate)")
+    opt.add_argument("--quantize-min-cosine", type=float, metavar="COSINE",
+                     help="--quantize's accuracy budget: every sample's output keeps this cosine with the original's "
+                          "on the calibration and sample inputs (default 0.99); the inputs you calibrate on are "
+                          "a sample, so leave a margin for inputs they do not cover")
     opt.add_argument("--calibration", action="append", metavar="NPZ",
                      help="inputs (.npz keyed by input name) --quantize measures its accuracy on; repeatable "
                           "(default: the sample inputs)")

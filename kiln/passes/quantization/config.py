@@ -69,6 +69,11 @@ class QuantConfig:
       rows of K per scale, and ONNX Runtime's compute type ("fp32", or "int8": A quantized per
       block); each is measured against fp32 at the linear's shape and the fastest that keeps the
       budget is kept (`blockwise_weights`).
+    - `rotation_blocks` (dynamic int8 on ONNX Runtime): the block sizes of Hadamard rotation a
+      linear whose int8 form breaks the budget may take before it falls back to fp32: its
+      activation rotated in blocks of that many channels at every call, the rotation undone in its
+      weight, exactly (`hadamard_rotation`); each form is priced by the cost model and taken, the
+      cheapest first, only where it measures more accurate. Powers of two; () never rotates.
     """
 
     scheme: Scheme = "dynamic-int8"
@@ -84,6 +89,7 @@ class QuantConfig:
     block_sizes: tuple[int, ...] = (32, 128)
     block_bits: tuple[int, ...] = (4, 8)
     block_compute: tuple[str, ...] = BLOCK_COMPUTE
+    rotation_blocks: tuple[int, ...] = (16, 32, 64)
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -101,6 +107,10 @@ class QuantConfig:
                              "migrate_outliers (--migrate-outliers), or use quantize='int8'.")
         if not self.block_compute or set(self.block_compute) - set(BLOCK_COMPUTE):
             raise InputError(f"block_compute={self.block_compute!r}: give one or both of {BLOCK_COMPUTE}.")
+        bad_blocks = [b for b in self.rotation_blocks if not isinstance(b, int) or b < 2 or b & (b - 1)]
+        if bad_blocks:
+            raise InputError(f"rotation_blocks={self.rotation_blocks!r}: give powers of two >= 2 (the orders a "
+                             "Sylvester-Hadamard matrix has), e.g. (16, 32, 64), or () to never rotate.")
         check_method(self.activation_range)
         if self.migration_sites not in ("norms", "all"):
             raise InputError(f"migration_sites={self.migration_sites!r}: use 'norms' (LayerNorm outputs) or 'all'.")

@@ -36,6 +36,15 @@ reads Q, K, Softmax's probabilities and V at fixed scales (`attention_products`)
 search runs once more over these, on top of the dynamic linears; a linear it drops stays
 dynamic, a convolution or attention core goes back to fp32.
 
+A dynamic int8 linear of ONNX Runtime's form that alone reads its activation has a second rung
+before fp32: its activation Hadamard-rotated in blocks at every call, the rotation undone in its
+weight (`hadamard_rotation`, exact before quantization), which spreads outlier channels over
+their block and so shrinks the per-tensor range the activation is quantized at. Each block size
+is priced by the cost model; the budget search steps the linear with the largest solo error to
+the cheapest rotated form that measures more accurate alone, and to fp32 only when none does.
+The rotated linears' decision rows carry the outlier statistics (activation peak over RMS, as
+read and rotated, on the calibration inputs).
+
 Two choices are measured for all the linears at once, before the budget search: on a CPU
 without VNNI, 7-bit or 8-bit weights for ORT (`_weight_range`), and whether to take the mean
 error int8 adds out of the biases (`bias_correction`, `_correct_biases`).
@@ -50,7 +59,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -88,6 +98,7 @@ from kiln.passes.quantization.compressed_weights import (
 from kiln.passes.quantization.compressed_weights import alternatives as compressed_alternatives
 from kiln.passes.quantization.config import QuantConfig
 from kiln.passes.quantization.convs import Convolution, conv_of, find_convs
+from kiln.passes.quantization.hadamard_rotation import PeakObserver, rotate_input, rotation_blocks, sketch_rotation
 from kiln.passes.quantization.linears import Linear, find_linears, linear_of, remove_replaced_weights
 from kiln.passes.quantization.reference_sets import (
     ReferenceSets,
@@ -98,7 +109,7 @@ from kiln.passes.quantization.reference_sets import (
 )
 from kiln.passes.quantization.shared_activation import SharedShape
 from kiln.passes.quantization.shared_activation import alternatives as shared_alternatives
-from kiln.passes.quantization.static_activations import ActivationRange, activation_ranges
+from kiln.passes.quantization.static_activations import ActivationRange, activation_ranges, exposing
 from kiln.passes.quantization.static_convs import ConvShape, static_conv
 from kiln.passes.quantization.static_convs import alternatives as conv_alternatives
 from kiln.passes.quantization.weights import QuantizedWeight, quantize_weight
@@ -126,6 +137,15 @@ _RANGE_QUESTION = "7-bit or 8-bit int8 weights without VNNI"
 #: what the pass quantizes: linears (dynamic or static int8), convolutions and attention cores
 #: (static int8)
 _Unit = Linear | Convolution | AttentionCore
+
+
+@dataclasses.dataclass
+class _Ladder:
+    """A dynamic int8 linear's rotated forms (`hadamard_rotation`) the cost model prices faster
+    than fp32, cheapest first, as (alternative name, block size); `why` says why there are none."""
+
+    rungs: list[tuple[str, int]]
+    why: str = ""
 
 
 def _cpu_has_vnni() -> bool:
@@ -196,6 +216,7 @@ class QuantizeInt8(Pass):
         static: list[int] = []
         ranges: dict[str, ActivationRange] | None = None
         shifts: dict[int, np.ndarray] = {}
+        rotations: dict[int, int] = {}  # graph position -> Hadamard block of a rotated linear
         if runner is not None and feeds:
             sets = reference_sets(model, runner, feeds, held_out)
             if chosen and undecided:
@@ -205,8 +226,16 @@ class QuantizeInt8(Pass):
                 shifts = self._correct_biases(model, ctx, runner, sets, [linears[i] for i in chosen], positions, [],
                                               None, reduce_range, form=form)
             if chosen:
-                chosen = self._fit_budget(model, runner, sets, [positions[linears[i].node] for i in chosen],
-                                          chosen, decisions, reduce_range, form=form, bias_shifts=shifts)
+                # rotation is offered to ORT's dynamic linears: OpenVINO quantizes activations per
+                # group itself, and the static scheme's ranges are taken before any rotation
+                ladders = (self._rotation_ladders(linears, chosen, decisions, ctx)
+                           if form == "contrib" and not static_scheme and self.config.rotation_blocks else {})
+                chosen, rotations = self._fit_budget(model, runner, sets, [positions[linears[i].node] for i in chosen],
+                                                     chosen, decisions, reduce_range, form=form, bias_shifts=shifts,
+                                                     ladders=ladders)
+                if rotations:
+                    self._record_peaks(model, runner, sets, {positions[linears[i].node]: decisions[i] for i in chosen},
+                                       {positions[linears[i].node]: linears[i] for i in chosen}, rotations)
             if static_scheme and (chosen or static_only):
                 static, ranges, shifts = self._fit_static(model, ctx, runner, sets, units, positions, chosen,
                                                           static_only, decisions, reduce_range)
@@ -224,10 +253,12 @@ class QuantizeInt8(Pass):
         rewritten = chosen + static_kept
         rewrites = _quantize(model, [positions[units[i].node] for i in rewritten], self.config.per_channel,
                              reduce_range, [decisions[i] for i in rewritten], shared=shared, form=form,
-                             static={positions[units[i].node] for i in static}, ranges=ranges, bias_shifts=shifts)
+                             static={positions[units[i].node] for i in static}, ranges=ranges, bias_shifts=shifts,
+                             rotations=rotations)
         static_linears = len(static) - len(static_kept)
         corrected = sum(1 for i in (static if form == "compressed" else chosen)
-                        if i < len(linears) and positions[units[i].node] in shifts)
+                        if i < len(linears) and positions[units[i].node] in shifts
+                        and positions[units[i].node] not in rotations)
         static_conv_count = len(static_kept) - len(static_cores)
         granularity = "per-channel" if self.config.per_channel else "per-tensor"
         parts = []
@@ -236,6 +267,7 @@ class QuantizeInt8(Pass):
                          f"{', int8 weights OpenVINO compiles with its own activation quantization' if form == 'compressed' else ''}"
                          f"{f'; {static_linears} with static activation scales ({self._range_method})' if static_linears else ''}"
                          f"{f'; {corrected} with their biases corrected for the mean error int8 adds' if corrected else ''}"
+                         f"{f'; {len(rotations)} reading their activation Hadamard-rotated' if rotations else ''}"
                          f"{', 7-bit weights' if reduce_range else ''}"
                          f"{f'; {len(shared)} activations quantized once for several linears' if shared else ''})")
         if convs:
@@ -365,9 +397,9 @@ class QuantizeInt8(Pass):
         base = [positions[units[i].node] for i in chosen]
         shifts = self._correct_biases(model, ctx, runner, sets, [units[i] for i in candidates], positions, base,
                                       ranges, reduce_range, form="compressed") if self.config.bias_correction else {}
-        kept = self._fit_budget(model, runner, sets, [positions[units[i].node] for i in candidates], candidates,
-                                decisions, reduce_range, form="compressed", static_ranges=ranges,
-                                base_positions=base, bias_shifts=shifts)
+        kept, _ = self._fit_budget(model, runner, sets, [positions[units[i].node] for i in candidates], candidates,
+                                   decisions, reduce_range, form="compressed", static_ranges=ranges,
+                                   base_positions=base, bias_shifts=shifts)
         return kept, ranges, shifts
 
     def _weight_range(self, model: ir.Model, ctx: PassContext, runner: ModelRunner, sets: ReferenceSets,
@@ -446,66 +478,165 @@ class QuantizeInt8(Pass):
     def _fit_budget(self, model: ir.Model, runner: ModelRunner, sets: ReferenceSets, positions: list[int],
                     chosen: list[int], decisions: list[Decision], reduce_range: bool, form: str = "contrib", *,
                     static_ranges: dict[str, ActivationRange] | None = None,
-                    base_positions: Sequence[int] = (), bias_shifts: dict[int, np.ndarray] | None = None) -> list[int]:
-        """The chosen linears (indices into `decisions`) that keep the budget together: all of them
-        if they do, else drop the one with the largest solo error and measure again, first on the
+                    base_positions: Sequence[int] = (), bias_shifts: dict[int, np.ndarray] | None = None,
+                    ladders: Mapping[int, _Ladder] | None = None) -> tuple[list[int], dict[int, int]]:
+        """The chosen linears (indices into `decisions`) that keep the budget together, and the
+        Hadamard block of each that reads its activation rotated, by graph position: all of them
+        plain if they keep it, else the one with the largest solo error steps down its `ladders`
+        rung (the cheapest rotated form below its current one that measures more accurate alone)
+        or, with none left, goes back to fp32, and the joint error is measured again; first on the
         calibration feeds, then on the held-out feeds (`reference_sets`: the sample inputs
         validation checks, when they are not among the calibration feeds): a linear that breaks
-        the budget only on inputs the search has not seen goes back to fp32 alone, not the whole
-        pass.
+        the budget only on inputs the search has not seen steps down alone, not the whole pass.
 
         With `static_ranges`, the same search one step up: every linear at `base_positions` is
         int8 in every trial, the chosen ones (linears and convolutions) with static activation
         scales; a dropped linear keeps its dynamic int8, a dropped convolution (it has no dynamic
         form) goes back to fp32; `bias_shifts` correct the static linears' biases (`_correct_biases`)."""
         candidate = _STATIC if static_ranges is not None else "int8"
+        ladders = ladders or {}
+        blocks: dict[int, int] = {}  # index -> the Hadamard block of the rung it is on (plain: absent)
+        rungs: dict[int, int] = {}  # index -> that rung's place in its ladder
 
         def fallback(i: int) -> str:
             dynamic = static_ranges is not None and decisions[i].alternative("int8") is not None
             return "int8" if dynamic else "fp32"
+
         def measure(subset: list[int], on: str) -> OutputScore:
             picked = [positions[chosen.index(i)] for i in subset]
+            rotations = {positions[chosen.index(i)]: blocks[i] for i in subset if i in blocks}
             inputs, reference = sets[on]
             if static_ranges is None:
                 return self._trial_score(model, runner, inputs, reference, picked, reduce_range, form=form,
-                                         bias_shifts=bias_shifts)
+                                         bias_shifts=bias_shifts, rotations=rotations)
             return self._trial_score(model, runner, inputs, reference, list(dict.fromkeys([*base_positions, *picked])),
                                      reduce_range, form=form, static=set(picked), ranges=static_ranges,
                                      bias_shifts=bias_shifts)
 
+        def form_name(i: int) -> str:
+            return ladders[i].rungs[rungs[i]][0] if i in rungs else candidate
+
+        def step_down(i: int) -> str | None:
+            """Move linear `i` to the cheapest rung below its own that measures more accurate alone
+            on the calibration feeds (its solo score replaced); that rung's name, or None."""
+            ladder = ladders.get(i)
+            for rung in range(rungs.get(i, -1) + 1, len(ladder.rungs) if ladder else 0):
+                name, block = ladder.rungs[rung]
+                was = blocks.get(i)
+                blocks[i] = block
+                score = measure([i], "calibration")
+                decisions[i].alternative(name).metrics["solo_cosine"] = score.cosine
+                if score.problem is None and score.error < solo[i].error:
+                    rungs[i], solo[i] = rung, score
+                    return name
+                if was is None:
+                    del blocks[i]
+                else:
+                    blocks[i] = was
+            return None
+
         keep = list(chosen)
         solo: dict[int, OutputScore] = {}
         scores: dict[str, OutputScore] = {}
-        for on in sets:
-            joint = measure(keep, on)
-            while keep and not self._within(joint):
-                if not solo:  # each chosen linear or convolution alone, on the calibration feeds, once
-                    solo = {i: measure([i], "calibration") for i in chosen}
-                    for i, score in solo.items():
-                        decisions[i].alternative(candidate).metrics["solo_cosine"] = score.cosine
-                worst = max(keep, key=lambda i: (solo[i].error, -i))
-                keep.remove(worst)
-                why = (f"{candidate} alone moves the outputs to cosine {solo[worst].cosine:.6f}; with it the joint "
-                       f"cosine on the {on} inputs was {joint.cosine:.6f} (budget {self.error_budget})")
-                decisions[worst].chosen = fallback(worst)
-                decisions[worst].decided_by = "budget"
-                decisions[worst].reason = why if static_ranges is None else f"{decisions[worst].reason}; {why}"
-                if keep:
+        changed = True
+        while changed and keep:  # until a sweep over the sets steps nothing: a step made for one can break another
+            changed = False
+            for on in sets:
+                joint = measure(keep, on)
+                while not self._within(joint):
+                    changed = True
+                    if not solo:  # each chosen linear or convolution alone, on the calibration feeds, once
+                        solo = {i: measure([i], "calibration") for i in chosen}
+                        for i, score in solo.items():
+                            decisions[i].alternative(candidate).metrics["solo_cosine"] = score.cosine
+                    worst = max(keep, key=lambda i: (solo[i].error, -i))
+                    why = (f"{form_name(worst)} alone moves the outputs to cosine {solo[worst].cosine:.6f}; with it "
+                           f"the joint cosine on the {on} inputs was {joint.cosine:.6f} (budget {self.error_budget})")
+                    rotated = step_down(worst)
+                    decisions[worst].decided_by = "budget"
+                    if rotated is not None:
+                        decisions[worst].reason += f"; {why}: {rotated} alone {solo[worst].cosine:.6f}"
+                    else:
+                        keep.remove(worst)
+                        ladder = ladders.get(worst)
+                        if ladder is not None:
+                            why += (f"; {ladder.why}" if not ladder.rungs else
+                                    "; no rotated form below it measured more accurate alone")
+                        decisions[worst].chosen = fallback(worst)
+                        decisions[worst].reason = why if static_ranges is None and worst not in rungs \
+                            else f"{decisions[worst].reason}; {why}"
+                    if not keep:
+                        break
                     joint = measure(keep, on)
-            scores[on] = joint
-        if keep and "held-out" in sets and len(keep) < len(chosen):
-            scores["calibration"] = measure(keep, "calibration")  # of the linears kept, not those tried first
+                if not keep:
+                    break
+                scores[on] = joint
+            changed = changed and len(sets) > 1  # one set: its search ended within the budget
         for i in keep:
-            metrics = decisions[i].alternative(candidate).metrics
+            name = form_name(i)
+            metrics = decisions[i].alternative(name).metrics
             metrics["joint_cosine"] = scores["calibration"].cosine
             if "held-out" in scores:
                 metrics["held_out_cosine"] = scores["held-out"].cosine
-            if static_ranges is not None:
-                decisions[i].chosen = candidate
+            if static_ranges is not None or i in rungs:
+                decisions[i].chosen = name
             decisions[i].reason += (f"; {candidate}" if static_ranges is not None else "") + "; joint cosine " + \
                 ", ".join(f"{score.cosine:.6f} ({on})" for on, score in scores.items())
             decisions[i].reason += f" within {self.error_budget}"
-        return keep
+        return keep, {positions[chosen.index(i)]: blocks[i] for i in keep if i in blocks}
+
+    def _rotation_ladders(self, linears: list[Linear], chosen: list[int], decisions: list[Decision],
+                          ctx: PassContext) -> dict[int, _Ladder]:
+        """Each chosen linear's `_Ladder`: its rotated int8 forms (`QuantConfig.rotation_blocks`),
+        each an alternative of its decision row with the cost model's price, those priced faster
+        than fp32 cheapest first. A linear whose activation another linear also reads has none: the
+        activation is quantized once for all its readers, and rotating it for one would quantize
+        it twice."""
+        readers = Counter(linear.activation.name for linear in linears)
+        ladders: dict[int, _Ladder] = {}
+        for i in chosen:
+            linear = linears[i]
+            if ctx.cost is None:
+                ladders[i] = _Ladder([], "no cost model to price a rotated form")
+                continue
+            if readers[linear.activation.name] > 1:
+                ladders[i] = _Ladder([], "no rotated form: other linears read its activation")
+                continue
+            blocks, why = rotation_blocks(linear, self.config.rotation_blocks)
+            if not blocks:
+                ladders[i] = _Ladder([], f"no rotated form: {why}")
+                continue
+            fp32 = decisions[i].alternative("fp32")
+            priced = []
+            for block in blocks:
+                added, rotated = sketch_rotation(linear, block)
+                ms = ctx.cost.price([*added, _sketch(dataclasses.replace(linear, activation=rotated))])
+                name = f"int8 hadamard-{block}"
+                decisions[i].alternatives.append(Alternative(name, predicted_ms=ms, metrics={"block": block}))
+                if fp32 is not None and fp32.predicted_ms is not None and \
+                        ms < fp32.predicted_ms * (1.0 - ctx.cost.resolution):
+                    priced.append((ms, name, block))
+            ladders[i] = _Ladder([(name, block) for _, name, block in sorted(priced)],
+                                 "" if priced else "no rotated form is priced faster than fp32")
+        return ladders
+
+    def _record_peaks(self, model: ir.Model, runner: ModelRunner, sets: ReferenceSets, decisions: dict[int, Decision],
+                      linears: dict[int, Linear], rotations: dict[int, int]) -> None:
+        """Add to each rotated linear's decision row the outlier statistics of its activation on
+        the calibration feeds (`hadamard_rotation.PeakRatios`: peak over RMS as read and rotated),
+        streamed one feed at a time."""
+        probe, index = exposing(model, [linears[p].activation for p in rotations])
+        observers = {p: PeakObserver(block) for p, block in rotations.items() if linears[p].activation.name in index}
+        for feed in sets["calibration"][0]:
+            outputs = runner(probe, feed)
+            for p, observer in observers.items():
+                observer.observe(np.asarray(outputs[index[linears[p].activation.name]]))
+        for p, observer in observers.items():
+            ratios = observer.ratios()
+            decision = decisions[p]
+            decision.reason += f"; {ratios}"
+            metrics = decision.alternative(decision.chosen).metrics
+            metrics["peak_over_rms"], metrics["rotated_peak_over_rms"] = ratios.plain, ratios.rotated
 
     def _trial_score(self, model: ir.Model, runner: ModelRunner, inputs: Sequence[Feeds],
                      reference: Sequence[Sequence[Any]], positions: list[int], reduce_range: bool,
@@ -588,7 +719,8 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
               decisions: Sequence[Decision] | None = None, shared: set[str] = frozenset(),
               form: str = "contrib", static: set[int] = frozenset(),
               ranges: dict[str, ActivationRange] | None = None,
-              bias_shifts: dict[int, np.ndarray] | None = None) -> list[Rewrite]:
+              bias_shifts: dict[int, np.ndarray] | None = None,
+              rotations: Mapping[int, int] | None = None) -> list[Rewrite]:
     """Rewrite the linears at `positions` of the graph's node order (positions survive
     `Model.clone()`, node identity does not) into DynamicQuantizeMatMul, in place; those reading
     an activation named in `shared` into MatMulIntegerToFloat of one DynamicQuantizeLinear of it;
@@ -598,7 +730,9 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
     dynamic form) reads its input at that range and int8 filters (`static_convs`); the Q K^T MatMul of an
     attention core (in `static`) has both its products read their operands at their ranges
     (`attention_products`). A static linear whose position `bias_shifts` holds takes that shift
-    out of its bias (`bias_correction`)."""
+    out of its bias (`bias_correction`). A linear whose position `rotations` holds first reads its
+    activation rotated in blocks of that size, its weight rotated back (`hadamard_rotation`), and
+    takes no bias shift (those were fitted to its unrotated form)."""
     graph = model.graph
     nodes = list(graph)
     rewrites: list[Rewrite] = []
@@ -624,10 +758,16 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
         if isinstance(linear, str):  # cannot happen: positions come from find_linears on this graph
             raise PassError(f"node {nodes[position].name!r} is no longer a quantizable linear: {linear}")
         refs = [node_ref(linear.node)]
+        block = (rotations or {}).get(position)
+        if block is not None:
+            linear, added = rotate_input(graph, linear, block)
+            for new_node in added:
+                merge_provenance(new_node, [linear.node])
         q = quantize_weight(linear.weight, per_channel=per_channel, reduce_range=reduce_range)
         old_weights = [v for v in linear.node.inputs[1:] if v is not None]
         # a correction fits the form it was measured for: ORT's dynamic linears or static ones
-        shift = (bias_shifts or {}).get(position) if form == "contrib" or position in static else None
+        shift = (bias_shifts or {}).get(position) if block is None and (form == "contrib" or position in static) \
+            else None
         add = bias_add(linear) if shift is not None and linear.bias is None else None
         if shift is not None and linear.bias is not None:  # Gemm's C: every form writes the corrected one
             linear = dataclasses.replace(linear, bias=(linear.bias - shift).astype(np.float32))
@@ -650,7 +790,7 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
         if removed is not None:
             refs.append(node_ref(removed))
         if decisions is not None:
-            int8 = decisions[k].alternative("int8")
+            int8 = decisions[k].alternative(decisions[k].chosen) or decisions[k].alternative("int8")
             saved = linear.weight.nbytes - q.values.nbytes
             rewrites.append(Rewrite(
                 rule=QuantizeInt8.rule, nodes=refs,
@@ -658,7 +798,8 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
                                               if int8 is not None and int8.predicted_ms is not None else ""),
                 result=f"{node.domain or 'ai.onnx'}.{node.op_type} {node.name!r}, weight "
                        f"{linear.weight.shape[0]}x{linear.weight.shape[1]} int8 ({saved / 1e6:.2f} MB less if the fp32 "
-                       "weight had no other reader)"))
+                       "weight had no other reader)"
+                       + (f", reading its activation Hadamard-rotated in blocks of {block}" if block else "")))
     return rewrites
 
 
