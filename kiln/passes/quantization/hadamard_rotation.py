@@ -84,12 +84,19 @@ def _hadamard_constant(graph: ir.Graph, block: int) -> ir.Value:
     return new_initializer(graph, name, h)
 
 
-def rotate_input(graph: ir.Graph, linear: Linear, block: int) -> tuple[Linear, list[ir.Node]]:
-    """Insert the rotation of `linear`'s activation before its node and return the linear as the
-    quantizer should see it (reading the rotated activation, with the rotated weight; its node is
-    not changed: the quantizer replaces it) and the nodes added."""
+def rotate_input(graph: ir.Graph, linear: Linear, block: int,
+                 rotated: dict[tuple[str, int], ir.Value] | None = None) -> tuple[Linear, list[ir.Node]]:
+    """Insert the rotation of `linear`'s activation right after the node that makes it (so every
+    reader of the activation can read it; at the graph's start for a graph input) and return the
+    linear as the quantizer should see it (reading the rotated activation, with the rotated
+    weight; its node is not changed: the quantizer replaces it) and the nodes added. `rotated`
+    holds the rotations made so far by (activation name, block): a second reader reuses one."""
     x = linear.activation
     assert x.shape is not None
+    weight = rotated_weight(linear.weight, block)
+    key = (x.name or linear.name, block)
+    if rotated is not None and key in rotated:
+        return dataclasses.replace(linear, activation=rotated[key], weight=weight), []
     rank, k = len(x.shape), linear.weight.shape[0]
     keep = [0] * (rank - 1)  # Reshape's 0 copies the input's dimension: leading dims stay symbolic
     split = ir.Node("", "Reshape", [x, _shape_constant(graph, [*keep, k // block, block])],
@@ -105,8 +112,14 @@ def rotate_input(graph: ir.Graph, linear: Linear, block: int) -> tuple[Linear, l
         out.name, out.dtype, out.shape = f"{x.name or linear.name}.hadamard_{block}.{suffix}", ir.DataType.FLOAT, \
             ir.Shape(list(shape))
     nodes = [split, rotate, merge]
-    graph.insert_before(linear.node, nodes)
-    return dataclasses.replace(linear, activation=merge.outputs[0], weight=rotated_weight(linear.weight, block)), nodes
+    producer = x.producer()
+    if producer is not None and producer.graph is graph:
+        graph.insert_after(producer, nodes)
+    else:
+        graph.insert_before(next(iter(graph)), nodes)
+    if rotated is not None:
+        rotated[key] = merge.outputs[0]
+    return dataclasses.replace(linear, activation=merge.outputs[0], weight=weight), nodes
 
 
 def sketch_rotation(linear: Linear, block: int) -> tuple[list[ir.Node], ir.Value]:

@@ -36,12 +36,14 @@ reads Q, K, Softmax's probabilities and V at fixed scales (`attention_products`)
 search runs once more over these, on top of the dynamic linears; a linear it drops stays
 dynamic, a convolution or attention core goes back to fp32.
 
-A dynamic int8 linear of ONNX Runtime's form that alone reads its activation has a second rung
-before fp32: its activation Hadamard-rotated in blocks at every call, the rotation undone in its
-weight (`hadamard_rotation`, exact before quantization), which spreads outlier channels over
-their block and so shrinks the per-tensor range the activation is quantized at. Each block size
-is priced by the cost model; the budget search steps the linear with the largest solo error to
-the cheapest rotated form that measures more accurate alone, and to fp32 only when none does.
+A dynamic int8 linear of ONNX Runtime's form has rungs before fp32: its activation
+Hadamard-rotated in blocks at every call, the rotation undone in its weight (`hadamard_rotation`,
+exact before quantization), which spreads outlier channels over their block and so shrinks the
+per-tensor range the activation is quantized at. Each block size is priced by the cost model for
+the activation's site (one rotation for all the linears that read it, as Q, K and V do); the
+budget search steps the linear with the largest solo error to the cheapest rotated form that
+measures more accurate alone (its site's other readers with it: the site takes the finest rung
+any reader kept needs), and to fp32 only when none does.
 The rotated linears' decision rows carry the outlier statistics (activation peak over RMS, as
 read and rotated, on the calibration inputs).
 
@@ -59,7 +61,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -495,8 +496,8 @@ class QuantizeInt8(Pass):
         form) goes back to fp32; `bias_shifts` correct the static linears' biases (`_correct_biases`)."""
         candidate = _STATIC if static_ranges is not None else "int8"
         ladders = ladders or {}
-        blocks: dict[int, int] = {}  # index -> the Hadamard block of the rung it is on (plain: absent)
-        rungs: dict[int, int] = {}  # index -> that rung's place in its ladder
+        blocks: dict[int, int] = {}  # index -> the Hadamard block its site's activation is rotated by (plain: absent)
+        own: dict[int, int] = {}  # index -> the rung it stepped to itself (its site takes the finest kept)
 
         def fallback(i: int) -> str:
             dynamic = static_ranges is not None and decisions[i].alternative("int8") is not None
@@ -513,29 +514,60 @@ class QuantizeInt8(Pass):
                                      reduce_range, form=form, static=set(picked), ranges=static_ranges,
                                      bias_shifts=bias_shifts)
 
+        def site_rung(i: int) -> int:
+            """The rung of `i`'s site: the finest any of its kept readers stepped to (-1: plain)."""
+            ladder = ladders.get(i)
+            return max((own[j] for j in keep if j in own and ladders.get(j) is ladder), default=-1)
+
+        def sync(i: int, by: str | None = None) -> None:
+            """Rotate every kept reader of `i`'s site by the site's rung (`by`: the reader whose
+            step moved the others, for their reasons)."""
+            ladder = ladders.get(i)
+            for j in keep:
+                if ladders.get(j) is not ladder:
+                    continue
+                rung = site_rung(j)
+                block = ladder.rungs[rung][1] if ladder is not None and rung >= 0 else None
+                if block == blocks.get(j):
+                    continue
+                if block is None:
+                    blocks.pop(j)
+                else:
+                    blocks[j] = block
+                if by is not None and j != i:
+                    decisions[j].decided_by = "budget"
+                    decisions[j].reason += f"; {form_name(j)}: it reads the activation of {by}, rotated for both"
+                elif by is None:
+                    decisions[j].reason += (f"; {form_name(j)} again: {decisions[i].subject}, which shares its "
+                                            "activation, went back to fp32")
+
         def form_name(i: int) -> str:
-            return ladders[i].rungs[rungs[i]][0] if i in rungs else candidate
+            rung = site_rung(i)
+            return ladders[i].rungs[rung][0] if rung >= 0 else candidate
 
         def step_down(i: int) -> str | None:
-            """Move linear `i` to the cheapest rung below its own that measures more accurate alone
-            on the calibration feeds (its solo score replaced); that rung's name, or None."""
+            """Move linear `i` to the cheapest rung below its site's that measures more accurate
+            alone on the calibration feeds (its solo score replaced, its site's other readers
+            moved with it); that rung's name, or None."""
             ladder = ladders.get(i)
-            for rung in range(rungs.get(i, -1) + 1, len(ladder.rungs) if ladder else 0):
+            was = blocks.get(i)
+            for rung in range(site_rung(i) + 1, len(ladder.rungs) if ladder else 0):
                 name, block = ladder.rungs[rung]
-                was = blocks.get(i)
                 blocks[i] = block
                 score = measure([i], "calibration")
                 decisions[i].alternative(name).metrics["solo_cosine"] = score.cosine
                 if score.problem is None and score.error < solo[i].error:
-                    rungs[i], solo[i] = rung, score
+                    solo[i], own[i] = score, rung
+                    sync(i, by=decisions[i].subject)
                     return name
-                if was is None:
-                    del blocks[i]
-                else:
-                    blocks[i] = was
+            if was is None:
+                blocks.pop(i, None)
+            else:
+                blocks[i] = was
             return None
 
         keep = list(chosen)
+        tried: set[int] = set()  # linears whose rotated forms were measured (their reasons say so)
         solo: dict[int, OutputScore] = {}
         scores: dict[str, OutputScore] = {}
         changed = True
@@ -553,17 +585,23 @@ class QuantizeInt8(Pass):
                     why = (f"{form_name(worst)} alone moves the outputs to cosine {solo[worst].cosine:.6f}; with it "
                            f"the joint cosine on the {on} inputs was {joint.cosine:.6f} (budget {self.error_budget})")
                     rotated = step_down(worst)
+                    if worst in ladders and ladders[worst].rungs:
+                        tried.add(worst)
                     decisions[worst].decided_by = "budget"
                     if rotated is not None:
                         decisions[worst].reason += f"; {why}: {rotated} alone {solo[worst].cosine:.6f}"
                     else:
                         keep.remove(worst)
+                        own.pop(worst, None)
+                        blocks.pop(worst, None)
+                        if worst in ladders:
+                            sync(worst)  # its site's other readers keep only the rotation they need
                         ladder = ladders.get(worst)
                         if ladder is not None:
                             why += (f"; {ladder.why}" if not ladder.rungs else
                                     "; no rotated form below it measured more accurate alone")
                         decisions[worst].chosen = fallback(worst)
-                        decisions[worst].reason = why if static_ranges is None and worst not in rungs \
+                        decisions[worst].reason = why if static_ranges is None and worst not in tried \
                             else f"{decisions[worst].reason}; {why}"
                     if not keep:
                         break
@@ -578,7 +616,7 @@ class QuantizeInt8(Pass):
             metrics["joint_cosine"] = scores["calibration"].cosine
             if "held-out" in scores:
                 metrics["held_out_cosine"] = scores["held-out"].cosine
-            if static_ranges is not None or i in rungs:
+            if static_ranges is not None or i in blocks:
                 decisions[i].chosen = name
             decisions[i].reason += (f"; {candidate}" if static_ranges is not None else "") + "; joint cosine " + \
                 ", ".join(f"{score.cosine:.6f} ({on})" for on, score in scores.items())
@@ -587,37 +625,43 @@ class QuantizeInt8(Pass):
 
     def _rotation_ladders(self, linears: list[Linear], chosen: list[int], decisions: list[Decision],
                           ctx: PassContext) -> dict[int, _Ladder]:
-        """Each chosen linear's `_Ladder`: its rotated int8 forms (`QuantConfig.rotation_blocks`),
-        each an alternative of its decision row with the cost model's price, those priced faster
-        than fp32 cheapest first. A linear whose activation another linear also reads has none: the
-        activation is quantized once for all its readers, and rotating it for one would quantize
-        it twice."""
-        readers = Counter(linear.activation.name for linear in linears)
-        ladders: dict[int, _Ladder] = {}
+        """The `_Ladder` of each chosen linear: the rotated int8 forms (`QuantConfig.rotation_blocks`)
+        of its activation's site, those the cost model prices faster than fp32, cheapest first.
+        A site is an activation and the chosen linears that read it (Q, K and V share one): its
+        activation is rotated once for all of them, so a form is priced for the site (one rotation
+        and every reader's int8 product against every reader's fp32 one) and every reader gets the
+        same ladder object; each reader's decision row holds each form's price for it alone (the
+        rotation and its own product)."""
+        sites: dict[str, list[int]] = {}
         for i in chosen:
-            linear = linears[i]
-            if ctx.cost is None:
-                ladders[i] = _Ladder([], "no cost model to price a rotated form")
+            sites.setdefault(linears[i].activation.name or linears[i].name, []).append(i)
+        ladders: dict[int, _Ladder] = {}
+        for members in sites.values():
+            first = linears[members[0]]
+            blocks, why = rotation_blocks(first, self.config.rotation_blocks)
+            if ctx.cost is None or not blocks:
+                ladder = _Ladder([], "no cost model to price a rotated form" if ctx.cost is None
+                                 else f"no rotated form: {why}")
+                ladders.update((i, ladder) for i in members)
                 continue
-            if readers[linear.activation.name] > 1:
-                ladders[i] = _Ladder([], "no rotated form: other linears read its activation")
-                continue
-            blocks, why = rotation_blocks(linear, self.config.rotation_blocks)
-            if not blocks:
-                ladders[i] = _Ladder([], f"no rotated form: {why}")
-                continue
-            fp32 = decisions[i].alternative("fp32")
+            fp32 = [decisions[i].alternative("fp32") for i in members]
+            fp32_ms = sum(a.predicted_ms for a in fp32 if a is not None and a.predicted_ms is not None)
             priced = []
             for block in blocks:
-                added, rotated = sketch_rotation(linear, block)
-                ms = ctx.cost.price([*added, _sketch(dataclasses.replace(linear, activation=rotated))])
+                added, rotated = sketch_rotation(first, block)
+                rotation_ms = ctx.cost.price(added)
                 name = f"int8 hadamard-{block}"
-                decisions[i].alternatives.append(Alternative(name, predicted_ms=ms, metrics={"block": block}))
-                if fp32 is not None and fp32.predicted_ms is not None and \
-                        ms < fp32.predicted_ms * (1.0 - ctx.cost.resolution):
-                    priced.append((ms, name, block))
-            ladders[i] = _Ladder([(name, block) for _, name, block in sorted(priced)],
-                                 "" if priced else "no rotated form is priced faster than fp32")
+                site_ms = rotation_ms
+                for i in members:
+                    product_ms = ctx.cost.price([_sketch(dataclasses.replace(linears[i], activation=rotated))])
+                    site_ms += product_ms
+                    decisions[i].alternatives.append(Alternative(name, predicted_ms=rotation_ms + product_ms,
+                                                                 metrics={"block": block}))
+                if site_ms < fp32_ms * (1.0 - ctx.cost.resolution):
+                    priced.append((site_ms, name, block))
+            ladder = _Ladder([(name, block) for _, name, block in sorted(priced)],
+                             "" if priced else "no rotated form is priced faster than fp32")
+            ladders.update((i, ladder) for i in members)
         return ladders
 
     def _record_peaks(self, model: ir.Model, runner: ModelRunner, sets: ReferenceSets, decisions: dict[int, Decision],
@@ -739,6 +783,7 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
     if form == "contrib":
         graph.opset_imports.setdefault(_DOMAIN, 1)
     quantized: dict[str, ir.Node] = {}  # shared activation -> its DynamicQuantizeLinear
+    rotated: dict[tuple[str, int], ir.Value] = {}  # (activation, block) -> its rotation, made once
     for k, position in enumerate(positions):
         if is_onnx(nodes[position], "Conv"):
             rewrite = _quantize_conv(graph, nodes[position], per_channel, reduce_range, ranges, static, position)
@@ -759,8 +804,9 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
             raise PassError(f"node {nodes[position].name!r} is no longer a quantizable linear: {linear}")
         refs = [node_ref(linear.node)]
         block = (rotations or {}).get(position)
+        share = linear.activation.name in shared  # the readers of a rotated site share its rotation too
         if block is not None:
-            linear, added = rotate_input(graph, linear, block)
+            linear, added = rotate_input(graph, linear, block, rotated)
             for new_node in added:
                 merge_provenance(new_node, [linear.node])
         q = quantize_weight(linear.weight, per_channel=per_channel, reduce_range=reduce_range)
@@ -777,7 +823,7 @@ def _quantize(model: ir.Model, positions: list[int], per_channel: bool, reduce_r
         elif form == "compressed":
             new_nodes = compressed_linear(graph, linear, q)
         else:
-            new_nodes = _contrib_nodes(graph, linear, q, shared, quantized)
+            new_nodes = _contrib_nodes(graph, linear, q, share, quantized)
         node = new_nodes[-1]
         for new_node in new_nodes:
             merge_provenance(new_node, [linear.node])
@@ -838,18 +884,18 @@ def _quantize_conv(graph: ir.Graph, node: ir.Node, per_channel: bool, reduce_ran
             f"({(conv.weight.nbytes - q.values.nbytes) / 1e6:.2f} MB less if the fp32 filters had no other reader)")
 
 
-def _contrib_nodes(graph: ir.Graph, linear: Linear, q: QuantizedWeight, shared: set[str],
+def _contrib_nodes(graph: ir.Graph, linear: Linear, q: QuantizedWeight, share: bool,
                    quantized: dict[str, ir.Node]) -> list[ir.Node]:
-    """ONNX Runtime's form of `linear` (not yet inserted): a DynamicQuantizeMatMul, or, when its
-    activation is in `shared`, a MatMulIntegerToFloat of the activation's one DynamicQuantizeLinear
-    (made before its first reader and remembered in `quantized`)."""
+    """ONNX Runtime's form of `linear` (not yet inserted): a DynamicQuantizeMatMul, or, to `share`
+    its activation's quantization, a MatMulIntegerToFloat of the activation's one
+    DynamicQuantizeLinear (made before its first reader and remembered in `quantized`)."""
     prefix = linear.name
     weight = new_initializer(graph, f"{prefix}.weight_int8", q.values)
     scale = new_initializer(graph, f"{prefix}.weight_scale", (q.scale * np.float32(linear.alpha)).astype(np.float32))
     zero_point = new_initializer(graph, f"{prefix}.weight_zero_point", q.zero_point)
     bias = [new_initializer(graph, f"{prefix}.bias", linear.bias)] if linear.bias is not None else []
     name = linear.activation.name
-    if name not in shared:
+    if not share:
         return [ir.Node(_DOMAIN, _OP, [linear.activation, weight, scale, zero_point, *bias], name=linear.node.name,
                         num_outputs=1)]
     if name not in quantized:  # before the first reader: the activation exists there

@@ -28,10 +28,10 @@ ROWS, WIDTH, OUTLIER = 64, 256, 5
 _QUESTION = "quantize linear to dynamic int8"
 
 
-def _outlier_input(seed: int) -> np.ndarray:
-    """Rows of unit-normal channels but one, which is ~300: the shape of a GELU output's outlier."""
+def _outlier_input(seed: int, peak: float = 300.0) -> np.ndarray:
+    """Rows of unit-normal channels but one, which is ~`peak`: the shape of a GELU output's outlier."""
     x = np.random.default_rng(seed).standard_normal((ROWS, WIDTH)).astype(np.float32)
-    x[:, OUTLIER] = 300.0 + x[:, OUTLIER]
+    x[:, OUTLIER] = peak + x[:, OUTLIER]
     return x
 
 
@@ -47,6 +47,19 @@ def _outlier_linear() -> onnx.ModelProto:
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"), helper.make_node("Add", ["h", "b"], ["y"])]
     inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(rng.standard_normal(WIDTH).astype(np.float32), "b")]
     return make_model(nodes, [tensor_info("x", [ROWS, WIDTH])], [tensor_info("y", [ROWS, WIDTH])], inits)
+
+
+def _three_readers() -> onnx.ModelProto:
+    """Three linears reading the outlier activation, as Q, K and V read a LayerNorm's output."""
+    rng = np.random.default_rng(5)
+    nodes, inits, outputs = [], [], []
+    for name in ("q", "k", "v"):
+        w = (rng.standard_normal((WIDTH, WIDTH)) * 0.05).astype(np.float32)
+        w[OUTLIER] *= 1e-3
+        nodes.append(helper.make_node("MatMul", ["x", f"w_{name}"], [name], name=name))
+        inits.append(numpy_helper.from_array(w, f"w_{name}"))
+        outputs.append(tensor_info(name, [ROWS, WIDTH]))
+    return make_model(nodes, [tensor_info("x", [ROWS, WIDTH])], outputs, inits)
 
 
 def _rows(optimized) -> dict:
@@ -188,6 +201,28 @@ def test_an_outlier_channel_breaking_the_budget_is_rotated_instead_of_kept_fp32(
     assert "reading their activation Hadamard-rotated" in next(
         p for p in optimized.report.passes if p.name == "quantize_int8").message
     assert optimized.report.passes[-1].error.min_cosine >= budget
+
+
+def test_linears_that_share_an_activation_share_its_one_rotation():
+    def optimize(budget: float):  # a smaller outlier than fc's: a block of 64 must be able to tame it
+        return kiln.optimize(_three_readers(), level=1, sample_inputs={"x": _outlier_input(0, peak=60.0)},
+                             calibration=[{"x": _outlier_input(2, peak=60.0)}],
+                             quantize=QuantConfig(budget=CosineBudget(min_cosine=budget, per_sample=True)))
+
+    loose = _rows(optimize(0.5))
+    plain = min(row.alternative("int8").metrics["joint_cosine"] for row in loose.values())
+    optimized = optimize(1.0 - (1.0 - plain) / 3)
+    rows = _rows(optimized)
+    assert {row.chosen for row in rows.values()} == {next(iter(rows.values())).chosen}, {
+        n: (r.chosen, r.reason) for n, r in rows.items()}
+    assert next(iter(rows.values())).chosen.startswith("int8 hadamard-")
+    graph = optimized.model.graph
+    rotations = [n for n in graph if n.op_type == "MatMul" and n.name.endswith(tuple(f".hadamard_{b}" for b in (16, 32, 64)))]
+    assert len(rotations) == 1  # one rotation of x, read by all three
+    rotated = next(n for n in graph if n.op_type == "Reshape" and n.inputs[0] is rotations[0].outputs[0]).outputs[0]
+    quantized = [n for n in graph if n.op_type in ("DynamicQuantizeMatMul", "DynamicQuantizeLinear")]
+    assert quantized and all(n.inputs[0] is rotated for n in quantized)
+    assert optimized.report.passes[-1].error.min_cosine >= 1.0 - (1.0 - plain) / 3
 
 
 @pytest.mark.slow
