@@ -15,7 +15,9 @@ the int32 product rescaled to float. Which linears are rewritten is decided twic
    joint error is measured again. (Errors of separate layers do not simply add up, so every step
    is measured, not predicted.) Then the same on the sample inputs validation checks, when they
    are not calibration inputs: a budget broken only there sends linears back one at a time, so
-   validation does not have to roll the whole pass back.
+   validation does not have to roll the whole pass back. Once the budget holds, the steps the
+   final forms made unneeded are undone, the largest predicted saving first, where every set
+   stays within the budget (`_relax`).
 
 Linears that read the same activation (a transformer layer's Q, K and V) may instead quantize it
 once: ``DynamicQuantizeLinear(A)`` feeding one ``com.microsoft.MatMulIntegerToFloat`` per linear,
@@ -519,9 +521,9 @@ class QuantizeInt8(Pass):
             ladder = ladders.get(i)
             return max((own[j] for j in keep if j in own and ladders.get(j) is ladder), default=-1)
 
-        def sync(i: int, by: str | None = None) -> None:
+        def sync(i: int, by: str | None = None, quiet: bool = False) -> None:
             """Rotate every kept reader of `i`'s site by the site's rung (`by`: the reader whose
-            step moved the others, for their reasons)."""
+            step moved the others, for their reasons; `quiet`: a trial, no reasons)."""
             ladder = ladders.get(i)
             for j in keep:
                 if ladders.get(j) is not ladder:
@@ -534,6 +536,8 @@ class QuantizeInt8(Pass):
                     blocks.pop(j)
                 else:
                     blocks[j] = block
+                if quiet:
+                    continue
                 if by is not None and j != i:
                     decisions[j].decided_by = "budget"
                     decisions[j].reason += f"; {form_name(j)}: it reads the activation of {by}, rotated for both"
@@ -610,6 +614,8 @@ class QuantizeInt8(Pass):
                     break
                 scores[on] = joint
             changed = changed and len(sets) > 1  # one set: its search ended within the budget
+        if static_ranges is None and keep:
+            self._relax(chosen, keep, own, blocks, decisions, ladders, sets, scores, measure, sync, form_name)
         for i in keep:
             name = form_name(i)
             metrics = decisions[i].alternative(name).metrics
@@ -622,6 +628,52 @@ class QuantizeInt8(Pass):
                 ", ".join(f"{score.cosine:.6f} ({on})" for on, score in scores.items())
             decisions[i].reason += f" within {self.error_budget}"
         return keep, {positions[chosen.index(i)]: blocks[i] for i in keep if i in blocks}
+
+    def _relax(self, chosen: list[int], keep: list[int], own: dict[int, int], blocks: dict[int, int],
+               decisions: list[Decision], ladders: Mapping[int, _Ladder], sets: ReferenceSets,
+               scores: dict[str, OutputScore], measure: Any, sync: Any, form_name: Any) -> None:
+        """Undo the budget search's steps that the final forms of the others made unneeded, the
+        largest predicted saving first: a linear sent to fp32 tries int8 again (at its site's
+        rung), a linear that stepped to a rotated form tries the plain one; a step is undone when
+        the joint cosine stays within the budget on every set. (A step is taken for the joint
+        error at that moment; later steps can make an earlier one unneeded.) `keep`, `own`,
+        `blocks` and `scores` are the search's state, updated in place."""
+        def saving(i: int) -> float:
+            row = decisions[i]
+            cheaper = row.alternative("int8")
+            dearer = row.alternative("fp32") if i not in keep else row.alternative(ladders[i].rungs[own[i]][0])
+            if cheaper is None or dearer is None or cheaper.predicted_ms is None or dearer.predicted_ms is None:
+                return 0.0
+            return dearer.predicted_ms - cheaper.predicted_ms
+
+        dropped = [i for i in chosen if i not in keep and decisions[i].decided_by == "budget"]
+        for i in sorted([*dropped, *own], key=saving, reverse=True):
+            back_in, was_own, was_blocks = i not in keep, own.get(i), dict(blocks)
+            if back_in:  # in graph order, as the rewrite needs (a shared quantization goes before its first reader)
+                keep.append(i)
+                keep.sort(key=chosen.index)
+            else:
+                own.pop(i)
+            sync(i, quiet=True)
+            trial: dict[str, OutputScore] = {}
+            for on in sets:
+                trial[on] = measure(keep, on)
+                if not self._within(trial[on]):
+                    break
+            if len(trial) == len(sets) and all(self._within(score) for score in trial.values()):
+                scores.update(trial)
+                decisions[i].reason += (f"; back to {form_name(i)} once the other linears had their final forms "
+                                        f"(joint cosine " + ", ".join(f"{sc.cosine:.6f} ({on})" for on, sc in trial.items())
+                                        + ")")
+                if back_in:
+                    decisions[i].chosen = form_name(i)
+                continue
+            if back_in:
+                keep.remove(i)
+            else:
+                own[i] = was_own  # type: ignore[assignment]
+            blocks.clear()
+            blocks.update(was_blocks)
 
     def _rotation_ladders(self, linears: list[Linear], chosen: list[int], decisions: list[Decision],
                           ctx: PassContext) -> dict[int, _Ladder]:

@@ -245,3 +245,48 @@ def test_trained_minilm_rotates_ffn_outputs_rather_than_falling_back_to_fp32():
     cosine, nearest = models.sentence_agreement(module, inputs, optimized)
     assert cosine.min().item() >= 0.995, cosine.tolist()
     assert (nearest == torch.arange(len(nearest))).all()
+
+
+def test_steps_the_final_forms_made_unneeded_are_undone_largest_saving_first():
+    """`_relax` on a search's end state: fc1 went to fp32 and fc2 to a rotated form; with the
+    others' final forms the budget holds with fc1 back in int8 but not with fc2 plain. The
+    measurements are a stand-in that says which trial keeps the budget."""
+    from kiln.passes.infra.validation import OutputScore
+    from kiln.passes.quantization.quantize_int8 import QuantizeInt8, _Ladder
+    from kiln.report.model import Alternative, Decision
+
+    def row(name: str, fp32_ms: float, int8_ms: float) -> Decision:
+        return Decision(name, _QUESTION, [Alternative("fp32", predicted_ms=fp32_ms), Alternative("int8", predicted_ms=int8_ms),
+                                          Alternative("int8 hadamard-16", predicted_ms=int8_ms + 0.2)],
+                        chosen="int8", reason="priced", decided_by="budget")
+
+    decisions = [row("fc0", 1.0, 0.5), row("fc1", 4.0, 2.0), row("fc2", 3.0, 1.5)]
+    decisions[1].chosen = "fp32"
+    ladder = _Ladder([("int8 hadamard-16", 16)])
+    ladders = {0: _Ladder([]), 1: _Ladder([]), 2: ladder}
+    keep, own, blocks, scores = [0, 2], {2: 0}, {2: 16}, {}
+    tried = []
+
+    def measure(subset, on):
+        tried.append((tuple(subset), dict(blocks)))
+        ok = 2 not in subset or blocks.get(2) == 16  # fc2 needs its rotation, fc1 may come back
+        return OutputScore(0.999 if ok else 0.9, 0.0)
+
+    def sync(i, quiet=False):
+        if 2 in own:
+            blocks[2] = 16
+        else:
+            blocks.pop(2, None)
+
+    def form_name(i):
+        return "int8 hadamard-16" if i in blocks else "int8"
+
+    sets = {"calibration": ([], []), "held-out": ([], [])}
+    QuantizeInt8(QuantConfig(budget=CosineBudget(min_cosine=0.99)))._relax(
+        [0, 1, 2], keep, own, blocks, decisions, ladders, sets, scores, measure, sync, form_name)
+    assert keep == [0, 1, 2]  # fc1 back, in graph order
+    assert decisions[1].chosen == "int8" and "back to int8" in decisions[1].reason
+    assert own == {2: 0} and blocks == {2: 16}  # fc2's plain form broke the budget: kept rotated
+    assert "back to" not in decisions[2].reason
+    assert tried[0][0] == (0, 1, 2)  # fc1 first: its saving (2.0 ms) beats fc2's (0.2 ms)
+    assert set(scores) == {"calibration", "held-out"}
