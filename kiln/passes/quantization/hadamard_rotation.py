@@ -51,7 +51,7 @@ def rotation_blocks(linear: Linear, blocks: Sequence[int]) -> tuple[tuple[int, .
     shape = linear.activation.shape
     if shape is None:
         return (), "the activation's rank is unknown, so its channels cannot be reshaped into blocks"
-    fitting = tuple(b for b in blocks if k % b == 0 and b <= k)
+    fitting = tuple(b for b in blocks if k % b == 0)
     if not fitting:
         return (), f"no block size of {tuple(blocks)} divides its {k} input channels"
     return fitting, ""
@@ -65,23 +65,17 @@ def rotated_weight(weight: np.ndarray, block: int) -> np.ndarray:
     return np.einsum("ji,bjn->bin", h, blocks).reshape(k, n).astype(np.float32)
 
 
-def _shape_constant(graph: ir.Graph, dims: list[int]) -> ir.Value:
-    name = "hadamard_shape_" + "_".join(str(d) for d in dims)
+def _shared_constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """The initializer `name` when it already holds `array` (one per shape or block size, shared by
+    every rotation in the graph), else a new one."""
     existing = graph.initializers.get(name)
-    array = np.array(dims, dtype=np.int64)
     if existing is not None and existing.const_value is not None and np.array_equal(existing.const_value.numpy(), array):
         return existing
     return new_initializer(graph, name, array)
 
 
-def _hadamard_constant(graph: ir.Graph, block: int) -> ir.Value:
-    """One initializer per block size, shared by every rotation in the graph."""
-    h = hadamard(block)
-    name = f"hadamard_{block}"
-    existing = graph.initializers.get(name)
-    if existing is not None and existing.const_value is not None and np.array_equal(existing.const_value.numpy(), h):
-        return existing
-    return new_initializer(graph, name, h)
+def _shape_constant(graph: ir.Graph, dims: list[int]) -> ir.Value:
+    return _shared_constant(graph, "hadamard_shape_" + "_".join(str(d) for d in dims), np.array(dims, dtype=np.int64))
 
 
 def rotate_input(graph: ir.Graph, linear: Linear, block: int,
@@ -101,7 +95,7 @@ def rotate_input(graph: ir.Graph, linear: Linear, block: int,
     keep = [0] * (rank - 1)  # Reshape's 0 copies the input's dimension: leading dims stay symbolic
     split = ir.Node("", "Reshape", [x, _shape_constant(graph, [*keep, k // block, block])],
                     name=f"{linear.name}.hadamard_split")
-    rotate = ir.Node("", "MatMul", [split.outputs[0], _hadamard_constant(graph, block)],
+    rotate = ir.Node("", "MatMul", [split.outputs[0], _shared_constant(graph, f"hadamard_{block}", hadamard(block))],
                      name=f"{linear.name}.hadamard_{block}")
     merge = ir.Node("", "Reshape", [rotate.outputs[0], _shape_constant(graph, [*keep, k])],
                     name=f"{linear.name}.hadamard_merge")

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -571,7 +571,6 @@ class QuantizeInt8(Pass):
             return None
 
         keep = list(chosen)
-        tried: set[int] = set()  # linears whose rotated forms were measured (their reasons say so)
         solo: dict[int, OutputScore] = {}
         scores: dict[str, OutputScore] = {}
         changed = True
@@ -589,8 +588,7 @@ class QuantizeInt8(Pass):
                     why = (f"{form_name(worst)} alone moves the outputs to cosine {solo[worst].cosine:.6f}; with it "
                            f"the joint cosine on the {on} inputs was {joint.cosine:.6f} (budget {self.error_budget})")
                     rotated = step_down(worst)
-                    if worst in ladders and ladders[worst].rungs:
-                        tried.add(worst)
+                    ladder = ladders.get(worst)
                     decisions[worst].decided_by = "budget"
                     if rotated is not None:
                         decisions[worst].reason += f"; {why}: {rotated} alone {solo[worst].cosine:.6f}"
@@ -598,14 +596,13 @@ class QuantizeInt8(Pass):
                         keep.remove(worst)
                         own.pop(worst, None)
                         blocks.pop(worst, None)
-                        if worst in ladders:
-                            sync(worst)  # its site's other readers keep only the rotation they need
-                        ladder = ladders.get(worst)
                         if ladder is not None:
+                            sync(worst)  # its site's other readers keep only the rotation they need
                             why += (f"; {ladder.why}" if not ladder.rungs else
                                     "; no rotated form below it measured more accurate alone")
                         decisions[worst].chosen = fallback(worst)
-                        decisions[worst].reason = why if static_ranges is None and worst not in tried \
+                        # a row whose rotated forms were measured keeps what they measured
+                        decisions[worst].reason = why if static_ranges is None and not (ladder and ladder.rungs) \
                             else f"{decisions[worst].reason}; {why}"
                     if not keep:
                         break
@@ -631,7 +628,8 @@ class QuantizeInt8(Pass):
 
     def _relax(self, chosen: list[int], keep: list[int], own: dict[int, int], blocks: dict[int, int],
                decisions: list[Decision], ladders: Mapping[int, _Ladder], sets: ReferenceSets,
-               scores: dict[str, OutputScore], measure: Any, sync: Any, form_name: Any) -> None:
+               scores: dict[str, OutputScore], measure: Callable[[list[int], str], OutputScore],
+               sync: Callable[..., None], form_name: Callable[[int], str]) -> None:
         """Undo the budget search's steps that the final forms of the others made unneeded, the
         largest predicted saving first: a linear sent to fp32 tries int8 again (at its site's
         rung), a linear that stepped to a rotated form tries the plain one; a step is undone when
@@ -646,7 +644,7 @@ class QuantizeInt8(Pass):
                 return 0.0
             return dearer.predicted_ms - cheaper.predicted_ms
 
-        dropped = [i for i in chosen if i not in keep and decisions[i].decided_by == "budget"]
+        dropped = [i for i in chosen if i not in keep]  # only the budget drops a chosen linear
         for i in sorted([*dropped, *own], key=saving, reverse=True):
             back_in, was_own, was_blocks = i not in keep, own.get(i), dict(blocks)
             if back_in:  # in graph order, as the rewrite needs (a shared quantization goes before its first reader)
